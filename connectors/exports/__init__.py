@@ -1,0 +1,1 @@
+"""Exported logs: shapes, the typed loader, and the local KQL engine."""
