@@ -200,6 +200,8 @@ def exercise(
     _emit(app, report, as_json=as_json, output=output, markdown=None, expected=problems)
     app.err.print(f"Markdown report: {target}", style="dim")
     _exit_for(report)
+    if problems:
+        _fail(f"the scenario's expected outcome was not met ({len(problems)} difference(s))")
 
 
 # -- audit ---------------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""The ``tokenward`` command as a user runs it: hunts over exported files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb_kql
+import jsonschema
+import pytest
+
+from connectors.exports.loader import ExportLoader
+from connectors.exports.local import LocalKqlSource
+from playbooks.audit import AuditLog
+from playbooks.engine import RunRequest, Runner
+from playbooks.exercises import find_scenario, load_scenario
+from playbooks.models import Mode, RunReport, Window
+from playbooks.playbook import load_playbook
+from playbooks.reports import SCHEMA_PATH, report_schema
+from playbooks.settings import Settings
+from playbooks.store import open_store
+from playbooks.times import parse_time
+from tests.conftest import write_table
+
+TOKENWARD = str(Path(sys.executable).with_name("tokenward"))
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TOKENWARD, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def exports(tmp_path: Path) -> Path:
+    """The seed scenario written out as a folder of Log Analytics exports."""
+    folder = tmp_path / "exports"
+    for table, rows in load_scenario(find_scenario("seed-true-positive")).tables().items():
+        if rows:
+            write_table(folder, table, rows, lines=table != "SigninLogs")
+    return folder
+
+
+def hunt(tmp_path: Path, exports: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        tmp_path,
+        "hunt",
+        "--source",
+        f"files:{exports}",
+        "--start",
+        "2026-01-15T00:00:00Z",
+        "--end",
+        "2026-01-15T12:00:00Z",
+        *extra,
+    )
+
+
+def test_a_hunt_over_exported_files_finds_the_sign_in_and_writes_a_valid_json_report(tmp_path: Path, exports: Path) -> None:
+    done = hunt(tmp_path, exports, "--now", "2026-01-15T12:00:00Z", "--output", "out/report.json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    (finding,) = report["findings"]
+    # Without the scenario's Tor range the threat-intelligence signal is absent.
+    assert finding["tier"] == "high"
+    assert "threat_intel_ip" not in {r["signal"] for r in finding["reasons"]}
+    assert {"action", "target", "status", "request"} <= set(report["actions"][0])
+    assert "loaded 3 file(s)" in done.stderr
+
+
+def test_json_output_goes_to_stdout_alone(tmp_path: Path, exports: Path) -> None:
+    done = hunt(tmp_path, exports, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["findings"][0]["user_principal_name"] == "target.user@contoso.com"
+
+
+def test_a_hunt_scoped_to_other_users_finds_nothing(tmp_path: Path, exports: Path) -> None:
+    done = hunt(tmp_path, exports, "--user", "someone.else@contoso.com", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["findings"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start", "2026-01-16T00:00:00Z", "--end", "2026-01-15T00:00:00Z"], "starts (2026-01-16T00:00:00Z) at or after it ends"),
+        (["--since", "soon"], "not a duration"),
+        (["--start", "yesterday"], "'yesterday' is not a time"),
+        (["--since", "120d"], "longer than 90 days"),
+        (["--user", 'x" or 1==1 or "'], "is not a UPN or mail address"),
+    ],
+)
+def test_a_bad_window_or_scope_is_refused_with_a_reason(tmp_path: Path, exports: Path, args: list[str], message: str) -> None:
+    done = run(tmp_path, "hunt", "--source", f"files:{exports}", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_a_malformed_export_fails_naming_the_file_and_the_failed_run_is_audited(tmp_path: Path) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "SigninLogs.jsonl").write_text('{"TimeGenerated": "2026-01-15T09:00:00Z"}\n{"TimeGenerated": \n')
+    done = run(tmp_path, "hunt", "--source", f"files:{folder}", "--since", "24h")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("tokenward: ExportError: ")
+    assert "SigninLogs.jsonl:2" in done.stderr
+    with sqlite3.connect(tmp_path / "tokenward.db") as db:
+        kinds = [kind for (kind,) in db.execute("SELECT kind FROM audit_records ORDER BY seq")]
+    assert kinds == ["run.started", "run.failed"]
+
+
+def test_an_export_without_device_code_fields_warns_that_the_hunt_is_blind(tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    write_table(folder, "SigninLogs", [{"TimeGenerated": "2026-01-15T09:00:00Z", "UserPrincipalName": "a@contoso.com"}])
+    done = run(tmp_path, "hunt", "--source", f"files:{folder}", "--start", "2026-01-15T00:00:00Z", "--end", "2026-01-16T00:00:00Z", "--json")
+    assert done.returncode == 0, done.stderr
+    assert any("cannot find device code sign-ins" in w for w in json.loads(done.stdout)["warnings"])
+
+
+def test_audit_verify_passes_then_fails_once_a_record_is_edited(tmp_path: Path, exports: Path) -> None:
+    assert hunt(tmp_path, exports).returncode == 0
+    verified = run(tmp_path, "audit", "verify")
+    assert verified.returncode == 0 and "audit chain intact" in verified.stdout
+    with sqlite3.connect(tmp_path / "tokenward.db") as db:
+        db.execute("UPDATE audit_records SET data = '{}' WHERE seq = 2")
+    broken = run(tmp_path, "audit", "verify")
+    assert broken.returncode == 1
+    assert "record 2" in broken.stderr and "was edited" in broken.stderr
+
+
+def test_audit_show_lists_the_run_records(tmp_path: Path, exports: Path) -> None:
+    assert hunt(tmp_path, exports).returncode == 0
+    shown = run(tmp_path, "audit", "show", "--json")
+    kinds = [json.loads(line)["kind"] for line in shown.stdout.splitlines()]
+    assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
+    assert kinds.count("query.completed") == 4
+    assert "action.dry_run" in kinds
+
+
+def test_the_committed_report_schema_is_the_generated_one() -> None:
+    assert json.loads(SCHEMA_PATH.read_text()) == report_schema(), (
+        "regenerate playbooks/reports/report.schema.json from the models"
+    )
+
+
+def test_an_invalid_settings_file_stops_before_anything_runs(tmp_path: Path, exports: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[guardrails]\nmax_users_per_run = 0\n")
+    done = run(tmp_path, "--config", str(config), "hunt", "--source", f"files:{exports}")
+    assert done.returncode == 1
+    assert "guardrails.max_users_per_run" in done.stderr
+
+
+async def _dry_run_over(exports: Path) -> RunReport:
+    con = duckdb_kql.connect()
+    ExportLoader(con).load_directory(exports)
+    now = parse_time("2026-01-15T12:00:00Z").value
+    runner = Runner(load_playbook(), Settings(), LocalKqlSource(con, now=now, origin="t"), AuditLog(open_store("sqlite://")))
+    window = Window(start=parse_time("2026-01-15T00:00:00Z").value, end=now)
+    return await runner.run(RunRequest(trigger="test", mode=Mode.DRY_RUN, window=window, now=now))
+
+
+def test_a_dry_run_opens_no_connection_at_all(exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[Any] = []
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        raise AssertionError("a dry-run tried to connect")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    report = asyncio.run(_dry_run_over(exports))
+    assert attempts == []
+    assert {action.status.value for action in report.actions} == {"would_send"}
