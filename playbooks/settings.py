@@ -18,9 +18,18 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from playbooks.errors import Location, SettingsError
 from playbooks.identities import is_guid, is_upn
@@ -31,6 +40,16 @@ ENV_CONFIG = "TOKENWARD_CONFIG"
 ENV_AUDIT_KEY = "TOKENWARD_AUDIT_HMAC_KEY"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_network(item) for item in value)
+    return value
+
+
+#: Addresses or CIDR ranges, given as text in files.
+Networks = Annotated[tuple[Network, ...], BeforeValidator(_networks)]
 
 
 class Section(BaseModel):
@@ -57,12 +76,7 @@ class SanctionedUse(Section):
     name: str = Field(min_length=1)
     users: tuple[str, ...] = ()
     apps: tuple[str, ...] = ()
-    ip_ranges: tuple[Network, ...] = ()
-
-    @field_validator("ip_ranges", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        return tuple(_network(item) for item in value) if isinstance(value, list | tuple) else value
+    ip_ranges: Networks = ()
 
     @model_validator(mode="after")
     def _not_by_app_alone(self) -> SanctionedUse:
@@ -98,17 +112,12 @@ class GuardrailSettings(Section):
 
 
 class ThreatIntelSettings(Section):
-    ip_ranges: tuple[Network, ...] = Field(
+    ip_ranges: Networks = Field(
         default=(), description="Addresses or CIDR ranges treated as hostile."
     )
     files: tuple[Path, ...] = Field(
         default=(), description="Files with one address or range per line (# comments)."
     )
-
-    @field_validator("ip_ranges", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        return tuple(_network(item) for item in value) if isinstance(value, list | tuple) else value
 
 
 class HuntSettings(Section):

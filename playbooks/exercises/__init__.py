@@ -9,7 +9,6 @@ which go through the same loader and the same hunt as real exports.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import uuid
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from playbooks.errors import ScenarioError
 from playbooks.identities import is_guid, is_upn
 from playbooks.models import ActionKind, ActionStatus, RunReport, Tier
-from playbooks.settings import Network, SanctionedUse, Settings
+from playbooks.settings import Networks, SanctionedUse, Settings
 from playbooks.times import isoformat_z, parse_duration, parse_time
 from playbooks.yamlsource import YamlDocument, read_yaml
 
@@ -164,17 +163,10 @@ class ScenarioClick(Strict):
 class ScenarioSettings(Strict):
     """Tenant settings the case needs, added to the configured ones."""
 
-    threat_intel_ip_ranges: tuple[Network, ...] = ()
+    threat_intel_ip_ranges: Networks = ()
     sanctioned_use: tuple[SanctionedUse, ...] = ()
     protected_accounts: tuple[str, ...] = ()
     allowed_countries: tuple[str, ...] = ()
-
-    @field_validator("threat_intel_ip_ranges", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        if isinstance(value, list | tuple):
-            return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
-        return value
 
 
 class ExpectedFinding(Strict):
