@@ -114,19 +114,18 @@ def hunt(
 ) -> None:
     """Hunt a time window for device code phishing and show what would be done."""
     settings = app.settings()
-    playbook = load_playbook(settings.playbook.path)
     audit = app.audit(settings)
-    now = _instant(now_text, "--now") if now_text else utcnow()
-    window = _window(start, end, since or settings.hunt.default_since, now)
-    scope = tuple(_user(value) for value in users)
     run_mode = Mode(mode)
-    _refuse_unavailable(run_mode)
-
-    kind, _, argument = source_spec.partition(":")
-    if kind != "files" or not argument:
-        raise click.BadParameter("use files:DIR (a directory of exported logs)", param_hint="--source")
-    directory = Path(argument)
     with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
+        playbook = load_playbook(settings.playbook.path)
+        now = _instant(now_text, "--now") if now_text else utcnow()
+        window = _window(start, end, since or settings.hunt.default_since, now)
+        scope = tuple(_user(value) for value in users)
+        _refuse_unavailable(run_mode)
+        kind, _, argument = source_spec.partition(":")
+        if kind != "files" or not argument:
+            raise click.BadParameter("use files:DIR (a directory of exported logs)", param_hint="--source")
+        directory = Path(argument)
         con, summary = _load(app, directory)
     source = LocalKqlSource(con, now=now, origin=f"exported files in {directory}")
     request = RunRequest(
@@ -311,13 +310,15 @@ def _refuse_unavailable(mode: Mode) -> None:
 
 @contextmanager
 def _failed_runs_audited(audit_log: AuditLog, *, trigger: str, mode: Mode) -> Iterator[None]:
-    """A run that fails before it starts (a bad export) is still audited."""
+    """A run that fails before it starts (a bad export, window or playbook) is
+    still audited, with the reason it failed."""
     try:
         yield
-    except TokenwardError as failure:
+    except (TokenwardError, click.ClickException) as failure:
+        reason = failure.format_message() if isinstance(failure, click.ClickException) else str(failure)
         run_id = new_run_id()
         audit_log.record(run_id, "run.started", {"trigger": trigger, "mode": mode.value})
-        audit_log.record(run_id, "run.failed", {"error": f"{type(failure).__name__}: {failure}"})
+        audit_log.record(run_id, "run.failed", {"error": f"{type(failure).__name__}: {reason}"})
         raise
 
 

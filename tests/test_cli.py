@@ -176,3 +176,12 @@ def test_a_dry_run_opens_no_connection_at_all(exports: Path, monkeypatch: pytest
     report = asyncio.run(_dry_run_over(exports))
     assert attempts == []
     assert {action.status.value for action in report.actions} == {"would_send"}
+
+
+def test_a_bad_window_is_refused_and_the_refused_run_is_audited(tmp_path: Path, exports: Path) -> None:
+    done = run(tmp_path, "hunt", "--source", f"files:{exports}", "--start", "2026-01-16T00:00:00Z", "--end", "2026-01-15T00:00:00Z")
+    assert done.returncode == 2
+    with sqlite3.connect(tmp_path / "tokenward.db") as db:
+        rows = list(db.execute("SELECT kind, data FROM audit_records ORDER BY seq"))
+    assert [kind for kind, _ in rows] == ["run.started", "run.failed"]
+    assert "at or after it ends" in rows[1][1]
