@@ -1,0 +1,163 @@
+"""Who may call the webhook: an HMAC signature or an Entra ID bearer token. Pure.
+
+Two schemes, either or both enabled in settings:
+
+* **HMAC-SHA256.** The sender signs ``<timestamp>.<raw body>`` with a shared
+  secret and sends ``X-Tokenward-Timestamp`` (Unix seconds) and
+  ``X-Tokenward-Signature: sha256=<hex>``. A timestamp outside the tolerance
+  is refused, so a captured request cannot be replayed later.
+* **Entra ID bearer token**, as a Logic App's managed identity sends it: RS256,
+  signed by one of the tenant's keys, for the configured audience and issuer,
+  within its lifetime, and (when configured) from an allowed principal.
+
+Every refusal raises :class:`Unauthorized` with a reason for the audit; the
+HTTP answer never repeats it. Comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+SIGNATURE_HEADER = "x-tokenward-signature"
+TIMESTAMP_HEADER = "x-tokenward-timestamp"
+_PREFIX = "sha256="
+
+
+class Unauthorized(Exception):
+    """The request is not from a sender tokenward trusts; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sign(body: bytes, *, secret: bytes, timestamp: int) -> str:
+    """The signature header value a sender puts on *body*."""
+    digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256)
+    return _PREFIX + digest.hexdigest()
+
+
+def verify_signature(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    secret: bytes,
+    now: float,
+    tolerance_s: int,
+) -> None:
+    """Accept *body* only if it carries a fresh, valid signature."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    signature = lowered.get(SIGNATURE_HEADER, "")
+    stamp = lowered.get(TIMESTAMP_HEADER, "")
+    if not signature or not stamp:
+        raise Unauthorized("no signature or timestamp header")
+    if not stamp.isdigit() or len(stamp) > 12:
+        raise Unauthorized("the timestamp is not Unix seconds")
+    if abs(now - int(stamp)) > tolerance_s:
+        raise Unauthorized(f"the timestamp is {int(now - int(stamp))} s off (a replay or a skewed clock)")
+    expected = sign(body, secret=secret, timestamp=int(stamp))
+    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+        raise Unauthorized("the signature does not match the body")
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """What a bearer token must say to be accepted."""
+
+    audiences: tuple[str, ...]
+    issuers: tuple[str, ...]
+    # Object ids of the principals allowed to call (e.g. the Logic App's
+    # managed identity); empty accepts any principal of the tenant.
+    allowed_principals: frozenset[str] = frozenset()
+    leeway_s: int = 60
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a valid token says called, as the audit records it."""
+
+    principal_id: str
+    app_id: str
+    tenant_id: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        return self.name or self.principal_id or self.app_id
+
+
+KeyLookup = Callable[[str], Any]
+
+
+def validate_bearer(
+    authorization: str,
+    *,
+    policy: TokenPolicy,
+    key_for: KeyLookup,
+    now: float,
+) -> Caller:
+    """The caller of a valid ``Authorization: Bearer`` header, else :class:`Unauthorized`.
+
+    *key_for* maps a token's ``kid`` to its public key, or raises ``KeyError``;
+    it is where the tenant's signing keys are cached and rotated.
+    """
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("no bearer token")
+    try:
+        header = jwt.get_unverified_header(token.strip())
+    except jwt.PyJWTError:
+        raise Unauthorized("the bearer token is not a JWT") from None
+    if header.get("alg") != "RS256":
+        raise Unauthorized(f"the token is signed with {header.get('alg')!r}, not RS256")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise Unauthorized("the token names no signing key")
+    try:
+        key = key_for(kid)
+    except KeyError:
+        raise Unauthorized("the token is signed by a key the tenant does not publish") from None
+
+    try:
+        claims = jwt.decode(
+            token.strip(),
+            key=key,
+            algorithms=["RS256"],
+            audience=list(policy.audiences),
+            issuer=list(policy.issuers),
+            leeway=policy.leeway_s,
+            options={"require": ["exp", "nbf", "iat", "aud", "iss"], "verify_iat": False},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("the token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise Unauthorized("the token is not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise Unauthorized("the token is for another audience") from None
+    except jwt.InvalidIssuerError:
+        raise Unauthorized("the token is from another issuer") from None
+    except jwt.PyJWTError as failure:
+        raise Unauthorized(f"the token is invalid ({type(failure).__name__})") from None
+    if abs(now - float(claims.get("iat", now))) > 86400 + policy.leeway_s:
+        raise Unauthorized("the token was issued more than a day ago")
+
+    caller = Caller(
+        principal_id=str(claims.get("oid", "")),
+        app_id=str(claims.get("appid") or claims.get("azp") or ""),
+        tenant_id=str(claims.get("tid", "")),
+        name=str(claims.get("xms_mirid") or claims.get("upn") or ""),
+    )
+    if policy.allowed_principals and not _allowed(caller, policy.allowed_principals):
+        raise Unauthorized(f"principal {caller.principal_id or caller.app_id!r} may not call the webhook")
+    return caller
+
+
+def _allowed(caller: Caller, allowed: Collection[str]) -> bool:
+    names = {caller.principal_id.lower(), caller.app_id.lower()} - {""}
+    return bool(names & {item.lower() for item in allowed})
