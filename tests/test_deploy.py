@@ -35,7 +35,8 @@ def test_the_rule_maps_accounts_and_ips_to_columns_its_query_projects(load_table
     now = parse_time("2026-01-15T09:50:00Z").value
     result = duckdb_kql.kql(con, rule_query(load_playbook()), allow_write=False, query_now=now)
     assert columns <= set(result.columns)
-    row = dict(zip(result.columns, result.fetchone() or (), strict=True))
+    (values,) = result.fetchall()
+    row = dict(zip(result.columns, values, strict=True))
     assert (row["AccountName"], row["AccountUPNSuffix"]) == ("target.user", "contoso.com")
     assert row["UserId"] == "6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11"
 
