@@ -1,13 +1,16 @@
-"""Renderings of a run: the terminal, JSON for machines, Markdown for people."""
+"""Renderings of a run: the terminal, JSON for machines, Markdown and HTML for people."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from playbooks.models import RunReport, ServiceRequest
+from playbooks.models import ActionStatus, RunReport, ServiceRequest
+from playbooks.whatif import Thresholds, WhatIf
 
 SCHEMA_PATH = Path(str(files("playbooks") / "reports" / "report.schema.json"))
 
@@ -15,6 +18,36 @@ SCHEMA_PATH = Path(str(files("playbooks") / "reports" / "report.schema.json"))
 DEFAULT_BASES = {
     "graph": "https://graph.microsoft.com/v1.0",
     "sentinel": "https://management.azure.com",
+}
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a rendering may say beyond the run itself."""
+
+    title: str | None = None
+    # The scenario's story, for an exercise.
+    description: str | None = None
+    scenario: str | None = None
+    # How the run differs from the scenario's expected outcome (empty: met);
+    # None when there is nothing to check against.
+    expected: Sequence[str] | None = None
+    # The playbook's tier thresholds, for charts that show them.
+    thresholds: Thresholds | None = None
+    what_if: WhatIf | None = None
+
+
+#: An action's status in words, for people who do not read enum values.
+STATUS_WORDS = {
+    ActionStatus.WOULD_SEND: "would be sent",
+    ActionStatus.AWAITING_APPROVAL: "waits for an approver",
+    ActionStatus.BLOCKED: "blocked",
+    ActionStatus.SKIPPED: "skipped",
+    ActionStatus.SUCCEEDED: "succeeded",
+    ActionStatus.UNCONFIRMED: "sent, not confirmed",
+    ActionStatus.INEFFECTIVE: "sent, does not contain",
+    ActionStatus.FAILED: "failed",
+    ActionStatus.UNKNOWN: "outcome unknown",
 }
 
 

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from playbooks.models import Finding, RunReport
-from playbooks.reports import relative, request_body, request_line
+from collections.abc import Sequence
+
+from playbooks.models import Finding, RunReport, Tier
+from playbooks.reports import ReportContext, relative, request_body, request_line
 from playbooks.times import isoformat_z
+from playbooks.whatif import FindingChange, WhatIf
 
 
-def to_markdown(report: RunReport, *, title: str | None = None, expected: list[str] | None = None) -> str:
+def to_markdown(
+    report: RunReport,
+    *,
+    title: str | None = None,
+    expected: Sequence[str] | None = None,
+    context: ReportContext | None = None,
+) -> str:
+    if context is not None:
+        title = title or context.title
+        expected = context.expected if expected is None else expected
+    what_if = context.what_if if context is not None else None
     lines: list[str] = [f"# {title or 'tokenward run ' + report.run_id}", ""]
+    if context is not None and context.description:
+        lines += [context.description, ""]
     lines += [
         f"- **Run:** `{report.run_id}` ({report.mode.value}, {report.trigger})",
         f"- **Status:** {report.status.value}" + (f" — {report.error}" if report.error else ""),
@@ -19,8 +34,12 @@ def to_markdown(report: RunReport, *, title: str | None = None, expected: list[s
     ]
     if expected is not None:
         lines += ["## Expected outcome", ""]
+        if what_if is not None:
+            lines += ["With the unchanged playbook:", ""]
         lines += ["Met." if not expected else "**Not met:**"] + [f"- {item}" for item in expected]
         lines.append("")
+    if what_if is not None:
+        lines += _what_if(what_if)
     if report.warnings:
         lines += ["## Warnings", ""] + [f"- {warning}" for warning in report.warnings] + [""]
 
@@ -70,6 +89,45 @@ def to_markdown(report: RunReport, *, title: str | None = None, expected: list[s
             "",
         ]
     return "\n".join(lines)
+
+
+def _what_if(what_if: WhatIf) -> list[str]:
+    lines = ["## What if", "", what_if.summary(), "", "| key | playbook | what-if | from |", "|---|---|---|---|"]
+    for override in what_if.overrides:
+        lines.append(
+            f"| `{override.key}` | `{override.before}` | `{override.after}` | {override.source} |"
+        )
+    lines += ["", "| user | sign-in | playbook | what-if | change |", "|---|---|---:|---:|---|"]
+    for change in what_if.findings:
+        lines.append(
+            f"| {change.user_principal_name} | {isoformat_z(change.sign_in_time)} {change.app} | "
+            f"{_tier_score(change.tier_before, change.score_before)} | "
+            f"{_tier_score(change.tier_after, change.score_after)} | {_change(change)} |"
+        )
+    lines.append("")
+    for actions in what_if.action_changes:
+        lines.append(
+            f"- Actions for {actions.user_principal_name}: adds "
+            f"{', '.join(actions.added) or 'nothing'}; drops {', '.join(actions.removed) or 'nothing'}."
+        )
+    if what_if.expected_after:
+        lines.append("- Against the scenario's expected outcome, the what-if differs:")
+        lines += [f"  - {problem}" for problem in what_if.expected_after]
+    if what_if.action_changes or what_if.expected_after:
+        lines.append("")
+    return lines
+
+
+def _tier_score(tier: Tier | None, score: int | None) -> str:
+    return "no finding" if tier is None else f"{tier.value.upper()} {score}"
+
+
+def _change(change: FindingChange) -> str:
+    if change.tier_changed:
+        before = change.tier_before.value if change.tier_before else "none"
+        after = change.tier_after.value if change.tier_after else "none"
+        return f"**{before} → {after}**"
+    return "score only" if change.score_changed else "unchanged"
 
 
 def _finding(finding: Finding) -> list[str]:
