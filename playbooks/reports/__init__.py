@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from playbooks.models import ActionStatus, RunReport, ServiceRequest
+from playbooks.models import ActionKind, ActionStatus, RunReport, ServiceRequest
 from playbooks.whatif import Thresholds, WhatIf
 
 SCHEMA_PATH = Path(str(files("playbooks") / "reports" / "report.schema.json"))
@@ -49,6 +50,105 @@ STATUS_WORDS = {
     ActionStatus.FAILED: "failed",
     ActionStatus.UNKNOWN: "outcome unknown",
 }
+
+
+_ACTION_TITLES = {
+    ActionKind.REVOKE_SESSIONS: "Revoke sessions",
+    ActionKind.DISABLE_ACCOUNT: "Disable account",
+    ActionKind.CONFIRM_COMPROMISED: "Confirm compromised",
+    ActionKind.COMMENT_ON_INCIDENT: "Comment on the incident",
+}
+
+
+def action_title(kind: ActionKind) -> str:
+    return _ACTION_TITLES.get(kind, kind.value.replace("_", " ").capitalize())
+
+
+#: Short names of the scoring signals, for charts and tables.
+SIGNAL_LABELS = {
+    "high_value_app": "High-value app",
+    "unmanaged_device": "Unmanaged device",
+    "non_compliant_device": "Non-compliant device",
+    "sign_in_risk": "Sign-in risk",
+    "aggregated_risk": "User risk (aggregated)",
+    "anonymous_ip_risk": "Anonymising network",
+    "unusual_country": "Country new for the user",
+    "country_not_allowed": "Country not allowed",
+    "threat_intel_ip": "Threat-intel address",
+    "scripted_user_agent": "Scripted client",
+    "url_click_before": "Link clicked just before",
+    "click_to_device_login": "Link leads to device login",
+    "click_lure_host": "Link on a lure host",
+    "clicked_through_warning": "Warning clicked through",
+    "phishing_email": "Mail flagged as phishing",
+    "lure_email": "Link came in a mail",
+    "suspicious_email": "Outside mail with links",
+    "ip_differs_from_click": "Redeemed from another address",
+    "first_device_code_use": "First device code use",
+    "token_burst": "Token used in a burst",
+    "sign_in_not_successful": "No token issued",
+    "sanctioned_use": "Sanctioned use",
+}
+
+
+class SignalGroup(StrEnum):
+    """What part of the story a signal is about, for the score chart's colours."""
+
+    LURE = "lure"
+    SIGN_IN = "sign_in"
+    HISTORY = "history"
+    LOWERS = "lowers"
+    OTHER = "other"
+
+    @property
+    def title(self) -> str:
+        return {
+            "lure": "Lure: mail and click",
+            "sign_in": "Sign-in: app, device, network, risk",
+            "history": "History and token use",
+            "lowers": "Lowers the score",
+            "other": "Other",
+        }[self.value]
+
+
+_GROUPS = {
+    SignalGroup.LURE: (
+        "url_click_before",
+        "click_to_device_login",
+        "click_lure_host",
+        "clicked_through_warning",
+        "phishing_email",
+        "lure_email",
+        "suspicious_email",
+        "ip_differs_from_click",
+    ),
+    SignalGroup.SIGN_IN: (
+        "high_value_app",
+        "unmanaged_device",
+        "non_compliant_device",
+        "sign_in_risk",
+        "aggregated_risk",
+        "anonymous_ip_risk",
+        "unusual_country",
+        "country_not_allowed",
+        "threat_intel_ip",
+        "scripted_user_agent",
+    ),
+    SignalGroup.HISTORY: ("first_device_code_use", "token_burst"),
+}
+
+
+def signal_label(signal: str) -> str:
+    return SIGNAL_LABELS.get(signal, signal.replace("_", " ").capitalize())
+
+
+def signal_group(signal: str, weight: int) -> SignalGroup:
+    if weight < 0:
+        return SignalGroup.LOWERS
+    for group, members in _GROUPS.items():
+        if signal in members:
+            return group
+    return SignalGroup.OTHER
 
 
 def request_line(request: ServiceRequest, bases: dict[str, str] | None = None) -> str:

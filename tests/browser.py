@@ -1,0 +1,77 @@
+"""Headless Chromium for the report tests: open a page, record what went wrong.
+
+Drives Debian's ``chromium`` through Playwright (its Python package carries
+its own driver and never downloads a browser here: it is pointed at the
+system binary). The flags are the ones this machine's closed network needs;
+Playwright gives each launch a fresh, empty profile.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@dataclass
+class PageLog:
+    """What the page said and asked for while it loaded."""
+
+    console: list[tuple[str, str]] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def console_errors(self) -> list[str]:
+        return [text for kind, text in self.console if kind in ("error", "warning")]
+
+
+@contextmanager
+def chromium_page(width: int = 1280, height: int = 900) -> Iterator[tuple[Any, PageLog]]:
+    """A fresh page in headless Chromium, and the log of everything it does."""
+    from playwright.sync_api import sync_playwright
+
+    executable = find_chromium()
+    if executable is None:
+        raise RuntimeError("chromium is not installed")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            log = PageLog()
+            page.on("console", lambda message: log.console.append((message.type, message.text)))
+            page.on("pageerror", lambda error: log.page_errors.append(str(error)))
+            page.on("request", lambda request: log.requests.append(request.url))
+            page.on("requestfailed", lambda request: log.failed.append(request.url))
+            yield page, log
+        finally:
+            browser.close()
+
+
+def screenshot(html: Path, png: Path, *, width: int = 1280, full_page: bool = True) -> None:
+    """A PNG of *html* as Chromium draws it."""
+    with chromium_page(width=width) as (page, _):
+        page.goto(html.resolve().as_uri())
+        page.screenshot(path=str(png), full_page=full_page)
