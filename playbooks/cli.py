@@ -138,7 +138,7 @@ def hunt(
         trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=tuple(summary.warnings)
     )
     report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
-    context = ReportContext(thresholds=_thresholds(playbook))
+    context = ReportContext(thresholds=_thresholds(playbook), correlation=_correlation(playbook))
     _emit(app, report, as_json=as_json, output=output, markdown=markdown, context=context)
     if html_report is not None:
         _write(html_report, to_html(report, context=context))
@@ -233,6 +233,7 @@ def exercise(
         description=scenario.description,
         expected=problems,
         thresholds=_thresholds(changed or playbook),
+        correlation=_correlation(changed or playbook),
         what_if=what_if,
         scenario=scenario.name,
     )
@@ -270,6 +271,11 @@ def _write_tables(directory: Path, tables: dict[str, list[dict[str, Any]]]) -> N
         if rows:
             with (directory / f"{table}.jsonl").open("w", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def _correlation(playbook: Playbook) -> tuple[timedelta, timedelta]:
+    window = playbook.spec.correlation
+    return (window.before, window.after)
 
 
 def _thresholds(playbook: Playbook) -> Thresholds:

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from playbooks.errors import Location
-from playbooks.models import Finding, Model, RunReport, Tier, UtcDatetime
+from playbooks.models import (
+    ActionKind,
+    ActionStatus,
+    Finding,
+    Model,
+    RunReport,
+    Tier,
+    UtcDatetime,
+)
 from playbooks.playbook import AppliedOverride
 
 
@@ -67,19 +75,26 @@ class FindingChange(Model):
         return "up" if after > before else "down" if after < before else "same"
 
 
+class PlannedItem(Model):
+    """One action on one user, and what the run did with it."""
+
+    action: ActionKind
+    status: ActionStatus
+
+
 class UserActions(Model):
-    """The actions planned for one user under both playbooks (``kind (status)``)."""
+    """The actions planned for one user under both playbooks."""
 
     user_principal_name: str
-    before: tuple[str, ...]
-    after: tuple[str, ...]
+    before: tuple[PlannedItem, ...]
+    after: tuple[PlannedItem, ...]
 
     @property
-    def added(self) -> tuple[str, ...]:
+    def added(self) -> tuple[PlannedItem, ...]:
         return tuple(item for item in self.after if item not in self.before)
 
     @property
-    def removed(self) -> tuple[str, ...]:
+    def removed(self) -> tuple[PlannedItem, ...]:
         return tuple(item for item in self.before if item not in self.after)
 
     @property
@@ -151,7 +166,9 @@ def compare_runs(
     findings = tuple(_finding_change(key, old.get(key), new.get(key)) for key in order)
 
     old_actions, new_actions = _actions_by_user(before), _actions_by_user(after)
-    users = list(old_actions) + [user for user in new_actions if user not in old_actions]
+    users = list(old_actions) + [
+        user for user in new_actions if user not in old_actions
+    ]
     actions = tuple(
         UserActions(
             user_principal_name=user,
@@ -171,7 +188,9 @@ def compare_runs(
     )
 
 
-def _finding_change(key: str, old: Finding | None, new: Finding | None) -> FindingChange:
+def _finding_change(
+    key: str, old: Finding | None, new: Finding | None
+) -> FindingChange:
     either = new or old
     assert either is not None
     return FindingChange(
@@ -186,11 +205,11 @@ def _finding_change(key: str, old: Finding | None, new: Finding | None) -> Findi
     )
 
 
-def _actions_by_user(report: RunReport) -> dict[str, tuple[str, ...]]:
-    found: dict[str, list[str]] = {}
+def _actions_by_user(report: RunReport) -> dict[str, tuple[PlannedItem, ...]]:
+    found: dict[str, list[PlannedItem]] = {}
     for action in report.actions:
         for target in action.targets:
-            item = f"{action.action.value} ({action.status.value})"
+            item = PlannedItem(action=action.action, status=action.status)
             found.setdefault(target.user_principal_name.lower(), []).append(item)
     for finding in report.findings:
         found.setdefault(finding.user_principal_name.lower(), [])

@@ -49,7 +49,9 @@ class PageLog:
 
 
 @contextmanager
-def chromium_page(width: int = 1280, height: int = 900) -> Iterator[tuple[Any, PageLog]]:
+def chromium_page(
+    width: int = 1280, height: int = 900
+) -> Iterator[tuple[Any, PageLog]]:
     """A fresh page in headless Chromium, and the log of everything it does."""
     from playwright.sync_api import sync_playwright
 
@@ -57,11 +59,16 @@ def chromium_page(width: int = 1280, height: int = 900) -> Iterator[tuple[Any, P
     if executable is None:
         raise RuntimeError("chromium is not installed")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_FLAGS
+        )
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             log = PageLog()
-            page.on("console", lambda message: log.console.append((message.type, message.text)))
+            page.on(
+                "console",
+                lambda message: log.console.append((message.type, message.text)),
+            )
             page.on("pageerror", lambda error: log.page_errors.append(str(error)))
             page.on("request", lambda request: log.requests.append(request.url))
             page.on("requestfailed", lambda request: log.failed.append(request.url))
@@ -70,7 +77,9 @@ def chromium_page(width: int = 1280, height: int = 900) -> Iterator[tuple[Any, P
             browser.close()
 
 
-def screenshot(html: Path, png: Path, *, width: int = 1280, full_page: bool = True) -> None:
+def screenshot(
+    html: Path, png: Path, *, width: int = 1280, full_page: bool = True
+) -> None:
     """A PNG of *html* as Chromium draws it."""
     with chromium_page(width=width) as (page, _):
         page.goto(html.resolve().as_uri())

@@ -491,7 +491,7 @@ def _check_consistency(document: YamlDocument, scenario: Scenario) -> None:
         if key not in users:
             refuse(loc, f"unknown user {key!r} (users: {', '.join(sorted(users))})")
 
-    for section, items in (("sign_ins", scenario.sign_ins), ("emails", scenario.emails), ("clicks", scenario.clicks)):
+    for section, items in _event_sections(scenario):
         for index, item in enumerate(items):
             known_user((section, index, "user"), item.user)
     for index, click in enumerate(scenario.clicks):
@@ -505,7 +505,7 @@ def _check_consistency(document: YamlDocument, scenario: Scenario) -> None:
         refuse(("emails",), "two emails share an id")
 
     # Rows the run could not see would make the exercise quietly wrong.
-    for section, items in (("sign_ins", scenario.sign_ins), ("emails", scenario.emails), ("clicks", scenario.clicks)):
+    for section, items in _event_sections(scenario):
         for index, item in enumerate(items):
             if item.at > scenario.now:
                 refuse(
@@ -528,6 +528,17 @@ def _check_consistency(document: YamlDocument, scenario: Scenario) -> None:
                 ("settings", "protected_accounts", index),
                 f"{account!r} is neither a UPN nor an object id",
             )
+
+
+Event = ScenarioSignIn | ScenarioEmail | ScenarioClick
+
+
+def _event_sections(scenario: Scenario) -> list[tuple[str, Sequence[Event]]]:
+    return [
+        ("sign_ins", scenario.sign_ins),
+        ("emails", scenario.emails),
+        ("clicks", scenario.clicks),
+    ]
 
 
 def _signed(offset: timedelta) -> str:

@@ -1,17 +1,22 @@
-"""Renderings of a run: the terminal, JSON for machines, Markdown and HTML for people."""
+"""Renderings of a run: the terminal, JSON for machines, Markdown and HTML for people.
+
+Helpers shared by the renderers live here: request lines, status words, signal
+labels and groups, and the :class:`ReportContext` a rendering may be given.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from playbooks.models import ActionKind, ActionStatus, RunReport, ServiceRequest
-from playbooks.whatif import Thresholds, WhatIf
+from playbooks.whatif import PlannedItem, Thresholds, WhatIf
 
 SCHEMA_PATH = Path(str(files("playbooks") / "reports" / "report.schema.json"))
 
@@ -35,6 +40,8 @@ class ReportContext:
     expected: Sequence[str] | None = None
     # The playbook's tier thresholds, for charts that show them.
     thresholds: Thresholds | None = None
+    # How long before and after a sign-in mail and clicks were searched.
+    correlation: tuple[timedelta, timedelta] | None = None
     what_if: WhatIf | None = None
 
 
@@ -62,6 +69,16 @@ _ACTION_TITLES = {
 
 def action_title(kind: ActionKind) -> str:
     return _ACTION_TITLES.get(kind, kind.value.replace("_", " ").capitalize())
+
+
+def planned_words(items: Sequence[PlannedItem]) -> str:
+    """``revoke sessions (would be sent), disable account (…)``, or ``nothing``."""
+    if not items:
+        return "nothing"
+    return ", ".join(
+        f"{action_title(item.action).lower()} ({STATUS_WORDS[item.status]})"
+        for item in items
+    )
 
 
 #: Short names of the scoring signals, for charts and tables.
@@ -101,7 +118,7 @@ class SignalGroup(StrEnum):
     OTHER = "other"
 
     @property
-    def title(self) -> str:
+    def heading(self) -> str:
         return {
             "lure": "Lure: mail and click",
             "sign_in": "Sign-in: app, device, network, risk",

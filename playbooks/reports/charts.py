@@ -82,7 +82,7 @@ _ACTION_STYLE = {
     ActionStatus.AWAITING_APPROVAL: ("h", "#ffffff", "#1d4ed8", 9),
     ActionStatus.BLOCKED: ("X", "#94a3b8", "#475569", 8),
 }
-_RC = {
+_RC: dict[Any, Any] = {
     "svg.fonttype": "none",
     "font.family": ["DejaVu Sans", "sans-serif"],
     "font.size": 9.5,
@@ -140,8 +140,18 @@ class _Segment:
     end: float
 
 
-def timeline_svg(timeline: Timeline, *, chart_id: str, title: str) -> str:
-    """The finding's timeline, to scale, as an SVG element for an HTML page."""
+def timeline_svg(
+    timeline: Timeline,
+    *,
+    chart_id: str,
+    title: str,
+    searched: tuple[timedelta, timedelta] | None = None,
+) -> str:
+    """The finding's timeline, to scale, as an SVG element for an HTML page.
+
+    *searched* is the correlation window (before, after the sign-in), which an
+    empty mail or click lane names.
+    """
     actions = timeline.lane(Lane.TOKENWARD)
     heights = {lane: LANE_HEIGHT for lane in _LANES}
     heights[Lane.TOKENWARD] = max(LANE_HEIGHT, ACTION_STEP * len(actions) + 0.3)
@@ -163,8 +173,12 @@ def timeline_svg(timeline: Timeline, *, chart_id: str, title: str) -> str:
         axes: list[Axes] = []
         x = left / WIDTH
         for index, segment in enumerate(segments):
-            share = widths[index] / sum(widths) if len(segments) == 1 else (0.8, 0.2)[index]
-            ax = figure.add_axes((x, bottom / height, usable * share, sum(heights.values()) / height))
+            share = (
+                widths[index] / sum(widths) if len(segments) == 1 else (0.8, 0.2)[index]
+            )
+            ax = figure.add_axes(
+                (x, bottom / height, usable * share, sum(heights.values()) / height)
+            )
             x += usable * share + 0.3 / WIDTH
             ax.set_xlim(segment.start, segment.end)
             ax.set_ylim(0, sum(heights.values()))
@@ -182,9 +196,31 @@ def timeline_svg(timeline: Timeline, *, chart_id: str, title: str) -> str:
         for lane in _LANES:
             marks = timeline.lane(lane)
             if not marks and lane.empty_note:
+                note = lane.empty_note
+                if searched is not None:
+                    before, after = (
+                        offset_text(value).lstrip("+") for value in searched
+                    )
+                    what = note.split(" around")[0]
+                    note = f"{what} from {before} before to {after} after the sign-in"
                 axes[0].text(
-                    0.012, centres[lane], lane.empty_note, transform=axes[0].get_yaxis_transform(),
-                    va="center", ha="left", fontsize=8, style="italic", color=MUTED, parse_math=False,
+                    0.5,
+                    centres[lane],
+                    note,
+                    transform=axes[0].get_yaxis_transform(),
+                    va="center",
+                    ha="center",
+                    fontsize=8.5,
+                    style="italic",
+                    color=MUTED,
+                    parse_math=False,
+                    bbox={
+                        "boxstyle": "round,pad=0.3",
+                        "facecolor": "white",
+                        "edgecolor": FAINT,
+                        "linewidth": 0.6,
+                    },
+                    zorder=6,
                 )
             if lane is Lane.TOKENWARD:
                 _action_marks(svg, axes, segments, marks, centres[lane])
@@ -196,7 +232,9 @@ def timeline_svg(timeline: Timeline, *, chart_id: str, title: str) -> str:
 def _segments(timeline: Timeline) -> list[_Segment]:
     """One stretch for the whole story, or two when the run came much later."""
     minutes = [_minutes(mark.offset) for mark in timeline.marks]
-    events = [_minutes(m.offset) for m in timeline.marks if m.lane is not Lane.TOKENWARD] + [0.0]
+    events = [
+        _minutes(m.offset) for m in timeline.marks if m.lane is not Lane.TOKENWARD
+    ] + [0.0]
     runs = [_minutes(m.offset) for m in timeline.marks if m.lane is Lane.TOKENWARD]
     first, last = min(events), max(events)
     span = last - first
@@ -204,13 +242,18 @@ def _segments(timeline: Timeline) -> list[_Segment]:
     if run - last > max(4 * span, 60.0):
         pad = max(span * 0.08, 1.0)
         run_pad = max(pad, 1.0)
-        return [_Segment(first - pad, last + pad * 1.5), _Segment(run - run_pad, run + run_pad)]
+        return [
+            _Segment(first - pad, last + pad * 1.5),
+            _Segment(run - run_pad, run + run_pad),
+        ]
     low, high = min(minutes + [0.0]), max(minutes + [0.0])
     pad = max((high - low) * 0.06, 1.0)
     return [_Segment(low - pad, high + pad)]
 
 
-def _lanes(ax: Axes, heights: dict[Lane, float], centres: dict[Lane, float], *, first: bool) -> None:
+def _lanes(
+    ax: Axes, heights: dict[Lane, float], centres: dict[Lane, float], *, first: bool
+) -> None:
     edge = sum(heights.values())
     for index, lane in enumerate(_LANES):
         low = edge - heights[lane]
@@ -220,7 +263,9 @@ def _lanes(ax: Axes, heights: dict[Lane, float], centres: dict[Lane, float], *, 
         edge = low
     ax.set_yticks([centres[lane] for lane in _LANES])
     if first:
-        ax.set_yticklabels([lane.title for lane in _LANES], fontweight="bold", color="#334155")
+        ax.set_yticklabels(
+            [lane.heading for lane in _LANES], fontweight="bold", color="#334155"
+        )
     else:
         ax.set_yticklabels([])
     ax.tick_params(axis="y", length=0, pad=10)
@@ -240,7 +285,8 @@ class _OffsetLocator(Locator):
         return self.tick_values(low, high)
 
     def tick_values(self, vmin: float, vmax: float) -> Any:
-        return self.inner.tick_values(vmin / self.scale, vmax / self.scale) * self.scale
+        ticks = self.inner.tick_values(vmin / self.scale, vmax / self.scale)
+        return [tick * self.scale for tick in ticks]
 
 
 def _tick_text(minutes: float, _position: object = None) -> str:
@@ -265,13 +311,26 @@ def _break(axes: list[Axes], segments: list[_Segment], timeline: Timeline) -> No
     right.spines["left"].set_visible(False)
     gap = timedelta(minutes=segments[1].start - segments[0].end)
     for ax, x in ((left, 1.0), (right, 0.0)):
-        ax.plot([x - 0.006 * (1 if x else -1), x + 0.006 * (1 if x else -1)], [-0.02, 0.02],
-                transform=ax.transAxes, color="#94a3b8", clip_on=False, linewidth=1)
+        ax.plot(
+            [x - 0.006 * (1 if x else -1), x + 0.006 * (1 if x else -1)],
+            [-0.02, 0.02],
+            transform=ax.transAxes,
+            color="#94a3b8",
+            clip_on=False,
+            linewidth=1,
+        )
     figure = left.figure
     middle = (left.get_position().x1 + right.get_position().x0) / 2
     figure.text(
-        middle, left.get_position().y0 - 0.02, f"axis broken:\n{offset_text(gap).lstrip('+')} later",
-        ha="center", va="top", fontsize=7.5, color=MUTED, style="italic", parse_math=False,
+        middle,
+        left.get_position().y0 - 0.02,
+        f"axis broken:\n{offset_text(gap).lstrip('+')} later",
+        ha="center",
+        va="top",
+        fontsize=7.5,
+        color=MUTED,
+        style="italic",
+        parse_math=False,
     )
 
 
@@ -280,28 +339,53 @@ def _exposure(ax: Axes, timeline: Timeline) -> None:
     if not runs or _minutes(runs[0].offset) <= 0:
         return
     end = _minutes(runs[0].offset)
-    ax.axvspan(0, end, color="#fee2e2", alpha=0.35, zorder=0.2, linewidth=0)
+    if timeline.exposed:
+        ax.axvspan(0, end, color="#fee2e2", alpha=0.45, zorder=0.2, linewidth=0)
     ax.annotate(
-        f"{offset_text(runs[0].offset).lstrip('+')} from the sign-in to tokenward's run",
-        xy=(end / 2, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3), textcoords="offset points",
-        ha="center", va="bottom", fontsize=7.5, color="#991b1b", parse_math=False, annotation_clip=False,
-    )
-
-
-def _sign_in_line(axes: list[Axes], segments: list[_Segment], timeline: Timeline) -> None:
-    ax = axes[0]
-    ax.axvline(0, color=INK, linewidth=1, linestyle=(0, (3, 2)), zorder=2)
-    ax.annotate(
-        f"sign-in {isoformat_z(timeline.anchor)[11:19]} UTC",
-        xy=(0, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3), textcoords="offset points",
-        ha="center", va="bottom", fontsize=8, fontweight="bold", color=INK, parse_math=False,
+        f"{offset_text(runs[0].offset).lstrip('+')} from the sign-in to tokenward's run"
+        + (": the token's holder had this long" if timeline.exposed else ""),
+        xy=(end / 2, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(0, 3),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=8,
+        color="#991b1b" if timeline.exposed else MUTED,
+        parse_math=False,
         annotation_clip=False,
     )
 
 
-def _event_marks(svg: _Svg, axes: list[Axes], segments: list[_Segment], marks: Sequence[Mark], y: float) -> None:
+def _sign_in_line(
+    axes: list[Axes], segments: list[_Segment], timeline: Timeline
+) -> None:
+    ax = axes[0]
+    ax.axvline(0, color=INK, linewidth=1, linestyle=(0, (3, 2)), zorder=2)
+    ax.annotate(
+        f"sign-in {isoformat_z(timeline.anchor)[11:19]} UTC",
+        xy=(0, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(0, 3),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=8,
+        fontweight="bold",
+        color=INK,
+        parse_math=False,
+        annotation_clip=False,
+    )
+
+
+def _event_marks(
+    svg: _Svg,
+    axes: list[Axes],
+    segments: list[_Segment],
+    marks: Sequence[Mark],
+    y: float,
+) -> None:
     """Mail, click and sign-in marks, labelled; close marks share one label."""
-    renderer = svg.canvas.get_renderer()
     clusters: list[list[Mark]] = []
     label_end = -1e9
     for mark in marks:
@@ -311,7 +395,7 @@ def _event_marks(svg: _Svg, axes: list[Axes], segments: list[_Segment], marks: S
             clusters[-1].append(mark)
             continue
         clusters.append([mark])
-        label_end = x_px + _label_width(svg, renderer, mark.title, mark.detail) + 10
+        label_end = x_px + _label_width(svg, mark.title, mark.detail) + 10
 
     for mark in marks:
         ax = _axis_for(axes, segments, mark)
@@ -325,12 +409,21 @@ def _event_marks(svg: _Svg, axes: list[Axes], segments: list[_Segment], marks: S
                 "data-time": isoformat_z(mark.time),
                 "data-offset-seconds": str(round(mark.offset.total_seconds())),
             },
-            f"{mark.title} · {isoformat_z(mark.time)} ({mark.offset_text})\n{mark.detail}",
+            f"{mark.title} · {isoformat_z(mark.time)} ({mark.offset_text})\n"
+            + mark.detail,
         )
         ax.plot(
-            [_minutes(mark.offset)], [y], marker=marker, markersize=size, markerfacecolor=face,
-            markeredgecolor=edge, markeredgewidth=1.4, linestyle="none", zorder=5 if mark.primary else 4,
-            clip_on=False, gid=gid,
+            [_minutes(mark.offset)],
+            [y],
+            marker=marker,
+            markersize=size,
+            markerfacecolor=face,
+            markeredgecolor=edge,
+            markeredgewidth=1.4,
+            linestyle="none",
+            zorder=5 if mark.primary else 4,
+            clip_on=False,
+            gid=gid,
         )
 
     for cluster in clusters:
@@ -340,19 +433,43 @@ def _event_marks(svg: _Svg, axes: list[Axes], segments: list[_Segment], marks: S
             title, detail = first.title, first.detail
         else:
             titles = {mark.title for mark in cluster}
-            title = f"{len(cluster)} × {first.title}" if len(titles) == 1 else f"{len(cluster)} events"
+            title = (
+                f"{len(cluster)} × {first.title}"
+                if len(titles) == 1
+                else f"{len(cluster)} events"
+            )
             title += f" ({first.offset_text} to {cluster[-1].offset_text})"
-            detail = first.detail + (" …" if len({m.detail for m in cluster}) > 1 else "")
-        _label(svg, ax, _minutes(first.offset), y, title, _clip_lines(detail), bold=first.primary)
+            detail = first.detail + (
+                " …" if len({m.detail for m in cluster}) > 1 else ""
+            )
+        _label(
+            svg,
+            ax,
+            _minutes(first.offset),
+            y,
+            title,
+            _clip_lines(detail),
+            bold=first.primary,
+        )
 
 
-def _action_marks(svg: _Svg, axes: list[Axes], segments: list[_Segment], marks: Sequence[Mark], y: float) -> None:
+def _action_marks(
+    svg: _Svg,
+    axes: list[Axes],
+    segments: list[_Segment],
+    marks: Sequence[Mark],
+    y: float,
+) -> None:
     """tokenward's planned actions at the run's clock, stacked, one label each."""
     count = len(marks)
     for index, mark in enumerate(marks):
         ax = _axis_for(axes, segments, mark)
         row = y + (((count - 1) / 2) - index) * ACTION_STEP
-        style = _ACTION_STYLE.get(mark.status, _STYLE["run"]) if mark.status else _STYLE["run"]
+        style = (
+            _ACTION_STYLE.get(mark.status, _STYLE["run"])
+            if mark.status
+            else _STYLE["run"]
+        )
         marker, face, edge, size = style
         gid = svg.gid(
             "mark",
@@ -364,21 +481,40 @@ def _action_marks(svg: _Svg, axes: list[Axes], segments: list[_Segment], marks: 
                 "data-offset-seconds": str(round(mark.offset.total_seconds())),
                 "data-status": mark.status.value if mark.status else "",
             },
-            f"{mark.title}: {mark.detail} · {isoformat_z(mark.time)} ({mark.offset_text})",
+            f"{mark.title}: {mark.detail} · {isoformat_z(mark.time)} "
+            f"({mark.offset_text})",
         )
         ax.plot(
-            [_minutes(mark.offset)], [row], marker=marker, markersize=size, markerfacecolor=face,
-            markeredgecolor=edge, markeredgewidth=1.4, linestyle="none", zorder=4, clip_on=False, gid=gid,
+            [_minutes(mark.offset)],
+            [row],
+            marker=marker,
+            markersize=size,
+            markerfacecolor=face,
+            markeredgecolor=edge,
+            markeredgewidth=1.4,
+            linestyle="none",
+            zorder=4,
+            clip_on=False,
+            gid=gid,
         )
-        _label(svg, ax, _minutes(mark.offset), row, mark.title, mark.detail, inline=True)
+        _label(
+            svg, ax, _minutes(mark.offset), row, mark.title, mark.detail, inline=True
+        )
 
 
 def _label(
-    svg: _Svg, ax: Axes, x: float, y: float, title: str, detail: str, *, bold: bool = False, inline: bool = False
+    svg: _Svg,
+    ax: Axes,
+    x: float,
+    y: float,
+    title: str,
+    detail: str,
+    *,
+    bold: bool = False,
+    inline: bool = False,
 ) -> None:
     """A title and a detail beside a mark: right of it, or left near the edge."""
-    renderer = svg.canvas.get_renderer()
-    width = _label_width(svg, renderer, title, detail, inline=inline)
+    width = _label_width(svg, title, detail, inline=inline)
     x_px = ax.transData.transform((x, y))[0]
     figure_right = svg.figure.bbox.x1 - 6
     to_left = x_px + 10 + width > figure_right
@@ -386,32 +522,66 @@ def _label(
     if inline:
         text = f"{title} · {detail}" if not to_left else f"{title} · {detail}"
         ax.annotate(
-            text, xy=(x, y), xytext=(shift, 0), textcoords="offset points", ha=align, va="center",
-            fontsize=8.5, color="#1e3a8a", parse_math=False, annotation_clip=False, zorder=6,
+            text,
+            xy=(x, y),
+            xytext=(shift, 0),
+            textcoords="offset points",
+            ha=align,
+            va="center",
+            fontsize=8.5,
+            color="#1e3a8a",
+            parse_math=False,
+            annotation_clip=False,
+            zorder=6,
         )
         return
     ax.annotate(
-        title, xy=(x, y), xytext=(shift, 3), textcoords="offset points", ha=align, va="bottom",
-        fontsize=9, fontweight="bold", color=INK if bold else "#1e293b", parse_math=False,
-        annotation_clip=False, zorder=6,
+        title,
+        xy=(x, y),
+        xytext=(shift, 3),
+        textcoords="offset points",
+        ha=align,
+        va="bottom",
+        fontsize=9,
+        fontweight="bold",
+        color=INK if bold else "#1e293b",
+        parse_math=False,
+        annotation_clip=False,
+        zorder=6,
     )
     if detail:
         ax.annotate(
-            detail, xy=(x, y), xytext=(shift, -3), textcoords="offset points", ha=align, va="top",
-            fontsize=8.2, color="#475569", parse_math=False, annotation_clip=False, zorder=6,
+            detail,
+            xy=(x, y),
+            xytext=(shift, -3),
+            textcoords="offset points",
+            ha=align,
+            va="top",
+            fontsize=8.2,
+            color="#475569",
+            parse_math=False,
+            annotation_clip=False,
+            zorder=6,
             linespacing=1.25,
         )
 
 
-def _label_width(svg: _Svg, renderer: Any, title: str, detail: str, *, inline: bool = False) -> float:
+def _label_width(svg: _Svg, title: str, detail: str, *, inline: bool = False) -> float:
     texts = [f"{title} · {detail}"] if inline else [title, _clip_lines(detail)]
     widest = 0.0
     for index, value in enumerate(texts):
-        probe = Text(0, 0, value, fontsize=9 if index == 0 and not inline else 8.5,
-                     fontweight="bold" if index == 0 and not inline else "normal", parse_math=False,
-                     linespacing=1.25)
+        probe = Text(
+            0,
+            0,
+            value,
+            fontsize=9 if index == 0 and not inline else 8.5,
+            fontweight="bold" if index == 0 and not inline else "normal",
+            parse_math=False,
+            linespacing=1.25,
+        )
         probe.set_figure(svg.figure)
-        widest = max(widest, probe.get_window_extent(renderer).width)
+        # Measured with the figure's own (Agg) renderer, as drawn.
+        widest = max(widest, probe.get_window_extent().width)
     return widest
 
 
@@ -456,43 +626,125 @@ def score_svg(
     with _drawing(chart_id, height) as svg:
         figure = svg.figure
         width = (WIDTH - left - right) / WIDTH
-        gauge = figure.add_axes(((left / WIDTH), (height - top - gauge_height) / height, width, gauge_height / height))
+        gauge = figure.add_axes(
+            (
+                (left / WIDTH),
+                (height - top - gauge_height) / height,
+                width,
+                gauge_height / height,
+            )
+        )
         _gauge(svg, gauge, reasons, score, thresholds)
-        bars = figure.add_axes((left / WIDTH, (bottom + legend_height) / height, width, bars_height / height))
+        bars = figure.add_axes(
+            (
+                left / WIDTH,
+                (bottom + legend_height) / height,
+                width,
+                bars_height / height,
+            )
+        )
         _bars(svg, bars, reasons)
         return _inline(svg, title=title)
 
 
-def _gauge(svg: _Svg, ax: Axes, reasons: Sequence[Reason], score: int, thresholds: Thresholds | None) -> None:
+def _gauge(
+    svg: _Svg,
+    ax: Axes,
+    reasons: Sequence[Reason],
+    score: int,
+    thresholds: Thresholds | None,
+) -> None:
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 1)
     ax.axis("off")
     zones = (
-        [("low", 0, thresholds.medium), ("medium", thresholds.medium, thresholds.high),
-         ("high", thresholds.high, 100)]
+        [
+            ("low", 0, thresholds.medium),
+            ("medium", thresholds.medium, thresholds.high),
+            ("high", thresholds.high, 100),
+        ]
         if thresholds is not None
         else [("low", 0, 100)]
     )
     for tier, start, end in zones:
-        ax.add_patch(Rectangle((start, 0.1), end - start, 0.55, facecolor=TIER_FILLS[tier] if thresholds else FAINT,
-                               edgecolor="white", linewidth=1.5, zorder=1))
+        ax.add_patch(
+            Rectangle(
+                (start, 0.1),
+                end - start,
+                0.55,
+                facecolor=TIER_FILLS[tier] if thresholds else FAINT,
+                edgecolor="white",
+                linewidth=1.5,
+                zorder=1,
+            )
+        )
         if thresholds is not None:
             words = f"{tier} ≥ {start}" if start else tier
-            ax.text((start + end) / 2, 0.375, words, ha="center", va="center", fontsize=8,
-                    color=TIER_INK[tier], zorder=2, parse_math=False)
-    gid = svg.gid("gauge", {"class": "tw-score-marker", "data-score": str(score)}, f"score {score}")
-    ax.plot([score, score], [0.02, 0.73], color=INK, linewidth=2.2, zorder=3, gid=gid, clip_on=False,
-            solid_capstyle="butt")
-    ax.text(score, 0.8, f"score {score}", ha="center" if 8 < score < 92 else ("left" if score <= 8 else "right"),
-            va="bottom", fontsize=9.5, fontweight="bold", color=INK, parse_math=False, clip_on=False)
-    ax.text(-1.5, 0.375, "Score", ha="right", va="center", fontsize=9, fontweight="bold", color="#334155",
-            parse_math=False)
+            ax.text(
+                (start + end) / 2,
+                0.375,
+                words,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=TIER_INK[tier],
+                zorder=2,
+                parse_math=False,
+            )
+    gid = svg.gid(
+        "gauge",
+        {"class": "tw-score-marker", "data-score": str(score)},
+        f"score {score}",
+    )
+    ax.plot(
+        [score, score],
+        [0.02, 0.73],
+        color=INK,
+        linewidth=2.2,
+        zorder=3,
+        gid=gid,
+        clip_on=False,
+        solid_capstyle="butt",
+    )
+    ax.text(
+        score,
+        0.8,
+        f"score {score}",
+        ha="center" if 8 < score < 92 else ("left" if score <= 8 else "right"),
+        va="bottom",
+        fontsize=9.5,
+        fontweight="bold",
+        color=INK,
+        parse_math=False,
+        clip_on=False,
+    )
+    ax.text(
+        -1.5,
+        0.375,
+        "Score",
+        ha="right",
+        va="center",
+        fontsize=9,
+        fontweight="bold",
+        color="#334155",
+        parse_math=False,
+    )
 
     total = sum(reason.weight for reason in reasons)
     if total != score:
         bound = "capped at 100" if total > score else "held at 0"
-        ax.text(100, -0.12, f"the signals add up to {total:+d}; the score is {bound}", ha="right", va="top",
-                fontsize=7.5, color=MUTED, style="italic", parse_math=False, clip_on=False)
+        ax.text(
+            100,
+            -0.12,
+            f"the signals add up to {total:+d}; the score is {bound}",
+            ha="right",
+            va="top",
+            fontsize=7.5,
+            color=MUTED,
+            style="italic",
+            parse_math=False,
+            clip_on=False,
+        )
 
 
 def _bars(svg: _Svg, ax: Axes, reasons: Sequence[Reason]) -> None:
@@ -500,8 +752,17 @@ def _bars(svg: _Svg, ax: Axes, reasons: Sequence[Reason]) -> None:
         ax.spines[side].set_visible(False)
     if not reasons:
         ax.axis("off")
-        ax.text(0.5, 0.5, "no signal fired", ha="center", va="center", transform=ax.transAxes,
-                color=MUTED, style="italic", parse_math=False)
+        ax.text(
+            0.5,
+            0.5,
+            "no signal fired",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color=MUTED,
+            style="italic",
+            parse_math=False,
+        )
         return
     weights = [reason.weight for reason in reasons]
     low, high = min(0, *weights), max(0, *weights)
@@ -509,7 +770,13 @@ def _bars(svg: _Svg, ax: Axes, reasons: Sequence[Reason]) -> None:
     ax.set_xlim(low - (pad if low < 0 else 0), high + pad)
     positions = list(range(len(reasons)))[::-1]
     groups = [signal_group(reason.signal, reason.weight) for reason in reasons]
-    container = ax.barh(positions, weights, height=0.64, color=[GROUP_COLOURS[g] for g in groups], zorder=3)
+    container = ax.barh(
+        positions,
+        weights,
+        height=0.64,
+        color=[GROUP_COLOURS[g] for g in groups],
+        zorder=3,
+    )
     for patch, reason, group in zip(container.patches, reasons, groups, strict=True):
         patch.set_gid(
             svg.gid(
@@ -524,9 +791,18 @@ def _bars(svg: _Svg, ax: Axes, reasons: Sequence[Reason]) -> None:
         )
     for position, reason in zip(positions, reasons, strict=True):
         inside = reason.weight >= 0
-        ax.text(reason.weight + (0.4 if inside else -0.4) * (pad / 2), position, f"{reason.weight:+d}",
-                ha="left" if inside else "right", va="center", fontsize=8.5, fontweight="bold",
-                color="#334155", parse_math=False, zorder=4)
+        ax.text(
+            reason.weight + (0.4 if inside else -0.4) * (pad / 2),
+            position,
+            f"{reason.weight:+d}",
+            ha="left" if inside else "right",
+            va="center",
+            fontsize=8.5,
+            fontweight="bold",
+            color="#334155",
+            parse_math=False,
+            zorder=4,
+        )
     ax.set_yticks(positions)
     ax.set_yticklabels([signal_label(reason.signal) for reason in reasons])
     ax.tick_params(axis="y", length=0, pad=8)
@@ -534,18 +810,34 @@ def _bars(svg: _Svg, ax: Axes, reasons: Sequence[Reason]) -> None:
     ax.axvline(0, color="#475569", linewidth=1, zorder=4)
     ax.grid(axis="x", color=FAINT, linewidth=0.6, zorder=0)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10], integer=True))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+.0f}" if value else "0"))
+    ax.xaxis.set_major_formatter(
+        FuncFormatter(lambda value, _: f"{value:+.0f}" if value else "0")
+    )
     ax.set_xlabel("points added to the score", fontsize=8, color=MUTED, labelpad=4)
 
     present = [group for group in SignalGroup if group in groups]
-    totals = {group: sum(r.weight for r, g in zip(reasons, groups, strict=True) if g is group) for group in present}
+    totals = {
+        group: sum(r.weight for r, g in zip(reasons, groups, strict=True) if g is group)
+        for group in present
+    }
     handles = [
-        Patch(facecolor=GROUP_COLOURS[group], label=f"{group.title} ({totals[group]:+d})") for group in present
+        Patch(
+            facecolor=GROUP_COLOURS[group],
+            label=f"{group.heading} ({totals[group]:+d})",
+        )
+        for group in present
     ]
     legend = ax.figure.legend(
-        handles=handles, loc="lower left", bbox_to_anchor=(0.01, 0.0),
-        ncols=len(handles), frameon=False, fontsize=8.5, handlelength=1.0, handleheight=0.9,
-        columnspacing=1.4, labelcolor="#334155",
+        handles=handles,
+        loc="lower left",
+        bbox_to_anchor=(0.01, 0.0),
+        ncols=len(handles),
+        frameon=False,
+        fontsize=8.5,
+        handlelength=1.0,
+        handleheight=0.9,
+        columnspacing=1.4,
+        labelcolor="#334155",
     )
     for text in legend.get_texts():
         text.set_parse_math(False)
@@ -589,7 +881,10 @@ def _inline(svg: _Svg, *, title: str) -> str:
             if key in ("href", f"{{{XLINK_NS}}}href") and value.startswith("#"):
                 element.set(key, "#" + prefix + value[1:])
             elif "url(#" in value:
-                element.set(key, _ID_REFERENCE.sub(lambda m: f"url(#{prefix}{m.group(1)})", value))
+                element.set(
+                    key,
+                    _ID_REFERENCE.sub(lambda m: f"url(#{prefix}{m.group(1)})", value),
+                )
 
     # Sized by the page (width 100%), described for screen readers.
     width, height = root.get("width", ""), root.get("height", "")

@@ -33,26 +33,30 @@ from playbooks.models import (
     ActionReport,
     ActionStatus,
     Finding,
+    FlowEvidence,
     Gate,
     Mode,
     RunReport,
-    RunStatus,
     SignIn,
     SignInOutcome,
-    Tier,
-    FlowEvidence,
 )
 from playbooks.reports import (
     STATUS_WORDS,
     ReportContext,
     action_title,
+    planned_words,
     relative,
     request_line,
     signal_group,
     signal_label,
 )
 from playbooks.reports.charts import score_svg, timeline_svg
-from playbooks.reports.timeline import Mark, actions_for, click_route, offset_text, timeline_for
+from playbooks.reports.timeline import (
+    Mark,
+    actions_for,
+    offset_text,
+    timeline_for,
+)
 from playbooks.times import isoformat_z
 from playbooks.whatif import FindingChange, WhatIf
 
@@ -177,7 +181,9 @@ class View:
 
 def build_view(report: RunReport, context: ReportContext) -> View:
     """The page's content, computed once, for the template to lay out."""
-    all_actions = tuple(_action_view(n, a) for n, a in enumerate(report.actions, start=1))
+    all_actions = tuple(
+        _action_view(n, a) for n, a in enumerate(report.actions, start=1)
+    )
     by_id = {action.id: action for action in all_actions}
     findings = tuple(
         _finding_view(number, finding, report, context, by_id)
@@ -254,7 +260,8 @@ def _finding_view(
             timeline_svg(
                 timeline,
                 chart_id=f"{chart}-timeline",
-                title=f"Timeline of {who}'s device code sign-in at {_when(primary.time)}",
+                title=f"Timeline of {who}'s device code sign-in, {_when(primary.time)}",
+                searched=context.correlation,
             )
         ),
         marks=tuple(_mark_view(mark) for mark in timeline.marks),
@@ -283,8 +290,10 @@ def _finding_view(
                 "time": _when(row.time),
                 "offset": offset_text(row.time - primary.time),
                 "row": _row_role(row),
-                "resource": f"{row.app_display_name or row.app_id} → {row.resource_display_name}",
-                "result": row.outcome.value + (f" ({row.result_type})" if row.result_type else ""),
+                "resource": f"{row.app_display_name or row.app_id} → "
+                + row.resource_display_name,
+                "result": row.outcome.value
+                + (f" ({row.result_type})" if row.result_type else ""),
                 "ip": row.ip_address,
                 "country": row.country,
                 "user_agent": row.user_agent,
@@ -293,7 +302,9 @@ def _finding_view(
             if row is not primary
         ),
         baseline=_baseline(finding),
-        actions=tuple(actions_by_id[action.id] for action in mine if action.id in actions_by_id),
+        actions=tuple(
+            actions_by_id[action.id] for action in mine if action.id in actions_by_id
+        ),
         actions_elsewhere=_actions_elsewhere(finding, report),
         guest=finding.is_guest,
         allowlisted=finding.allowlisted,
@@ -304,15 +315,17 @@ def _finding_view(
 def headline(finding: Finding, actions: tuple[ActionReport, ...]) -> str:
     """What happened and what tokenward would do, in two or three sentences."""
     primary = finding.primary
+    who = finding.user_principal_name
+    interrupted = primary.outcome is SignInOutcome.INTERRUPTED
     app = primary.app_display_name or primary.app_id or "An unknown app"
     where = primary.ip_address + (f" ({primary.country})" if primary.country else "")
     if primary.outcome is SignInOutcome.SUCCESS:
-        story = f"{app} redeemed a device code for {finding.user_principal_name} from {where}"
+        story = f"{app} redeemed a device code for {who} from {where}"
     else:
         code = f" with {primary.result_type}" if primary.result_type else ""
         story = (
-            f"A device code sign-in to {app} for {finding.user_principal_name} from {where} "
-            f"{'was interrupted' if primary.outcome is SignInOutcome.INTERRUPTED else 'failed'}{code}"
+            f"A device code sign-in to {app} for {who} from {where} "
+            f"{'was interrupted' if interrupted else 'failed'}{code}"
         )
     reached = [click for click in finding.evidence.url_clicks if click.reached]
     before = [click for click in reached if click.minutes_before_sign_in >= 0]
@@ -324,7 +337,8 @@ def headline(finding: Finding, actions: tuple[ActionReport, ...]) -> str:
             if click.network_message_id
         )
         story += (
-            f", {_minutes_words(click.minutes_before_sign_in)} after the user opened a link"
+            f", {_minutes_words(click.minutes_before_sign_in)} after the user opened "
+            "a link"
             f"{' from a mail' if lure else ''}."
         )
     elif finding.evidence.emails:
@@ -337,15 +351,22 @@ def headline(finding: Finding, actions: tuple[ActionReport, ...]) -> str:
         return story + verdict + " No action is planned."
     by_status: dict[ActionStatus, list[str]] = {}
     for action in actions:
-        by_status.setdefault(action.status, []).append(action_title(action.action).lower())
-    parts = [f"{_joined(titles)} {STATUS_WORDS[status]}" for status, titles in by_status.items()]
+        by_status.setdefault(action.status, []).append(
+            action_title(action.action).lower()
+        )
+    parts = [
+        f"{_joined(titles)} {STATUS_WORDS[status]}"
+        for status, titles in by_status.items()
+    ]
     return story + verdict + " Planned: " + "; ".join(parts) + "."
 
 
 def _evidence(finding: Finding) -> tuple[FactSheet, ...]:
     """The scored sign-in, then each mail and click, as fact sheets."""
     row = finding.primary
-    result = row.outcome.value + (f", error {row.result_type}" if row.result_type else "")
+    result = row.outcome.value + (
+        f", error {row.result_type}" if row.result_type else ""
+    )
     if row.result_description:
         result += f": {row.result_description}"
     sheets = [
@@ -359,8 +380,19 @@ def _evidence(finding: Finding) -> tuple[FactSheet, ...]:
                 Fact("Resource", row.resource_display_name or "unnamed"),
                 Fact("Result", result),
                 Fact("IP address", row.ip_address, code=True),
-                Fact("Location", ", ".join(part for part in (row.country, row.city) if part) or "unknown"),
-                Fact("Device", _device(row.is_managed.value, row.is_compliant.value, row.operating_system)),
+                Fact(
+                    "Location",
+                    ", ".join(part for part in (row.country, row.city) if part)
+                    or "unknown",
+                ),
+                Fact(
+                    "Device",
+                    _device(
+                        row.is_managed.value,
+                        row.is_compliant.value,
+                        row.operating_system,
+                    ),
+                ),
                 Fact("Sign-in risk", row.risk_level_during_sign_in or "none"),
                 Fact("Aggregated risk", row.risk_level_aggregated or "none"),
                 Fact("User agent", row.user_agent or "none recorded", code=True),
@@ -385,11 +417,18 @@ def _evidence(finding: Finding) -> tuple[FactSheet, ...]:
                     Fact("Direction", email.email_direction or "unknown"),
                     Fact(
                         "Delivery",
-                        " · ".join(p for p in (email.delivery_action, email.delivery_location) if p)
+                        " · ".join(
+                            p
+                            for p in (email.delivery_action, email.delivery_location)
+                            if p
+                        )
                         or "unknown",
                     ),
                     Fact("Defender threats", email.threat_types or "none"),
-                    Fact("Links", "unknown" if email.url_count is None else str(email.url_count)),
+                    Fact(
+                        "Links",
+                        "unknown" if email.url_count is None else str(email.url_count),
+                    ),
                     Fact("Found by", _JOINS[email.joined_by]),
                 ),
             )
@@ -403,12 +442,24 @@ def _evidence(finding: Finding) -> tuple[FactSheet, ...]:
                 when=_when(click.time),
                 facts=(
                     Fact("URL", click.url, code=True),
-                    *(Fact("Redirect chain", " → ".join(chain), code=True) for _ in chain[:1]),
-                    Fact("Safe Links", ", ".join(click.action_types) or "none recorded"),
+                    *(
+                        Fact("Redirect chain", " → ".join(chain), code=True)
+                        for _ in chain[:1]
+                    ),
+                    Fact(
+                        "Safe Links", ", ".join(click.action_types) or "none recorded"
+                    ),
                     Fact("Page reached", "yes" if click.reached else "no, blocked"),
-                    Fact("Warning clicked through", "yes" if click.is_clicked_through else "no"),
+                    Fact(
+                        "Warning clicked through",
+                        "yes" if click.is_clicked_through else "no",
+                    ),
                     Fact("Via", click.workload or "unknown"),
-                    Fact("Clicked from", click.ip_address or "not recorded", code=bool(click.ip_address)),
+                    Fact(
+                        "Clicked from",
+                        click.ip_address or "not recorded",
+                        code=bool(click.ip_address),
+                    ),
                 ),
             )
         )
@@ -459,7 +510,7 @@ def _mark_view(mark: Mark) -> MarkView:
         time=_when(mark.time),
         offset=mark.offset_text,
         lane=mark.lane.value,
-        lane_title=mark.lane.title,
+        lane_title=mark.lane.heading,
         kind=mark.kind,
         title=mark.title,
         detail=mark.detail,
@@ -491,7 +542,8 @@ def _baseline(finding: Finding) -> str:
     codes = baseline.device_code_sign_ins
     return (
         f"{baseline.sign_ins} sign-ins in the {baseline.days} days before: countries "
-        f"{countries}; {len(baseline.ip_addresses)} address(es); {len(baseline.app_ids)} app(s); "
+        f"{countries}; {len(baseline.ip_addresses)} address(es); "
+        f"{len(baseline.app_ids)} app(s); "
         f"{codes} device code sign-in{'' if codes == 1 else 's'}."
     )
 
@@ -499,11 +551,11 @@ def _baseline(finding: Finding) -> str:
 def _device(managed: str, compliant: str, system: str) -> str:
     words = {
         "true": ("managed", "compliant"),
-        "false": ("unmanaged", "non-compliant"),
-        "unknown": ("managed?", "compliant?"),
+        "false": ("not managed", "not compliant"),
+        "unknown": ("managed: not reported", "compliant: not reported"),
     }
     parts = [words[managed][0], words[compliant][1]]
-    return ", ".join(([system] if system else []) + parts)
+    return " · ".join(([system] if system else []) + parts)
 
 
 def _gate_words(gate: Gate) -> str:
@@ -544,12 +596,13 @@ def _generator() -> str:
 def _environment() -> Environment:
     environment = Environment(
         loader=PackageLoader("playbooks", "reports/templates"),
-        autoescape=select_autoescape(["html", "j2"], default_for_string=True, default=True),
+        autoescape=select_autoescape(
+            ["html", "j2"], default_for_string=True, default=True
+        ),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    environment.globals["Tier"] = Tier
-    environment.globals["RunStatus"] = RunStatus
+    environment.globals["planned_words"] = planned_words
     return environment

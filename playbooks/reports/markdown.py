@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from playbooks.models import Finding, RunReport, Tier
-from playbooks.reports import ReportContext, relative, request_body, request_line
+from playbooks.reports import (
+    ReportContext,
+    planned_words,
+    relative,
+    request_body,
+    request_line,
+)
 from playbooks.times import isoformat_z
 from playbooks.whatif import FindingChange, WhatIf
 
@@ -26,7 +32,8 @@ def to_markdown(
         lines += [context.description, ""]
     lines += [
         f"- **Run:** `{report.run_id}` ({report.mode.value}, {report.trigger})",
-        f"- **Status:** {report.status.value}" + (f" — {report.error}" if report.error else ""),
+        f"- **Status:** {report.status.value}"
+        + (f" — {report.error}" if report.error else ""),
         f"- **Window:** {isoformat_z(report.window.start)} to {isoformat_z(report.window.end)}",
         f"- **Clock:** {isoformat_z(report.now)}",
         f"- **Source:** {report.source}",
@@ -36,12 +43,16 @@ def to_markdown(
         lines += ["## Expected outcome", ""]
         if what_if is not None:
             lines += ["With the unchanged playbook:", ""]
-        lines += ["Met." if not expected else "**Not met:**"] + [f"- {item}" for item in expected]
+        lines += ["Met." if not expected else "**Not met:**"] + [
+            f"- {item}" for item in expected
+        ]
         lines.append("")
     if what_if is not None:
         lines += _what_if(what_if)
     if report.warnings:
-        lines += ["## Warnings", ""] + [f"- {warning}" for warning in report.warnings] + [""]
+        lines += (
+            ["## Warnings", ""] + [f"- {warning}" for warning in report.warnings] + [""]
+        )
 
     counts = report.tier_counts()
     lines += [
@@ -58,10 +69,15 @@ def to_markdown(
     if report.plan_id:
         lines += [f"Plan `{report.plan_id}`, content hash `{report.plan_hash}`.", ""]
     if report.actions:
-        lines += ["| action | target | gate | status | request |", "|---|---|---|---|---|"]
+        lines += [
+            "| action | target | gate | status | request |",
+            "|---|---|---|---|---|",
+        ]
         for action in report.actions:
             body = request_body(action.request)
-            request = f"`{request_line(action.request)}`" + (f" `{body}`" if body else "")
+            request = f"`{request_line(action.request)}`" + (
+                f" `{body}`" if body else ""
+            )
             lines.append(
                 f"| {action.action.value} | {action.target} | {action.gate.value} | "
                 f"{action.status.value} | {request} |"
@@ -69,7 +85,9 @@ def to_markdown(
         lines.append("")
         for action in report.actions:
             for decision in action.decisions:
-                lines.append(f"- {action.action.value} for {action.target}: {decision.detail} ({decision.gate.value})")
+                lines.append(
+                    f"- {action.action.value} for {action.target}: {decision.detail} ({decision.gate.value})"
+                )
             for note in action.notes:
                 lines.append(f"- {action.action.value} for {action.target}: {note}")
         lines.append("")
@@ -92,23 +110,37 @@ def to_markdown(
 
 
 def _what_if(what_if: WhatIf) -> list[str]:
-    lines = ["## What if", "", what_if.summary(), "", "| key | playbook | what-if | from |", "|---|---|---|---|"]
+    lines = [
+        "## What if",
+        "",
+        what_if.summary(),
+        "",
+        "| key | playbook | what-if | from |",
+        "|---|---|---|---|",
+    ]
     for override in what_if.overrides:
         lines.append(
-            f"| `{override.key}` | `{override.before}` | `{override.after}` | {override.source} |"
+            f"| `{override.key}` | `{override.before}` | `{override.after}` "
+            f"| {override.source} |"
         )
-    lines += ["", "| user | sign-in | playbook | what-if | change |", "|---|---|---:|---:|---|"]
+    lines += [
+        "",
+        "| user | sign-in | playbook | what-if | change |",
+        "|---|---|---:|---:|---|",
+    ]
     for change in what_if.findings:
         lines.append(
-            f"| {change.user_principal_name} | {isoformat_z(change.sign_in_time)} {change.app} | "
-            f"{_tier_score(change.tier_before, change.score_before)} | "
-            f"{_tier_score(change.tier_after, change.score_after)} | {_change(change)} |"
+            f"| {change.user_principal_name} "
+            f"| {isoformat_z(change.sign_in_time)} {change.app} "
+            f"| {_tier_score(change.tier_before, change.score_before)} "
+            f"| {_tier_score(change.tier_after, change.score_after)} "
+            f"| {_change(change)} |"
         )
     lines.append("")
     for actions in what_if.action_changes:
         lines.append(
             f"- Actions for {actions.user_principal_name}: adds "
-            f"{', '.join(actions.added) or 'nothing'}; drops {', '.join(actions.removed) or 'nothing'}."
+            f"{planned_words(actions.added)}; drops {planned_words(actions.removed)}."
         )
     if what_if.expected_after:
         lines.append("- Against the scenario's expected outcome, the what-if differs:")
@@ -143,7 +175,10 @@ def _finding(finding: Finding) -> list[str]:
         "| weight | signal | why |",
         "|---:|---|---|",
     ]
-    lines += [f"| {reason.weight:+d} | {reason.signal} | {reason.detail} |" for reason in finding.reasons]
+    lines += [
+        f"| {reason.weight:+d} | {reason.signal} | {reason.detail} |"
+        for reason in finding.reasons
+    ]
     lines.append("")
     if finding.evidence.emails:
         lines += ["Mail:", ""]

@@ -10,7 +10,13 @@ from rich.table import Table
 from rich.text import Text
 
 from playbooks.models import ActionStatus, Finding, RunReport, RunStatus, Tier
-from playbooks.reports import ReportContext, relative, request_body, request_line
+from playbooks.reports import (
+    ReportContext,
+    planned_words,
+    relative,
+    request_body,
+    request_line,
+)
 from playbooks.times import isoformat_z
 from playbooks.whatif import FindingChange, WhatIf
 
@@ -37,7 +43,13 @@ def print_report(
 ) -> None:
     if context is not None:
         expected = context.expected if expected is None else expected
-    status_style = "green" if report.status is RunStatus.COMPLETE else "yellow" if report.status is RunStatus.PARTIAL else "red"
+    status_style = (
+        "green"
+        if report.status is RunStatus.COMPLETE
+        else "yellow"
+        if report.status is RunStatus.PARTIAL
+        else "red"
+    )
     header = Text.assemble(
         ("tokenward ", "bold"),
         (f"run {report.run_id}", ""),
@@ -78,9 +90,15 @@ def print_report(
                 markup=False,
             )
             if body:
-                console.print(f"      {body}", highlight=False, soft_wrap=True, markup=False)
+                console.print(
+                    f"      {body}", highlight=False, soft_wrap=True, markup=False
+                )
             for decision in action.decisions:
-                console.print(f"      {decision.guardrail}: {decision.detail}", style="dim", markup=False)
+                console.print(
+                    f"      {decision.guardrail}: {decision.detail}",
+                    style="dim",
+                    markup=False,
+                )
             for note in action.notes:
                 console.print(f"      note: {note}", style="yellow", markup=False)
     elif report.status is not RunStatus.FAILED:
@@ -94,7 +112,9 @@ def print_report(
         print_what_if(what_if, console)
     if expected is not None:
         console.print()
-        label = "Expected outcome (unchanged playbook)" if what_if else "Expected outcome"
+        label = (
+            "Expected outcome (unchanged playbook)" if what_if else "Expected outcome"
+        )
         if expected:
             console.print(f"[bold red]{label} not met:[/]")
             for problem in expected:
@@ -138,10 +158,12 @@ def print_what_if(what_if: WhatIf, console: Console) -> None:
         )
     console.print(findings)
     for actions in what_if.action_changes:
-        added = ", ".join(actions.added) or "nothing"
-        removed = ", ".join(actions.removed) or "nothing"
+        added = planned_words(actions.added)
+        removed = planned_words(actions.removed)
         console.print(
-            Text(f"  actions for {actions.user_principal_name}: adds {added}; drops {removed}")
+            Text(
+                f"  actions for {actions.user_principal_name}: adds {added}; drops {removed}"
+            )
         )
     if what_if.expected_after:
         console.print("  against the scenario's expected outcome, the what-if differs:")
@@ -174,7 +196,10 @@ def _finding_panel(finding: Finding) -> Panel:
         (primary.app_display_name or primary.app_id or "unknown app", "bold"),
         f" → {primary.resource_display_name or 'unnamed resource'}  ",
         f"{primary.ip_address} ({primary.country or '??'})  ",
-        (primary.outcome.value, "green" if primary.outcome.value == "success" else "yellow"),
+        (
+            primary.outcome.value,
+            "green" if primary.outcome.value == "success" else "yellow",
+        ),
         (f"  {primary.user_agent}" if primary.user_agent else "", "dim"),
     )
     reasons = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
@@ -213,7 +238,10 @@ def _finding_panel(finding: Finding) -> Panel:
 
 
 def _actions_table(report: RunReport) -> Table:
-    table = Table(title=f"plan {report.plan_id}  ·  hash {(report.plan_hash or '')[:16]}", title_justify="left")
+    table = Table(
+        title=f"plan {report.plan_id}  ·  hash {(report.plan_hash or '')[:16]}",
+        title_justify="left",
+    )
     table.add_column("#", justify="right")
     table.add_column("action")
     table.add_column("target", overflow="fold")

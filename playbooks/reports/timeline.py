@@ -40,7 +40,7 @@ class Lane(StrEnum):
     TOKENWARD = "tokenward"
 
     @property
-    def title(self) -> str:
+    def heading(self) -> str:
         return _LANE_TITLES[self]
 
     @property
@@ -92,6 +92,9 @@ class Timeline:
 
     anchor: datetime
     marks: tuple[Mark, ...]
+    # A token was issued and tokenward planned to act: the time between the
+    # sign-in and the run is time the holder of the token had.
+    exposed: bool = False
 
     def lane(self, lane: Lane) -> tuple[Mark, ...]:
         return tuple(mark for mark in self.marks if mark.lane is lane)
@@ -107,7 +110,9 @@ def timeline_for(finding: Finding, report: RunReport) -> Timeline:
         if click.reached and click.network_message_id
     }
     for email in finding.evidence.emails:
-        marks.append(_email_mark(email, anchor, lure=email.network_message_id in lure_ids))
+        marks.append(
+            _email_mark(email, anchor, lure=email.network_message_id in lure_ids)
+        )
     for click in finding.evidence.url_clicks:
         marks.append(_click_mark(click, anchor))
     for sign_in in finding.sign_ins:
@@ -130,7 +135,10 @@ def timeline_for(finding: Finding, report: RunReport) -> Timeline:
         )
     # Stable: marks at the same instant keep the order of the story.
     ordered = sorted(marks, key=lambda mark: mark.time)
-    return Timeline(anchor=anchor, marks=tuple(ordered))
+    issued = any(row.outcome is SignInOutcome.SUCCESS for row in finding.sign_ins)
+    return Timeline(
+        anchor=anchor, marks=tuple(ordered), exposed=issued and bool(actions)
+    )
 
 
 def deciding_findings(report: RunReport) -> dict[str, str]:
@@ -143,7 +151,10 @@ def deciding_findings(report: RunReport) -> dict[str, str]:
     for finding in report.findings:
         key = finding.user_principal_name.lower()
         known = chosen.get(key)
-        if known is None or (finding.tier.rank, finding.score) > (known.tier.rank, known.score):
+        if known is None or (finding.tier.rank, finding.score) > (
+            known.tier.rank,
+            known.score,
+        ):
             chosen[key] = finding
     return {user: finding.id for user, finding in chosen.items()}
 
@@ -246,7 +257,9 @@ def _sign_in_mark(sign_in: SignIn, anchor: datetime, *, primary: bool) -> Mark:
     agent = f"\n{sign_in.user_agent}" if sign_in.user_agent else ""
     if sign_in.flow_evidence is FlowEvidence.TRANSFER_METHOD:
         kind = "token_use"
-        title = "Token from the flow used" + ("" if _succeeded(sign_in) else f", failed{code}")
+        title = "Token from the flow used" + (
+            "" if _succeeded(sign_in) else f", failed{code}"
+        )
         detail = f"{sign_in.resource_display_name or app} from {where}{agent}"
     elif sign_in.outcome is SignInOutcome.SUCCESS:
         kind, title = "device_code", "Device code redeemed"
