@@ -177,10 +177,17 @@ class Override:
     key: tuple[str, ...]
     value: Any
     source: Location
+    # Where each part of the key was written, when it came from a file: a key
+    # missing from the playbook is reported at its own line.
+    parts: tuple[Location, ...] = ()
 
     @property
     def dotted(self) -> str:
         return ".".join(self.key)
+
+    def source_of(self, depth: int) -> Location:
+        """Where the key's first *depth* + 1 parts were written."""
+        return self.parts[depth] if depth < len(self.parts) else self.source
 
 
 @dataclass(frozen=True)
@@ -227,7 +234,10 @@ def read_overrides(path: Path) -> list[Override]:
             if isinstance(value, dict) and value:
                 walk(value, here)
             else:
-                found.append(Override(key=here, value=value, source=document.location(here)))
+                parts = tuple(document.location(here[: end + 1]) for end in range(len(here)))
+                found.append(
+                    Override(key=here, value=value, source=document.location(here), parts=parts)
+                )
 
     walk(document.data, ())
     return found
@@ -256,7 +266,9 @@ def _apply_overrides(
                     source=override.source,
                 )
             if not isinstance(node, dict) or part not in node:
-                raise PlaybookError(_no_such_key(document, parent, part, node), source=override.source)
+                raise PlaybookError(
+                    _no_such_key(document, parent, part, node), source=override.source_of(depth)
+                )
             if depth == len(override.key) - 1:
                 applied.append(
                     AppliedOverride(

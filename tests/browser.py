@@ -41,7 +41,8 @@ class PageLog:
     console: list[tuple[str, str]] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    # (url, why): a request Chromium started and did not complete.
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def console_errors(self) -> list[str]:
@@ -49,10 +50,8 @@ class PageLog:
 
 
 @contextmanager
-def chromium_page(
-    width: int = 1280, height: int = 900
-) -> Iterator[tuple[Any, PageLog]]:
-    """A fresh page in headless Chromium, and the log of everything it does."""
+def chromium() -> Iterator[Any]:
+    """Headless Chromium (one process; open pages with :func:`new_page`)."""
     from playwright.sync_api import sync_playwright
 
     executable = find_chromium()
@@ -63,24 +62,30 @@ def chromium_page(
             executable_path=executable, args=CHROMIUM_FLAGS
         )
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            log = PageLog()
-            page.on(
-                "console",
-                lambda message: log.console.append((message.type, message.text)),
-            )
-            page.on("pageerror", lambda error: log.page_errors.append(str(error)))
-            page.on("request", lambda request: log.requests.append(request.url))
-            page.on("requestfailed", lambda request: log.failed.append(request.url))
-            yield page, log
+            yield browser
         finally:
             browser.close()
+
+
+def new_page(browser: Any, width: int = 1280, height: int = 900) -> tuple[Any, PageLog]:
+    """A fresh page, and the log of everything it says and asks for."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    log = PageLog()
+    page.on("console", lambda message: log.console.append((message.type, message.text)))
+    page.on("pageerror", lambda error: log.page_errors.append(str(error)))
+    page.on("request", lambda request: log.requests.append(request.url))
+    page.on(
+        "requestfailed",
+        lambda request: log.failed.append((request.url, request.failure or "")),
+    )
+    return page, log
 
 
 def screenshot(
     html: Path, png: Path, *, width: int = 1280, full_page: bool = True
 ) -> None:
     """A PNG of *html* as Chromium draws it."""
-    with chromium_page(width=width) as (page, _):
+    with chromium() as browser:
+        page, _ = new_page(browser, width=width)
         page.goto(html.resolve().as_uri())
         page.screenshot(path=str(png), full_page=full_page)
