@@ -104,7 +104,7 @@ def test_the_timeline_is_drawn_in_time_order_and_to_scale(
     report, _ = seed
     page, _ = opened
     marks = boxes(page, "#finding-1 .timeline-chart .tw-mark")
-    lanes = ["mail", "click", "sign_in", "tokenward"]
+    lanes = ["mail", "click", "sign_in", "token_use", "tokenward"]
     marks.sort(key=lambda mark: (mark["time"], lanes.index(mark["lane"])))
     assert [mark["kind"] for mark in marks] == [
         "lure_email", "click", "device_code", "action", "action", "action"

@@ -247,6 +247,12 @@ def test_a_click_pointing_at_an_unknown_mail_is_refused(tmp_path: Path) -> None:
     assert f"case.yaml:{line_of(text, 'lrue')} (at clicks[0].email): unknown email 'lrue'" in message
 
 
+def test_an_expected_reason_that_is_no_signal_is_refused_at_load(tmp_path: Path) -> None:
+    text = CASE.replace("- {user: dana, tier: high}", "- {user: dana, tier: high, reasons: [url_clik_before]}")
+    message = refusal(tmp_path, text)
+    assert "(at expected.findings[0].reasons[0]): unknown signal 'url_clik_before'" in message
+
+
 def test_an_address_that_is_not_one_is_refused(tmp_path: Path) -> None:
     text = CASE.replace("ip: 198.51.100.9", "ip: 198.51.100.900")
     message = refusal(tmp_path, text)
@@ -279,3 +285,105 @@ def test_the_cli_prints_the_refusal_on_one_line_and_exits_1(
 def test_yaml_that_is_not_yaml_says_where(tmp_path: Path) -> None:
     message = refusal(tmp_path, textwrap.dedent(CASE) + "  - : [unclosed\n")
     assert re.search(r"case\.yaml:\d+", message)
+
+
+# -- the flow's own rows ------------------------------------------------------------
+
+
+def test_the_flows_own_paused_row_is_not_the_users_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The code was typed 40 s before the success, from the same foreign
+    # country: that row belongs to this sign-in, not to the user's baseline.
+    paused = CASE.replace(
+        "sign_ins:\n",
+        "sign_ins:\n  - {user: dana, at: -40s, app: Microsoft Azure CLI, result: 50199,"
+        " ip: 198.51.100.9, country: RO, session: s1}\n",
+    ).replace("    user_agent: python-requests/2.31\n", "    user_agent: python-requests/2.31\n    session: s1\n")
+    paused = paused.replace(
+        "- {user: dana, tier: high}",
+        "- {user: dana, tier: high, reasons: [unusual_country, first_device_code_use]}",
+    )
+    result = run_tokenward(
+        ["exercise", "--file", str(write(tmp_path, paused)), "--json",
+         "--report", str(tmp_path / "r.html"), "--markdown", str(tmp_path / "r.md")],
+        tmp_path,
+        capsys,
+    )
+    assert result.code == 0, result.out[-2000:]
+    [finding] = result.json()["findings"]
+    assert len(finding["sign_ins"]) == 2
+    assert finding["baseline"]["countries"] == ["US"]
+    assert finding["baseline"]["device_code_sign_ins"] == 0
+
+
+# -- the documentation is the format ------------------------------------------------
+
+
+DOC = REPO / "docs" / "scenarios.md"
+
+
+def model_keys() -> set[str]:
+    """Every key a scenario file may hold, from the models that read it."""
+    from pydantic import BaseModel
+
+    from playbooks.exercises import Scenario
+
+    keys: set[str] = set()
+    seen: set[type[BaseModel]] = set()
+
+    def walk(model: type[BaseModel]) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            keys.add(name)
+            for kind in _types(info.annotation):
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    walk(kind)
+
+    walk(Scenario)
+    return keys
+
+
+def _types(annotation: object) -> list[object]:
+    from typing import get_args
+
+    found = [annotation]
+    for arg in get_args(annotation):
+        found += _types(arg)
+    return found
+
+
+def test_the_documentation_names_every_key_a_scenario_may_hold() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    missing = sorted(key for key in model_keys() if f"`{key}`" not in text)
+    assert missing == []
+
+
+def test_the_documentation_lists_every_signal() -> None:
+    from playbooks.scoring import SIGNALS
+
+    text = DOC.read_text(encoding="utf-8")
+    assert sorted(name for name in SIGNALS if f"`{name}`" not in text) == []
+
+
+def test_the_documented_example_loads_and_meets_its_expected_outcome(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    examples = [
+        block for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+        if block.startswith("name: ")
+    ]
+    assert examples, "docs/scenarios.md has no complete example"
+    for number, example in enumerate(examples):
+        path = write(tmp_path, example, f"example-{number}.yaml")
+        result = run_tokenward(
+            ["exercise", "--file", str(path), "--report", str(tmp_path / "r.html"),
+             "--markdown", str(tmp_path / "r.md")],
+            tmp_path,
+            capsys,
+        )
+        assert result.code == 0, result.out[-1500:]
+        assert "Expected outcome met." in result.out

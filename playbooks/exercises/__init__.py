@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from playbooks.errors import ScenarioError
 from playbooks.identities import is_guid, is_upn
 from playbooks.models import ActionKind, ActionStatus, RunReport, Tier
+from playbooks.scoring import SIGNALS
 from playbooks.settings import Network, SanctionedUse, Settings
 from playbooks.times import isoformat_z, parse_time
 from playbooks.yamlsource import YamlDocument, read_yaml
@@ -501,6 +502,14 @@ def _check_consistency(document: YamlDocument, scenario: Scenario) -> None:
         known_user(("expected", "findings", index, "user"), expected.user)
     for index, action in enumerate(scenario.expected.actions):
         known_user(("expected", "actions", index, "user"), action.user)
+    for index, finding in enumerate(scenario.expected.findings):
+        for key in ("reasons", "absent_reasons"):
+            for position, signal in enumerate(getattr(finding, key)):
+                if signal not in SIGNALS:
+                    refuse(
+                        ("expected", "findings", index, key, position),
+                        f"unknown signal {signal!r} (known: {', '.join(sorted(SIGNALS))})",
+                    )
     if len(emails) != len(scenario.emails):
         refuse(("emails",), "two emails share an id")
 
@@ -521,6 +530,12 @@ def _check_consistency(document: YamlDocument, scenario: Scenario) -> None:
                 f"{_signed(sign_in.at)} is before the hunt window, which starts "
                 f"{_signed(scenario.now - scenario.since)} (now minus since); "
                 "move it or lengthen since",
+            )
+    for index, country in enumerate(scenario.settings.allowed_countries):
+        if not re.fullmatch(r"[A-Za-z]{2}", country):
+            refuse(
+                ("settings", "allowed_countries", index),
+                f"{country!r} is not a two-letter country code",
             )
     for index, account in enumerate(scenario.settings.protected_accounts):
         if not (is_upn(account) or is_guid(account)):

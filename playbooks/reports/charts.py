@@ -63,7 +63,7 @@ GROUP_COLOURS = {
 TIER_FILLS = {"low": "#dcfce7", "medium": "#fef3c7", "high": "#fee2e2"}
 TIER_INK = {"low": "#166534", "medium": "#92400e", "high": "#991b1b"}
 
-_LANES = (Lane.MAIL, Lane.CLICK, Lane.SIGN_IN, Lane.TOKENWARD)
+_LANES = (Lane.MAIL, Lane.CLICK, Lane.SIGN_IN, Lane.TOKEN_USE, Lane.TOKENWARD)
 _STYLE = {
     # kind: (marker, face colour, edge colour, size)
     "lure_email": ("s", "#b45309", "#b45309", 9),
@@ -153,7 +153,11 @@ def timeline_svg(
     empty mail or click lane names.
     """
     actions = timeline.lane(Lane.TOKENWARD)
-    heights = {lane: LANE_HEIGHT for lane in _LANES}
+    # The token-use lane only when the flow has such rows.
+    lanes = [
+        lane for lane in _LANES if lane is not Lane.TOKEN_USE or timeline.lane(lane)
+    ]
+    heights = {lane: LANE_HEIGHT for lane in lanes}
     heights[Lane.TOKENWARD] = max(LANE_HEIGHT, ACTION_STEP * len(actions) + 0.3)
     top, bottom, left, right = 0.42, 0.5, 1.05, 0.25
     height = top + sum(heights.values()) + bottom
@@ -161,7 +165,7 @@ def timeline_svg(
     # Lanes from the top: each one's centre, in inches from the bottom axis.
     centres: dict[Lane, float] = {}
     edge = sum(heights.values())
-    for lane in _LANES:
+    for lane in lanes:
         centres[lane] = edge - heights[lane] / 2
         edge -= heights[lane]
 
@@ -185,15 +189,14 @@ def timeline_svg(
             axes.append(ax)
 
         for index, ax in enumerate(axes):
-            _lanes(ax, heights, centres, first=index == 0)
+            _lanes(ax, lanes, heights, centres, first=index == 0)
             _time_axis(ax, segments[index])
         if len(axes) > 1:
             _break(axes, segments, timeline)
-        else:
-            _exposure(axes[0], timeline)
+        _exposure(axes, segments, timeline)
         _sign_in_line(axes, segments, timeline)
 
-        for lane in _LANES:
+        for lane in lanes:
             marks = timeline.lane(lane)
             if not marks and lane.empty_note:
                 note = lane.empty_note
@@ -239,7 +242,7 @@ def _segments(timeline: Timeline) -> list[_Segment]:
     first, last = min(events), max(events)
     span = last - first
     run = max(runs) if runs else last
-    if run - last > max(4 * span, 60.0):
+    if run - last > max(4 * span, 30.0):
         pad = max(span * 0.08, 1.0)
         run_pad = max(pad, 1.0)
         return [
@@ -252,19 +255,24 @@ def _segments(timeline: Timeline) -> list[_Segment]:
 
 
 def _lanes(
-    ax: Axes, heights: dict[Lane, float], centres: dict[Lane, float], *, first: bool
+    ax: Axes,
+    lanes: Sequence[Lane],
+    heights: dict[Lane, float],
+    centres: dict[Lane, float],
+    *,
+    first: bool,
 ) -> None:
     edge = sum(heights.values())
-    for index, lane in enumerate(_LANES):
+    for index, lane in enumerate(lanes):
         low = edge - heights[lane]
         if index % 2 == 0:
             ax.axhspan(low, edge, color=LANE_FILL, zorder=0, linewidth=0)
         ax.axhline(low, color=FAINT, linewidth=0.8, zorder=1)
         edge = low
-    ax.set_yticks([centres[lane] for lane in _LANES])
+    ax.set_yticks([centres[lane] for lane in lanes])
     if first:
         ax.set_yticklabels(
-            [lane.heading for lane in _LANES], fontweight="bold", color="#334155"
+            [lane.heading for lane in lanes], fontweight="bold", color="#334155"
         )
     else:
         ax.set_yticklabels([])
@@ -306,10 +314,15 @@ def _time_axis(ax: Axes, segment: _Segment) -> None:
 
 
 def _break(axes: list[Axes], segments: list[_Segment], timeline: Timeline) -> None:
+    """Two stretches of one axis: say it is broken, and by how much."""
     left, right = axes
     left.spines["right"].set_visible(False)
     right.spines["left"].set_visible(False)
-    gap = timedelta(minutes=segments[1].start - segments[0].end)
+    # The right side is the run alone: one tick, at its clock.
+    runs = [_minutes(m.offset) for m in timeline.marks if m.lane is Lane.TOKENWARD]
+    run = max(runs) if runs else segments[1].end
+    right.set_xticks([run])
+    right.xaxis.set_major_formatter(FuncFormatter(_tick_text))
     for ax, x in ((left, 1.0), (right, 0.0)):
         ax.plot(
             [x - 0.006 * (1 if x else -1), x + 0.006 * (1 if x else -1)],
@@ -319,36 +332,49 @@ def _break(axes: list[Axes], segments: list[_Segment], timeline: Timeline) -> No
             clip_on=False,
             linewidth=1,
         )
+    gap = timedelta(minutes=segments[1].start - segments[0].end)
     figure = left.figure
     middle = (left.get_position().x1 + right.get_position().x0) / 2
+    below = 20 / figure.bbox.height  # 20 points below the axis, as a fraction
     figure.text(
         middle,
-        left.get_position().y0 - 0.02,
-        f"axis broken:\n{offset_text(gap).lstrip('+')} later",
+        left.get_position().y0 - below,
+        f"axis broken here: {offset_text(gap).lstrip('+')} left out",
         ha="center",
         va="top",
-        fontsize=7.5,
+        fontsize=7.8,
         color=MUTED,
         style="italic",
         parse_math=False,
     )
 
 
-def _exposure(ax: Axes, timeline: Timeline) -> None:
+def _exposure(axes: list[Axes], segments: list[_Segment], timeline: Timeline) -> None:
+    """Shade the time from the sign-in to the run, and say how long it was."""
     runs = [m for m in timeline.marks if m.lane is Lane.TOKENWARD]
     if not runs or _minutes(runs[0].offset) <= 0:
         return
     end = _minutes(runs[0].offset)
     if timeline.exposed:
-        ax.axvspan(0, end, color="#fee2e2", alpha=0.45, zorder=0.2, linewidth=0)
-    ax.annotate(
+        for ax, segment in zip(axes, segments, strict=True):
+            low, high = max(0.0, segment.start), min(end, segment.end)
+            if low < high:
+                ax.axvspan(
+                    low, high, color="#fee2e2", alpha=0.45, zorder=0.2, linewidth=0
+                )
+    words = (
         f"{offset_text(runs[0].offset).lstrip('+')} from the sign-in to tokenward's run"
-        + (": the token's holder had this long" if timeline.exposed else ""),
-        xy=(end / 2, 1.0),
-        xycoords=("data", "axes fraction"),
+    )
+    if timeline.exposed:
+        words += ": the token's holder had this long"
+    ax = axes[-1]
+    ax.annotate(
+        words,
+        xy=(1.0, 1.0),
+        xycoords="axes fraction",
         xytext=(0, 3),
         textcoords="offset points",
-        ha="center",
+        ha="right",
         va="bottom",
         fontsize=8,
         color="#991b1b" if timeline.exposed else MUTED,
@@ -393,9 +419,11 @@ def _event_marks(
         x_px = ax.transData.transform((_minutes(mark.offset), y))[0]
         if clusters and x_px < label_end + 8:
             clusters[-1].append(mark)
-            continue
-        clusters.append([mark])
-        label_end = x_px + _label_width(svg, mark.title, mark.detail) + 10
+        else:
+            clusters.append([mark])
+        # A cluster's label starts after its last mark.
+        title, detail = _cluster_label(clusters[-1])
+        label_end = x_px + _label_width(svg, title, detail) + 10
 
     for mark in marks:
         ax = _axis_for(axes, segments, mark)
@@ -427,30 +455,41 @@ def _event_marks(
         )
 
     for cluster in clusters:
-        first = cluster[0]
-        ax = _axis_for(axes, segments, first)
-        if len(cluster) == 1:
-            title, detail = first.title, first.detail
-        else:
-            titles = {mark.title for mark in cluster}
-            title = (
-                f"{len(cluster)} × {first.title}"
-                if len(titles) == 1
-                else f"{len(cluster)} events"
-            )
-            title += f" ({first.offset_text} to {cluster[-1].offset_text})"
-            detail = first.detail + (
-                " …" if len({m.detail for m in cluster}) > 1 else ""
-            )
+        last = cluster[-1]
+        ax = _axis_for(axes, segments, last)
+        title, detail = _cluster_label(cluster)
+        bold = any(mark.primary for mark in cluster)
         _label(
             svg,
             ax,
-            _minutes(first.offset),
+            _minutes(last.offset),
             y,
             title,
             _clip_lines(detail),
-            bold=first.primary,
+            bold=bold,
+            first=_minutes(cluster[0].offset),
         )
+
+
+def _cluster_label(cluster: Sequence[Mark]) -> tuple[str, str]:
+    """One label for marks too close to label apart: what they are, together."""
+    first = cluster[0]
+    if len(cluster) == 1:
+        return first.title, first.detail
+    span = f"{first.offset_text} to {cluster[-1].offset_text}"
+    titles = list(dict.fromkeys(mark.title for mark in cluster))
+    if len(titles) == 1:
+        # The same event again and again: say how often and about what.
+        subjects = list(dict.fromkeys(mark.subject for mark in cluster if mark.subject))
+        places = {mark.detail.split("\n")[0].partition(" from ")[2] for mark in cluster}
+        detail = ", ".join(subjects) or first.detail.split("\n")[0]
+        if len(places) == 1 and next(iter(places)):
+            detail += f"\nfrom {next(iter(places))}"
+        return f"{first.title} {len(cluster)}× ({span})", detail
+    lead = next((mark for mark in cluster if mark.primary), cluster[-1])
+    if len(titles) <= 3:
+        return " → ".join(titles), lead.detail
+    return f"{len(cluster)} events ({span})", lead.detail
 
 
 def _action_marks(
@@ -512,17 +551,29 @@ def _label(
     *,
     bold: bool = False,
     inline: bool = False,
+    first: float | None = None,
 ) -> None:
-    """A title and a detail beside a mark: right of it, or left near the edge."""
+    """A title and a detail beside a mark (or a cluster from *first* to *x*).
+
+    Right of the mark; left of the cluster's first mark when the right has no
+    room; else as far right as fits, so a label never runs off the chart or
+    over the lane names.
+    """
     width = _label_width(svg, title, detail, inline=inline)
     x_px = ax.transData.transform((x, y))[0]
-    figure_right = svg.figure.bbox.x1 - 6
-    to_left = x_px + 10 + width > figure_right
-    shift, align = (-10, "right") if to_left else (10, "left")
+    first_px = ax.transData.transform((x if first is None else first, y))[0]
+    lowest = svg.figure.axes[0].bbox.x0 + 4
+    highest = svg.figure.bbox.x1 - 6
+    if x_px + 10 + width <= highest:
+        shift, align = 10.0, "left"
+    elif first_px - 10 - width >= lowest:
+        shift, align = first_px - x_px - 10.0, "right"
+    else:
+        shift, align = max(lowest, highest - width) - x_px, "left"
+    # One point is one pixel here (dpi 72), so the shift is in points.
     if inline:
-        text = f"{title} · {detail}" if not to_left else f"{title} · {detail}"
         ax.annotate(
-            text,
+            f"{title} · {detail}",
             xy=(x, y),
             xytext=(shift, 0),
             textcoords="offset points",
@@ -538,7 +589,7 @@ def _label(
     ax.annotate(
         title,
         xy=(x, y),
-        xytext=(shift, 3),
+        xytext=(shift, 4),
         textcoords="offset points",
         ha=align,
         va="bottom",
@@ -553,7 +604,7 @@ def _label(
         ax.annotate(
             detail,
             xy=(x, y),
-            xytext=(shift, -3),
+            xytext=(shift, -4),
             textcoords="offset points",
             ha=align,
             va="top",

@@ -37,6 +37,8 @@ class Lane(StrEnum):
     MAIL = "mail"
     CLICK = "click"
     SIGN_IN = "sign_in"
+    # Later rows of the flow that use the token it issued: what was done with it.
+    TOKEN_USE = "token_use"
     TOKENWARD = "tokenward"
 
     @property
@@ -52,12 +54,14 @@ _LANE_TITLES = {
     Lane.MAIL: "Mail",
     Lane.CLICK: "Link click",
     Lane.SIGN_IN: "Sign-in",
+    Lane.TOKEN_USE: "Token use",
     Lane.TOKENWARD: "tokenward",
 }
 _EMPTY_NOTES = {
     Lane.MAIL: "no mail found around the sign-in",
     Lane.CLICK: "no click found around the sign-in",
     Lane.SIGN_IN: "",
+    Lane.TOKEN_USE: "",
     Lane.TOKENWARD: "",
 }
 
@@ -80,6 +84,9 @@ class Mark:
     primary: bool = False
     # For an action: its status, so it is drawn as sent, held or blocked.
     status: ActionStatus | None = None
+    # A short name of what the mark is about (a resource, a host), for a
+    # label that sums up several marks close together.
+    subject: str = ""
 
     @property
     def offset_text(self) -> str:
@@ -255,29 +262,30 @@ def _sign_in_mark(sign_in: SignIn, anchor: datetime, *, primary: bool) -> Mark:
     app = sign_in.app_display_name or sign_in.app_id or "unknown app"
     code = f" ({sign_in.result_type})" if sign_in.result_type else ""
     agent = f"\n{sign_in.user_agent}" if sign_in.user_agent else ""
+    lane = Lane.SIGN_IN
     if sign_in.flow_evidence is FlowEvidence.TRANSFER_METHOD:
-        kind = "token_use"
-        title = "Token from the flow used" + (
-            "" if _succeeded(sign_in) else f", failed{code}"
-        )
+        lane, kind = Lane.TOKEN_USE, "token_use"
+        title = "Token used" + ("" if _succeeded(sign_in) else f", failed{code}")
         detail = f"{sign_in.resource_display_name or app} from {where}{agent}"
     elif sign_in.outcome is SignInOutcome.SUCCESS:
         kind, title = "device_code", "Device code redeemed"
         detail = f"{app} from {where}{agent}"
     elif sign_in.outcome is SignInOutcome.INTERRUPTED:
-        kind, title = "interrupt", f"Device code sign-in paused{code}"
+        kind, title = "interrupt", f"Sign-in paused{code}"
         detail = f"{app} from {where}{agent}"
     else:
         kind, title = "device_code_failed", f"Device code sign-in failed{code}"
         detail = f"{app} from {where}{agent}"
     return Mark(
-        lane=Lane.SIGN_IN,
+        lane=lane,
         kind=kind,
         time=sign_in.time,
         title=title,
         detail=detail,
         offset=sign_in.time - anchor,
         primary=primary,
+        # What a cluster of such marks is summed up by.
+        subject=(sign_in.resource_display_name or app).removeprefix("Office 365 "),
     )
 
 
