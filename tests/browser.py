@@ -89,3 +89,42 @@ def screenshot(
         page, _ = new_page(browser, width=width)
         page.goto(html.resolve().as_uri())
         page.screenshot(path=str(png), full_page=full_page)
+
+
+def main() -> None:
+    """Regenerate the documentation's screenshot of the seed's report.
+
+    ``python -m tests.browser docs/images/seed-true-positive-report.png``
+    """
+    import sys
+    import tempfile
+
+    from playbooks.cli import main as tokenward
+    from tests.cli_helpers import settings_file
+
+    target = Path(
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else "docs/images/seed-true-positive-report.png"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        html = Path(folder) / "seed-true-positive.html"
+        args = [
+            "--config",
+            str(settings_file(Path(folder))),
+            "exercise",
+            "seed-true-positive",
+        ]
+        args += ["--report", str(html), "--markdown", str(Path(folder) / "seed.md")]
+        try:
+            tokenward(args)
+        except SystemExit as exit_:
+            if exit_.code:
+                raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+        screenshot(html, target)
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

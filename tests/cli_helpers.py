@@ -26,7 +26,9 @@ def settings_file(folder: Path) -> Path:
     """A settings file whose state database lives in *folder*, not the cwd."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tokenward.toml"
-    path.write_text(f'[store]\nurl = "sqlite:///{folder / "state.db"}"\n', encoding="utf-8")
+    path.write_text(
+        f'[store]\nurl = "sqlite:///{folder / "state.db"}"\n', encoding="utf-8"
+    )
     return path
 
 

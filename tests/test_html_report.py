@@ -29,8 +29,18 @@ def run_exercise(args: list[str], folder: Path) -> tuple[RunReport, str]:
     json_path, html_path = folder / "run.json", folder / "run.html"
     try:
         main(
-            ["--config", str(settings_file(folder)), "exercise", *args, "--output",
-             str(json_path), "--report", str(html_path), "--markdown", str(folder / "run.md")]
+            [
+                "--config",
+                str(settings_file(folder)),
+                "exercise",
+                *args,
+                "--output",
+                str(json_path),
+                "--report",
+                str(html_path),
+                "--markdown",
+                str(folder / "run.md"),
+            ]
         )
     except SystemExit as exit_:
         assert not exit_.code, f"the exercise failed ({exit_.code})"
@@ -109,7 +119,10 @@ def test_the_summary_says_what_happened_and_what_would_be_done(
 ) -> None:
     _, html = seed
     text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
-    assert "Dry run. tokenward built every request in this report and sent none of them." in text
+    assert (
+        "Dry run. tokenward built every request in this report and sent none of them."
+        in text
+    )
     assert "Findings 1 1 high 0 medium 0 low" in text
     assert "Planned actions 3 3 would be sent" in text
     assert "Expected outcome met" in text
@@ -126,14 +139,20 @@ def test_every_request_is_shown_exactly_and_guardrails_are_stated(
 ) -> None:
     report, html = seed
     user_id = report.findings[0].user_id
-    assert f"POST https://graph.microsoft.com/v1.0/users/{user_id}/revokeSignInSessions" in html
-    assert f"PATCH https://graph.microsoft.com/v1.0/users/{user_id}\n{{&#34;accountEnabled&#34;: false}}" in html
+    assert (
+        f"POST https://graph.microsoft.com/v1.0/users/{user_id}/revokeSignInSessions"
+        in html
+    )
+    assert (
+        f"PATCH https://graph.microsoft.com/v1.0/users/{user_id}\n{{&#34;accountEnabled&#34;: false}}"
+        in html
+    )
     assert (
         "POST https://graph.microsoft.com/v1.0/identityProtection/riskyUsers/confirmCompromised"
         f"\n{{&#34;userIds&#34;: [&#34;{user_id}&#34;]}}"
     ) in html
     assert html.count("No guardrail held this action back.") == 3
-    assert f"content hash <code class=\"hash\">{report.plan_hash}</code>" in html
+    assert f'content hash <code class="hash">{report.plan_hash}</code>' in html
 
 
 # -- the timeline ---------------------------------------------------------------
@@ -144,7 +163,9 @@ def test_the_timeline_has_the_mail_the_click_the_sign_in_and_each_action_in_orde
 ) -> None:
     report, html = seed
     found = marks(chart(html, "timeline"))
-    kinds = [(element.get("data-lane"), element.get("data-kind")) for element, _ in found]
+    kinds = [
+        (element.get("data-lane"), element.get("data-kind")) for element, _ in found
+    ]
     assert kinds == [
         ("mail", "lure_email"),
         ("click", "click"),
@@ -187,7 +208,9 @@ def test_a_run_days_after_the_sign_in_breaks_the_axis_and_says_by_how_much(
 ) -> None:
     report, _ = seed
     later = report.model_copy(update={"now": report.now + timedelta(days=2)})
-    html = to_html(later, context=ReportContext(thresholds=Thresholds(high=70, medium=40)))
+    html = to_html(
+        later, context=ReportContext(thresholds=Thresholds(high=70, medium=40))
+    )
     root = chart(html, "timeline")
     text = " ".join("".join(element.itertext()) for element in root.iter(f"{SVG}text"))
     # Two days, less the margins drawn either side of the break.
@@ -197,7 +220,9 @@ def test_a_run_days_after_the_sign_in_breaks_the_axis_and_says_by_how_much(
     assert click - mail == pytest.approx(2 * (sign_in - click), rel=0.01)
 
 
-def test_empty_lanes_say_nothing_was_found_in_the_searched_window(tmp_path: Path) -> None:
+def test_empty_lanes_say_nothing_was_found_in_the_searched_window(
+    tmp_path: Path,
+) -> None:
     _, html = run_exercise(["meeting-room-device"], tmp_path)
     root = chart(html, "timeline")
     text = " ".join("".join(element.itertext()) for element in root.iter(f"{SVG}text"))
@@ -243,7 +268,9 @@ def test_negative_weights_draw_to_the_left_and_the_gauge_shows_the_clamped_score
     root = chart(html, "score")
     widths = bar_widths(root)
     assert widths["sanctioned_use"][0] == -60
-    assert widths["sanctioned_use"][1] == pytest.approx(widths["high_value_app"][1] * 4, rel=0.01)
+    assert widths["sanctioned_use"][1] == pytest.approx(
+        widths["high_value_app"][1] * 4, rel=0.01
+    )
     marker = next(e for e in root.iter() if "tw-score-marker" in e.get("class", ""))
     assert marker.get("data-score") == str(report.findings[0].score) == "0"
     text = " ".join("".join(element.itertext()) for element in root.iter(f"{SVG}text"))
@@ -267,7 +294,9 @@ def test_every_signal_has_a_label_and_a_group_of_its_own() -> None:
 # -- what the attacker wrote stays text ----------------------------------------------
 
 
-def test_attacker_written_text_is_escaped_in_the_page_and_in_the_charts(tmp_path: Path) -> None:
+def test_attacker_written_text_is_escaped_in_the_page_and_in_the_charts(
+    tmp_path: Path,
+) -> None:
     hostile = tmp_path / "hostile.yaml"
     hostile.write_text(
         CASE_TEMPLATE.format(
@@ -281,7 +310,9 @@ def test_attacker_written_text_is_escaped_in_the_page_and_in_the_charts(tmp_path
     assert "<script" not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     timeline = chart(html, "timeline")
-    text = " ".join("".join(element.itertext()) for element in timeline.iter(f"{SVG}text"))
+    text = " ".join(
+        "".join(element.itertext()) for element in timeline.iter(f"{SVG}text")
+    )
     # Kept as written: no formula drawn from the $…$.
     assert "<script>alert(1)</script> pay $\\frac{1}{2}$ & more" in text
     assert report.findings[0].primary.user_agent in text
@@ -311,17 +342,30 @@ expected:
 
 def two_users(tmp_path: Path) -> Path:
     path = tmp_path / "two.yaml"
-    text = CASE_TEMPLATE.format(subject="Re-verify", agent="python-requests/2.31", users="  eve: {upn: eve@contoso.com}\n")
+    text = CASE_TEMPLATE.format(
+        subject="Re-verify",
+        agent="python-requests/2.31",
+        users="  eve: {upn: eve@contoso.com}\n",
+    )
     text = text.replace(
         "expected:",
         "  - {user: eve, at: -20m, app: Microsoft Office, ip: 203.0.113.5, country: US}\nexpected:",
-    ).replace("findings: [{user: dana, tier: high}]", "findings: [{user: dana, tier: high}, {user: eve, tier: low}]")
+    ).replace(
+        "findings: [{user: dana, tier: high}]",
+        "findings: [{user: dana, tier: high}, {user: eve, tier: low}]",
+    )
     path.write_text(text, encoding="utf-8")
     return path
 
 
 def test_lanes_read_in_story_order() -> None:
-    assert [lane.value for lane in Lane] == ["mail", "click", "sign_in", "token_use", "tokenward"]
+    assert [lane.value for lane in Lane] == [
+        "mail",
+        "click",
+        "sign_in",
+        "token_use",
+        "tokenward",
+    ]
 
 
 def test_what_the_token_was_used_for_gets_its_own_lane_and_blocked_actions_show(
@@ -331,15 +375,65 @@ def test_what_the_token_was_used_for_gets_its_own_lane_and_blocked_actions_show(
     root = chart(html, "timeline")
     found = marks(root)
     lanes = [element.get("data-lane") for element, _ in found]
-    assert lanes == ["click", "sign_in", "sign_in", "token_use", "token_use", "token_use",
-                     "tokenward", "tokenward", "tokenward"]
-    assert [e.get("data-status") for e, _ in found if e.get("data-lane") == "tokenward"] == [
-        "blocked", "blocked", "blocked"
+    assert lanes == [
+        "click",
+        "sign_in",
+        "sign_in",
+        "token_use",
+        "token_use",
+        "token_use",
+        "tokenward",
+        "tokenward",
+        "tokenward",
     ]
+    assert [
+        e.get("data-status") for e, _ in found if e.get("data-lane") == "tokenward"
+    ] == ["blocked", "blocked", "blocked"]
     text = " ".join("".join(element.itertext()) for element in root.iter(f"{SVG}text"))
     assert "Token use" in text
     assert "Token used 3×" in text
     assert "Microsoft Graph, Exchange Online, SharePoint Online" in text
     # The run came 45 minutes after a story of 9: the axis is broken, and says so.
     assert "axis broken here: 38 min left out" in text
-    assert "<b>protected account</b> (blocked): sam.assistant@contoso.com is a protected account" in html
+    assert (
+        "<b>protected account</b> (blocked): sam.assistant@contoso.com is a protected account"
+        in html
+    )
+
+
+def test_a_dry_run_hunt_over_exported_files_writes_the_same_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from playbooks.exercises import find_scenario, load_scenario
+    from tests.cli_helpers import run_tokenward
+
+    scenario = load_scenario(find_scenario("guest-account"))
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for table, rows in scenario.tables().items():
+        (exports / f"{table}.json").write_text(json.dumps(rows), encoding="utf-8")
+    html = tmp_path / "hunt.html"
+    clock = scenario.clock.strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = run_tokenward(
+        [
+            "hunt",
+            "--source",
+            f"files:{exports}",
+            "--now",
+            clock,
+            "--since",
+            "24h",
+            "--report",
+            str(html),
+        ],
+        tmp_path,
+        capsys,
+    )
+    assert result.code == 0, result.err
+    page = html.read_text(encoding="utf-8")
+    assert "dry-run hunt" in page and "tabletop exercise" not in page
+    assert "pat.lee@fabrikam.com" in page
+    assert len(marks(chart(page, "timeline"))) == 6
+    assert "a revoke does not contain a guest" in page

@@ -98,7 +98,9 @@ def test_the_small_case_loads_with_times_relative_to_the_anchor(tmp_path: Path) 
         ("- 1h 5m", timedelta(hours=-1, minutes=-5)),
     ],
 )
-def test_relative_times_read_as_a_signed_sum_of_units(text: str, expected: timedelta) -> None:
+def test_relative_times_read_as_a_signed_sum_of_units(
+    text: str, expected: timedelta
+) -> None:
     assert parse_offset(text) == expected
 
 
@@ -129,8 +131,14 @@ def test_every_bundled_scenario_meets_its_expected_outcome(
     path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = run_tokenward(
-        ["exercise", path.stem, "--report", str(tmp_path / "r.html"),
-         "--markdown", str(tmp_path / "r.md")],
+        [
+            "exercise",
+            path.stem,
+            "--report",
+            str(tmp_path / "r.html"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+        ],
         tmp_path,
         capsys,
     )
@@ -138,16 +146,27 @@ def test_every_bundled_scenario_meets_its_expected_outcome(
     assert "Expected outcome met." in result.out
 
 
-def test_a_scenario_file_runs_with_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_scenario_file_runs_with_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     result = run_tokenward(
-        ["exercise", "--file", str(write(tmp_path, CASE)), "--report", str(tmp_path / "r.html"),
-         "--markdown", str(tmp_path / "r.md")],
+        [
+            "exercise",
+            "--file",
+            str(write(tmp_path, CASE)),
+            "--report",
+            str(tmp_path / "r.html"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+        ],
         tmp_path,
         capsys,
     )
     assert result.code == 0, result.err
     assert "Expected outcome met." in result.out
-    assert (tmp_path / "r.html").read_text(encoding="utf-8").startswith("<!doctype html>")
+    assert (
+        (tmp_path / "r.html").read_text(encoding="utf-8").startswith("<!doctype html>")
+    )
 
 
 def test_an_unmet_expected_outcome_fails_the_command_and_says_how(
@@ -155,8 +174,15 @@ def test_an_unmet_expected_outcome_fails_the_command_and_says_how(
 ) -> None:
     wrong = CASE.replace("- {user: dana, tier: high}", "- {user: dana, tier: low}")
     result = run_tokenward(
-        ["exercise", "--file", str(write(tmp_path, wrong)), "--report", str(tmp_path / "r.html"),
-         "--markdown", str(tmp_path / "r.md")],
+        [
+            "exercise",
+            "--file",
+            str(write(tmp_path, wrong)),
+            "--report",
+            str(tmp_path / "r.html"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+        ],
         tmp_path,
         capsys,
     )
@@ -169,7 +195,10 @@ def test_an_unmet_expected_outcome_fails_the_command_and_says_how(
 
 
 def test_an_unknown_key_names_file_line_and_key(tmp_path: Path) -> None:
-    text = CASE.replace("    subject: Please re-verify", "    subject: Please re-verify\n    colour: red")
+    text = CASE.replace(
+        "    subject: Please re-verify",
+        "    subject: Please re-verify\n    colour: red",
+    )
     message = refusal(tmp_path, text)
     assert message == (
         f"{tmp_path / 'case.yaml'}:{line_of(text, 'colour')} (at emails[0].colour): "
@@ -190,7 +219,10 @@ def test_a_misspelt_nested_key_is_refused_where_it_is(tmp_path: Path) -> None:
         ("-2x", "'-2x' is not a time relative to the anchor"),
         ("two minutes ago", "is not a time relative to the anchor"),
         ("-2", "-2 has no unit: write it like -2m or -2s"),
-        ("2026-03-02T12:08:00Z", "is a point in time; times in a scenario are relative"),
+        (
+            "2026-03-02T12:08:00Z",
+            "is a point in time; times in a scenario are relative",
+        ),
         ("+2h", "+2h is after the exercise's clock (now: +1h)"),
     ],
 )
@@ -206,11 +238,15 @@ def test_a_time_that_does_not_parse_names_file_line_and_key(
 def test_an_anchor_without_a_zone_is_refused(tmp_path: Path) -> None:
     text = CASE.replace("anchor: 2026-03-02T12:10:00Z", "anchor: 2026-03-02T12:10:00")
     message = refusal(tmp_path, text)
-    assert "case.yaml:4 (at anchor): the anchor has no time zone; end it with Z" in message
+    assert (
+        "case.yaml:4 (at anchor): the anchor has no time zone; end it with Z" in message
+    )
 
 
 def test_a_window_length_that_does_not_parse_is_refused(tmp_path: Path) -> None:
-    text = CASE.replace("anchor: 2026-03-02T12:10:00Z", "anchor: 2026-03-02T12:10:00Z\nsince: 1 day")
+    text = CASE.replace(
+        "anchor: 2026-03-02T12:10:00Z", "anchor: 2026-03-02T12:10:00Z\nsince: 1 day"
+    )
     message = refusal(tmp_path, text)
     assert "case.yaml:5 (at since): '1 day' is not a length of time" in message
 
@@ -224,10 +260,22 @@ def test_a_sign_in_before_the_hunt_window_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "key"),
     [
-        ("  - user: dana\n    at: -2m", "  - user: dnaa\n    at: -2m", "clicks[0].user"),
-        ("  - id: lure\n    user: dana", "  - id: lure\n    user: dnaa", "emails[0].user"),
+        (
+            "  - user: dana\n    at: -2m",
+            "  - user: dnaa\n    at: -2m",
+            "clicks[0].user",
+        ),
+        (
+            "  - id: lure\n    user: dana",
+            "  - id: lure\n    user: dnaa",
+            "emails[0].user",
+        ),
         ("  - user: dana\n    at: 0", "  - user: dnaa\n    at: 0", "sign_ins[0].user"),
-        ("- {user: dana, tier: high}", "- {user: dnaa, tier: high}", "expected.findings[0].user"),
+        (
+            "- {user: dana, tier: high}",
+            "- {user: dnaa, tier: high}",
+            "expected.findings[0].user",
+        ),
     ],
 )
 def test_a_row_pointing_at_an_unknown_user_names_file_line_and_key(
@@ -244,13 +292,24 @@ def test_a_row_pointing_at_an_unknown_user_names_file_line_and_key(
 def test_a_click_pointing_at_an_unknown_mail_is_refused(tmp_path: Path) -> None:
     text = CASE.replace("    email: lure", "    email: lrue")
     message = refusal(tmp_path, text)
-    assert f"case.yaml:{line_of(text, 'lrue')} (at clicks[0].email): unknown email 'lrue'" in message
+    assert (
+        f"case.yaml:{line_of(text, 'lrue')} (at clicks[0].email): unknown email 'lrue'"
+        in message
+    )
 
 
-def test_an_expected_reason_that_is_no_signal_is_refused_at_load(tmp_path: Path) -> None:
-    text = CASE.replace("- {user: dana, tier: high}", "- {user: dana, tier: high, reasons: [url_clik_before]}")
+def test_an_expected_reason_that_is_no_signal_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    text = CASE.replace(
+        "- {user: dana, tier: high}",
+        "- {user: dana, tier: high, reasons: [url_clik_before]}",
+    )
     message = refusal(tmp_path, text)
-    assert "(at expected.findings[0].reasons[0]): unknown signal 'url_clik_before'" in message
+    assert (
+        "(at expected.findings[0].reasons[0]): unknown signal 'url_clik_before'"
+        in message
+    )
 
 
 def test_an_address_that_is_not_one_is_refused(tmp_path: Path) -> None:
@@ -262,11 +321,16 @@ def test_an_address_that_is_not_one_is_refused(tmp_path: Path) -> None:
 def test_a_value_outside_its_choices_lists_them(tmp_path: Path) -> None:
     text = CASE.replace("tier: high}", "tier: hihg}")
     message = refusal(tmp_path, text)
-    assert "(at expected.findings[0].tier): Input should be 'high', 'medium' or 'low', not 'hihg'" in message
+    assert (
+        "(at expected.findings[0].tier): Input should be 'high', 'medium' or 'low', not 'hihg'"
+        in message
+    )
 
 
 def test_a_duplicate_key_is_refused_with_its_line(tmp_path: Path) -> None:
-    text = CASE.replace("title: A lure at lunchtime", "title: A lure at lunchtime\ntitle: again")
+    text = CASE.replace(
+        "title: A lure at lunchtime", "title: A lure at lunchtime\ntitle: again"
+    )
     message = refusal(tmp_path, text)
     assert re.search(r"case\.yaml:3\b", message)
     assert "duplicate" in message
@@ -278,7 +342,11 @@ def test_the_cli_prints_the_refusal_on_one_line_and_exits_1(
     bad = write(tmp_path, CASE.replace("    at: -2m", "    at: soon"))
     result = run_tokenward(["exercise", "--file", str(bad)], tmp_path, capsys)
     assert result.code == 1
-    assert result.err.strip().splitlines()[-1].startswith(f"tokenward: ScenarioError: {bad}:")
+    assert (
+        result.err.strip()
+        .splitlines()[-1]
+        .startswith(f"tokenward: ScenarioError: {bad}:")
+    )
     assert "(at clicks[0].at)" in result.err
 
 
@@ -299,14 +367,25 @@ def test_the_flows_own_paused_row_is_not_the_users_history(
         "sign_ins:\n",
         "sign_ins:\n  - {user: dana, at: -40s, app: Microsoft Azure CLI, result: 50199,"
         " ip: 198.51.100.9, country: RO, session: s1}\n",
-    ).replace("    user_agent: python-requests/2.31\n", "    user_agent: python-requests/2.31\n    session: s1\n")
+    ).replace(
+        "    user_agent: python-requests/2.31\n",
+        "    user_agent: python-requests/2.31\n    session: s1\n",
+    )
     paused = paused.replace(
         "- {user: dana, tier: high}",
         "- {user: dana, tier: high, reasons: [unusual_country, first_device_code_use]}",
     )
     result = run_tokenward(
-        ["exercise", "--file", str(write(tmp_path, paused)), "--json",
-         "--report", str(tmp_path / "r.html"), "--markdown", str(tmp_path / "r.md")],
+        [
+            "exercise",
+            "--file",
+            str(write(tmp_path, paused)),
+            "--json",
+            "--report",
+            str(tmp_path / "r.html"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+        ],
         tmp_path,
         capsys,
     )
@@ -373,15 +452,23 @@ def test_the_documented_example_loads_and_meets_its_expected_outcome(
 ) -> None:
     text = DOC.read_text(encoding="utf-8")
     examples = [
-        block for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+        block
+        for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
         if block.startswith("name: ")
     ]
     assert examples, "docs/scenarios.md has no complete example"
     for number, example in enumerate(examples):
         path = write(tmp_path, example, f"example-{number}.yaml")
         result = run_tokenward(
-            ["exercise", "--file", str(path), "--report", str(tmp_path / "r.html"),
-             "--markdown", str(tmp_path / "r.md")],
+            [
+                "exercise",
+                "--file",
+                str(path),
+                "--report",
+                str(tmp_path / "r.html"),
+                "--markdown",
+                str(tmp_path / "r.md"),
+            ],
             tmp_path,
             capsys,
         )

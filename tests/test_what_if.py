@@ -25,7 +25,11 @@ def test_set_changes_a_key_and_records_its_value_before() -> None:
     playbook = load_playbook(overrides=[parse_set("scoring.thresholds.high=60")])
     assert playbook.spec.scoring.thresholds.high == 60
     [applied] = playbook.overrides
-    assert (applied.key, applied.before, applied.after) == ("scoring.thresholds.high", 70, 60)
+    assert (applied.key, applied.before, applied.after) == (
+        "scoring.thresholds.high",
+        70,
+        60,
+    )
 
 
 def test_set_of_a_key_the_playbook_does_not_have_names_it_and_what_is_there() -> None:
@@ -53,7 +57,9 @@ def test_an_override_file_names_its_own_file_line_and_key(tmp_path: Path) -> Non
 
 def test_a_value_the_playbook_refuses_is_blamed_on_the_override(tmp_path: Path) -> None:
     overrides = tmp_path / "tuned.yaml"
-    overrides.write_text("scoring:\n  signals:\n    url_click_before:\n      weight: 500\n")
+    overrides.write_text(
+        "scoring:\n  signals:\n    url_click_before:\n      weight: 500\n"
+    )
     with pytest.raises(PlaybookError) as caught:
         load_playbook(overrides=read_overrides(overrides))
     assert str(caught.value).startswith(
@@ -72,7 +78,9 @@ def test_thresholds_out_of_order_are_blamed_on_the_set_that_caused_it() -> None:
 
 def test_a_list_is_overridden_whole_not_item_by_item() -> None:
     with pytest.raises(PlaybookError, match=r"is a list: override it whole"):
-        load_playbook(overrides=[parse_set("scoring.signals.click_lure_host.hosts.0=x.dev")])
+        load_playbook(
+            overrides=[parse_set("scoring.signals.click_lure_host.hosts.0=x.dev")]
+        )
     playbook = load_playbook(
         overrides=[parse_set("scoring.signals.click_lure_host.hosts=[x.dev, y.dev]")]
     )
@@ -93,7 +101,9 @@ def run_exercise(
 ) -> tuple[int, str, str, str, str]:
     html, markdown = tmp_path / "r.html", tmp_path / "r.md"
     result = run_tokenward(
-        ["exercise", *args, "--report", str(html), "--markdown", str(markdown)], tmp_path, capsys
+        ["exercise", *args, "--report", str(html), "--markdown", str(markdown)],
+        tmp_path,
+        capsys,
     )
     return (
         result.code,
@@ -108,7 +118,9 @@ def test_a_lower_high_threshold_moves_the_blocked_sign_in_up_a_tier_everywhere(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err, markdown, html = run_exercise(
-        ["failed-device-code-sign-in", "--set", "scoring.thresholds.high=55"], tmp_path, capsys
+        ["failed-device-code-sign-in", "--set", "scoring.thresholds.high=55"],
+        tmp_path,
+        capsys,
     )
     # The scenario's expectation holds for the unchanged playbook: the command passes.
     assert code == 0, err
@@ -173,5 +185,27 @@ def test_a_what_if_with_an_unknown_key_fails_before_anything_runs(
         ["seed-true-positive", "--set", "scoring.tresholds.high=60"], tmp_path, capsys
     )
     assert code == 1
-    assert "PlaybookError: --set (at scoring.tresholds.high): the playbook has no key 'tresholds'" in err
+    assert (
+        "PlaybookError: --set (at scoring.tresholds.high): the playbook has no key 'tresholds'"
+        in err
+    )
     assert markdown == "" and html == ""
+
+
+def test_the_documented_override_file_applies_to_the_bundled_playbook(
+    tmp_path: Path,
+) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "exercises.md").read_text()
+    [example] = [
+        b
+        for b in re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
+        if "tuned.yaml" in b
+    ]
+    path = tmp_path / "tuned.yaml"
+    path.write_text(example, encoding="utf-8")
+    playbook = load_playbook(overrides=read_overrides(path))
+    assert playbook.spec.scoring.thresholds.high == 60
+    assert playbook.signals["url_click_before"].weight == 15
+    assert playbook.signals["threat_intel_ip"].weight == 25

@@ -135,6 +135,10 @@ class FindingView:
     score: int
     raw_total: int
     headline: str
+    # For the summary table: the sign-in, the lure, and what would be done.
+    sign_in_line: str
+    lure_line: str
+    action_line: str
     timeline_svg: Markup
     marks: tuple[MarkView, ...]
     score_svg: Markup
@@ -256,6 +260,18 @@ def _finding_view(
         score=finding.score,
         raw_total=sum(reason.weight for reason in finding.reasons),
         headline=headline(finding, mine),
+        sign_in_line=(
+            f"{_when(primary.time)} · {primary.app_display_name or primary.app_id} · "
+            f"{primary.ip_address}"
+            + (f" ({primary.country})" if primary.country else "")
+            + (
+                ""
+                if primary.outcome is SignInOutcome.SUCCESS
+                else f" · {primary.outcome.value}"
+            )
+        ),
+        lure_line=_lure_line(finding),
+        action_line=_action_line(mine),
         timeline_svg=Markup(
             timeline_svg(
                 timeline,
@@ -477,6 +493,35 @@ def _row_role(row: SignIn) -> str:
     if row.flow_evidence is FlowEvidence.TRANSFER_METHOD:
         return "used the flow's token"
     return "redeemed the code"
+
+
+def _lure_line(finding: Finding) -> str:
+    """The mail and click before the sign-in, in a few words."""
+    parts = []
+    clicks = [c for c in finding.evidence.url_clicks if c.minutes_before_sign_in >= 0]
+    if clicks:
+        click = min(clicks, key=lambda item: item.minutes_before_sign_in)
+        verb = "opened" if click.reached else "blocked"
+        parts.append(f"link {verb} {relative(click.minutes_before_sign_in)}")
+    mails = [e for e in finding.evidence.emails if e.minutes_before_sign_in >= 0]
+    if mails:
+        mail = max(mails, key=lambda item: item.minutes_before_sign_in)
+        parts.append(f"mail {relative(mail.minutes_before_sign_in)}")
+    return "; ".join(parts) or "none found"
+
+
+def _action_line(actions: tuple[ActionReport, ...]) -> str:
+    if not actions:
+        return "no action"
+    by_status: dict[ActionStatus, list[str]] = {}
+    for action in actions:
+        by_status.setdefault(action.status, []).append(
+            action_title(action.action).lower()
+        )
+    return "; ".join(
+        f"{_joined(titles)}: {STATUS_WORDS[status]}"
+        for status, titles in by_status.items()
+    )
 
 
 def _action_view(number: int, action: ActionReport) -> ActionView:

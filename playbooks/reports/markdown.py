@@ -12,6 +12,7 @@ from playbooks.reports import (
     request_body,
     request_line,
 )
+from playbooks.reports.timeline import timeline_for
 from playbooks.times import isoformat_z
 from playbooks.whatif import FindingChange, WhatIf
 
@@ -63,7 +64,7 @@ def to_markdown(
         "",
     ]
     for finding in report.findings:
-        lines += _finding(finding)
+        lines += _finding(finding, report)
 
     lines += ["## Plan", ""]
     if report.plan_id:
@@ -107,6 +108,17 @@ def to_markdown(
             "",
         ]
     return "\n".join(lines)
+
+
+def _timeline(finding: Finding, report: RunReport) -> list[str]:
+    """The finding's events in time order, from the sign-in (0)."""
+    lines = ["| from the sign-in | time | what | detail |", "|---:|---|---|---|"]
+    for mark in timeline_for(finding, report).marks:
+        detail = mark.detail.replace("\n", " ").replace("|", "\\|")
+        lines.append(
+            f"| {mark.offset_text} | {isoformat_z(mark.time)} | {mark.title} | {detail} |"
+        )
+    return [*lines, ""]
 
 
 def _what_if(what_if: WhatIf) -> list[str]:
@@ -162,7 +174,7 @@ def _change(change: FindingChange) -> str:
     return "score only" if change.score_changed else "unchanged"
 
 
-def _finding(finding: Finding) -> list[str]:
+def _finding(finding: Finding, report: RunReport) -> list[str]:
     primary = finding.primary
     lines = [
         f"### {finding.user_principal_name} — {finding.tier.value.upper()}, score {finding.score}",
@@ -172,6 +184,7 @@ def _finding(finding: Finding) -> list[str]:
         f" ({primary.country or 'country unknown'}), {primary.outcome.value}"
         f" ({primary.source_table}, {len(finding.sign_ins)} row(s) in the flow).",
         "",
+        *_timeline(finding, report),
         "| weight | signal | why |",
         "|---:|---|---|",
     ]
