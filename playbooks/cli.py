@@ -36,7 +36,6 @@ from playbooks.identities import is_guid, require_upn
 from playbooks.models import Mode, RunReport, RunStatus, Window
 from playbooks.playbook import Playbook, load_playbook, parse_set, read_overrides
 from playbooks.reports import ReportContext, to_json
-from playbooks.reports.html import to_html
 from playbooks.reports.markdown import to_markdown
 from playbooks.reports.terminal import print_report
 from playbooks.settings import Settings, load_settings
@@ -407,6 +406,14 @@ def _emit(
         _write(output, to_json(report) + "\n")
     if markdown is not None:
         _write(markdown, to_markdown(report, context=context))
+
+
+def to_html(report: RunReport, *, context: ReportContext) -> str:
+    # Imported here: matplotlib takes most of a second to load, and only the
+    # commands that write an HTML report need it.
+    from playbooks.reports.html import to_html as render
+
+    return render(report, context=context)
 
 
 def _write(path: Path, text: str) -> None:
