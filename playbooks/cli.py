@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import click
 import duckdb_kql
 from rich.console import Console
+from rich.table import Table
 
 from connectors.exports.loader import ExportLoader, LoadSummary
 from connectors.exports.local import LocalKqlSource
@@ -33,13 +34,14 @@ from playbooks.errors import InputError, TokenwardError
 from playbooks.exercises import bundled_scenarios, check_expected, find_scenario, load_scenario
 from playbooks.identities import is_guid, require_upn
 from playbooks.models import Mode, RunReport, RunStatus, Window
-from playbooks.playbook import Playbook, load_playbook
-from playbooks.reports import to_json
+from playbooks.playbook import Playbook, load_playbook, parse_set, read_overrides
+from playbooks.reports import ReportContext, to_json
 from playbooks.reports.markdown import to_markdown
 from playbooks.reports.terminal import print_report
 from playbooks.settings import Settings, load_settings
 from playbooks.store import open_store
 from playbooks.times import as_utc, isoformat_z, parse_duration, parse_time, utcnow
+from playbooks.whatif import Thresholds, compare_runs
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as Markdown.")
+@click.option("--report", "html_report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as one self-contained HTML file.")
 @pass_app
 def hunt(
     app: App,
@@ -111,6 +114,7 @@ def hunt(
     as_json: bool,
     output: Path | None,
     markdown: Path | None,
+    html_report: Path | None,
 ) -> None:
     """Hunt a time window for device code phishing and show what would be done."""
     settings = app.settings()
@@ -132,7 +136,11 @@ def hunt(
         trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=tuple(summary.warnings)
     )
     report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
-    _emit(app, report, as_json=as_json, output=output, markdown=markdown)
+    context = ReportContext(thresholds=_thresholds(playbook), correlation=_correlation(playbook))
+    _emit(app, report, as_json=as_json, output=output, markdown=markdown, context=context)
+    if html_report is not None:
+        _write(html_report, to_html(report, context=context))
+        app.err.print(f"HTML report: {html_report}", style="dim")
     _exit_for(report)
 
 
@@ -142,65 +150,135 @@ def hunt(
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_only", is_flag=True, help="List the bundled scenarios.")
-@click.option("--file", "scenario_file", type=click.Path(dir_okay=False, path_type=Path), help="Run a scenario from a YAML file.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a playbook key, e.g. scoring.thresholds.high=60.")
+@click.option("--file", "scenario_file", type=click.Path(dir_okay=False, path_type=Path), help="Run a scenario from a YAML file (format: docs/scenarios.md).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="What-if: override a playbook key, e.g. scoring.thresholds.high=60 (repeatable).")
+@click.option("--overrides", "override_file", type=click.Path(dir_okay=False, path_type=Path), help="What-if: a YAML file of playbook keys to override.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the Markdown report (default: reports/NAME.md).")
+@click.option("--report", "html_report", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the HTML report (default: reports/NAME.html).")
 @pass_app
 def exercise(
     app: App,
     name: str | None,
     list_only: bool,
     scenario_file: Path | None,
-    overrides: Sequence[str],
+    sets: Sequence[str],
+    override_file: Path | None,
     as_json: bool,
     output: Path | None,
     markdown: Path | None,
+    html_report: Path | None,
 ) -> None:
-    """Run a tabletop scenario in dry-run and report what tokenward would do."""
+    """Run a tabletop scenario in dry-run and report what tokenward would do.
+
+    With --set or --overrides the scenario runs twice, with the playbook as it
+    is and with the changes, and the report shows which findings change tier.
+    The scenario's expected outcome is checked against the unchanged playbook;
+    the command fails when it is not met.
+    """
     if list_only:
-        for path in bundled_scenarios():
-            scenario = load_scenario(path)
-            app.out.print(f"[bold]{scenario.name}[/]  {scenario.title}")
+        _list_scenarios(app)
         return
     if scenario_file and name:
         raise click.UsageError("give a scenario NAME or --file, not both")
     path = scenario_file or find_scenario(name or "seed-true-positive")
     scenario = load_scenario(path)
     settings = scenario.with_settings(app.settings())
-    playbook = _playbook_with(settings, overrides)
+    playbook = load_playbook(settings.playbook.path)
+    overrides = [parse_set(item) for item in sets]
+    if override_file is not None:
+        overrides += read_overrides(override_file)
+    changed = load_playbook(settings.playbook.path, overrides=overrides) if overrides else None
     audit = app.audit(settings)
 
+    # Load the case once, through the same loader as real exports.
+    trigger = f"exercise:{scenario.name}"
     with tempfile.TemporaryDirectory(prefix="tokenward-exercise-") as folder:
         directory = Path(folder)
-        for table, rows in scenario.tables().items():
-            if rows:
-                with (directory / f"{table}.jsonl").open("w", encoding="utf-8") as handle:
-                    handle.writelines(json.dumps(row) + "\n" for row in rows)
-        trigger = f"exercise:{scenario.name}"
+        _write_tables(directory, scenario.tables())
         with _failed_runs_audited(audit, trigger=trigger, mode=Mode.DRY_RUN):
             con, summary = _load(app, directory)
-    clock = scenario.clock
-    source = LocalKqlSource(con, now=clock, origin=f"scenario {scenario.name} ({path.name})")
+    source = LocalKqlSource(con, now=scenario.clock, origin=f"scenario {scenario.name} ({path.name})")
     request = RunRequest(
         trigger=trigger,
         mode=Mode.DRY_RUN,
-        window=Window(start=clock - scenario.since, end=clock),
-        now=clock,
+        window=Window(start=scenario.clock - scenario.since, end=scenario.clock),
+        now=scenario.clock,
         warnings=tuple(summary.warnings),
     )
-    report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
-    problems = check_expected(scenario, report)
 
-    target = markdown or Path("reports") / f"{scenario.name}.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(to_markdown(report, title=scenario.title, expected=problems), encoding="utf-8")
-    _emit(app, report, as_json=as_json, output=output, markdown=None, expected=problems)
-    app.err.print(f"Markdown report: {target}", style="dim")
+    # The playbook as it is; then, for a what-if, with the changes.
+    baseline = asyncio.run(Runner(playbook, settings, source, audit).run(request))
+    problems = check_expected(scenario, baseline)
+    report, what_if = baseline, None
+    if changed is not None:
+        what_if_request = replace(request, trigger=f"{trigger}:what-if")
+        report = asyncio.run(Runner(changed, settings, source, audit).run(what_if_request))
+        what_if = compare_runs(
+            baseline,
+            report,
+            overrides=changed.overrides,
+            thresholds_before=_thresholds(playbook),
+            thresholds_after=_thresholds(changed),
+            expected_before=problems,
+            expected_after=check_expected(scenario, report),
+        )
+
+    # Hand it round: the terminal, and the documents the team looks at.
+    context = ReportContext(
+        title=scenario.title,
+        description=scenario.description,
+        expected=problems,
+        thresholds=_thresholds(changed or playbook),
+        correlation=_correlation(changed or playbook),
+        what_if=what_if,
+        scenario=scenario.name,
+    )
+    markdown_path = markdown or Path("reports") / f"{scenario.name}.md"
+    html_path = html_report or Path("reports") / f"{scenario.name}.html"
+    _write(markdown_path, to_markdown(report, context=context))
+    _write(html_path, to_html(report, context=context))
+    _emit(app, report, as_json=as_json, output=output, markdown=None, context=context)
+    app.err.print(f"Markdown report: {markdown_path}", style="dim")
+    app.err.print(f"HTML report: {html_path}", style="dim")
     _exit_for(report)
     if problems:
         _fail(f"the scenario's expected outcome was not met ({len(problems)} difference(s))")
+
+
+def _list_scenarios(app: App) -> None:
+    table = Table(box=None, show_header=True, header_style="bold", padding=(0, 2, 0, 0))
+    table.add_column("scenario", no_wrap=True)
+    table.add_column("expected", no_wrap=True)
+    table.add_column("what happens")
+    for path in bundled_scenarios():
+        scenario = load_scenario(path)
+        tiers = ", ".join(f"{item.tier}" for item in scenario.expected.findings) or "no finding"
+        table.add_row(scenario.name, tiers, scenario.title)
+    app.out.print(table)
+    app.out.print(
+        "Run one with [bold]tokenward exercise NAME[/]; write your own from "
+        "docs/scenarios.md and run it with [bold]--file[/].",
+        style="dim",
+    )
+
+
+def _write_tables(directory: Path, tables: dict[str, list[dict[str, Any]]]) -> None:
+    for table, rows in tables.items():
+        if rows:
+            with (directory / f"{table}.jsonl").open("w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def _correlation(playbook: Playbook) -> tuple[timedelta, timedelta]:
+    window = playbook.spec.correlation
+    return (window.before, window.after)
+
+
+def _thresholds(playbook: Playbook) -> Thresholds:
+    given = playbook.spec.scoring.thresholds
+    return Thresholds(high=given.high, medium=given.medium)
 
 
 # -- audit ---------------------------------------------------------------------
@@ -256,16 +334,6 @@ def _load(app: App, directory: Path) -> tuple[Any, LoadSummary]:
     loaded = ", ".join(f"{table} {rows:,}" for table, rows in sorted(summary.rows.items()))
     app.err.print(f"loaded {len(summary.files)} file(s): {loaded or 'no rows'}", style="dim")
     return con, summary
-
-
-def _playbook_with(settings: Settings, overrides: Sequence[str]) -> Playbook:
-    parsed: dict[str, str] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        parsed[key.strip()] = value.strip()
-    return load_playbook(settings.playbook.path, overrides=parsed)
 
 
 def _instant(text: str, option: str) -> datetime:
@@ -329,18 +397,29 @@ def _emit(
     as_json: bool,
     output: Path | None,
     markdown: Path | None,
-    expected: list[str] | None = None,
+    context: ReportContext | None = None,
 ) -> None:
     if as_json:
         click.echo(to_json(report))
     else:
-        print_report(report, app.out, expected=expected)
+        print_report(report, app.out, context=context)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(to_json(report) + "\n", encoding="utf-8")
+        _write(output, to_json(report) + "\n")
     if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(to_markdown(report), encoding="utf-8")
+        _write(markdown, to_markdown(report, context=context))
+
+
+def to_html(report: RunReport, *, context: ReportContext) -> str:
+    # Imported here: matplotlib takes most of a second to load, and only the
+    # commands that write an HTML report need it.
+    from playbooks.reports.html import to_html as render
+
+    return render(report, context=context)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def _exit_for(report: RunReport) -> None:

@@ -7,7 +7,8 @@ missing query file. Each refusal names the file, the line and the value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib.resources import files
@@ -103,6 +104,8 @@ class Playbook:
     signals: dict[str, SignalConfig]
     templates: dict[str, str]
     path: str
+    # What --set or an override file changed, in the order given.
+    overrides: tuple[AppliedOverride, ...] = ()
 
     @property
     def id(self) -> str:
@@ -130,19 +133,25 @@ class Playbook:
 
 
 def load_playbook(
-    path: Path | None = None, *, overrides: Mapping[str, str] | None = None
+    path: Path | None = None,
+    *,
+    overrides: Mapping[str, str] | Sequence[Override] | None = None,
 ) -> Playbook:
     """Load and check the playbook at *path* (the bundled one by default).
 
-    *overrides* maps dotted keys to YAML values (``scoring.thresholds.high=60``);
-    a key the playbook does not have is refused.
+    *overrides* change keys the playbook has: :class:`Override` values (from
+    :func:`parse_set` or :func:`read_overrides`), or a mapping of dotted keys to
+    YAML text (``{"scoring.thresholds.high": "60"}``). A key the playbook does
+    not have is refused, and a value the playbook refuses is reported at the
+    override that set it.
     """
     source = path or BUNDLED
     document = read_yaml(source, error=PlaybookError)
-    if overrides:
-        document = _apply_overrides(document, overrides)
     if not isinstance(document.data, dict):
         raise PlaybookError("a playbook is a mapping of keys", source=Location(file=str(source)))
+    applied: tuple[AppliedOverride, ...] = ()
+    if overrides:
+        document, applied = _apply_overrides(document, _as_overrides(overrides))
     spec = document.validate(PlaybookSpec, PlaybookError)
 
     signals = _signals(document, spec)
@@ -153,7 +162,137 @@ def load_playbook(
                 f"the playbook has no {name!r} query, which the engine runs",
                 source=document.location(("queries",)),
             )
-    return Playbook(spec=spec, signals=signals, templates=templates, path=str(source))
+    return Playbook(
+        spec=spec, signals=signals, templates=templates, path=str(source), overrides=applied
+    )
+
+
+# -- overrides -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Override:
+    """One playbook key set to a new value, and where that was asked for."""
+
+    key: tuple[str, ...]
+    value: Any
+    source: Location
+    # Where each part of the key was written, when it came from a file: a key
+    # missing from the playbook is reported at its own line.
+    parts: tuple[Location, ...] = ()
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.key)
+
+    def source_of(self, depth: int) -> Location:
+        """Where the key's first *depth* + 1 parts were written."""
+        return self.parts[depth] if depth < len(self.parts) else self.source
+
+
+@dataclass(frozen=True)
+class AppliedOverride:
+    """An override as applied: the key, its value before and after."""
+
+    key: str
+    before: Any
+    after: Any
+    source: Location
+
+
+def parse_set(item: str) -> Override:
+    """``scoring.thresholds.high=60`` (the value is YAML) as an override."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    where = Location(file="--set", key=key or None)
+    if not sep or not key:
+        raise PlaybookError(f"{item!r} is not KEY=VALUE", source=where)
+    parts = tuple(key.split("."))
+    if any(not part for part in parts):
+        raise PlaybookError(f"{key!r} is not a dotted key such as scoring.thresholds.high", source=where)
+    return Override(key=parts, value=_yaml_value(text.strip(), where), source=where)
+
+
+def read_overrides(path: Path) -> list[Override]:
+    """A playbook override file: a YAML mapping in the playbook's own shape.
+
+    Every key in it must exist in the playbook. Mappings are followed key by
+    key; any other value (a number, a string, a list) replaces the playbook's.
+    """
+    document = read_yaml(path, error=PlaybookError)
+    if not isinstance(document.data, dict) or not document.data:
+        raise PlaybookError(
+            "an override file is a mapping of playbook keys, e.g. "
+            "scoring: {thresholds: {high: 60}}",
+            source=document.location(()),
+        )
+    found: list[Override] = []
+
+    def walk(node: dict[str, Any], loc: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            here = (*loc, key)
+            if isinstance(value, dict) and value:
+                walk(value, here)
+            else:
+                parts = tuple(document.location(here[: end + 1]) for end in range(len(here)))
+                found.append(
+                    Override(key=here, value=value, source=document.location(here), parts=parts)
+                )
+
+    walk(document.data, ())
+    return found
+
+
+def _as_overrides(overrides: Mapping[str, str] | Sequence[Override]) -> list[Override]:
+    if isinstance(overrides, Mapping):
+        return [parse_set(f"{key}={value}") for key, value in overrides.items()]
+    return list(overrides)
+
+
+def _apply_overrides(
+    document: YamlDocument, overrides: Sequence[Override]
+) -> tuple[YamlDocument, tuple[AppliedOverride, ...]]:
+    data = copy.deepcopy(document.data)
+    origins = dict(document.origins)
+    applied: list[AppliedOverride] = []
+    for override in overrides:
+        node = data
+        for depth, part in enumerate(override.key):
+            parent = override.key[:depth]
+            if isinstance(node, list):
+                raise PlaybookError(
+                    f"{'.'.join(parent)} is a list: override it whole "
+                    f"(e.g. --set '{'.'.join(parent)}=[a, b]'), not item by item",
+                    source=override.source,
+                )
+            if not isinstance(node, dict) or part not in node:
+                raise PlaybookError(
+                    _no_such_key(document, parent, part, node), source=override.source_of(depth)
+                )
+            if depth == len(override.key) - 1:
+                applied.append(
+                    AppliedOverride(
+                        key=override.dotted,
+                        before=copy.deepcopy(node[part]),
+                        after=override.value,
+                        source=override.source,
+                    )
+                )
+                node[part] = override.value
+                origins[override.key] = override.source
+            else:
+                node = node[part]
+    return YamlDocument(data, document.lines, document.file, origins), tuple(applied)
+
+
+def _no_such_key(document: YamlDocument, parent: tuple[str, ...], part: str, node: Any) -> str:
+    where = ".".join(parent) or "the top level"
+    line = document.line_of(parent) if parent else None
+    at = f"{document.file}:{line}" if line else document.file
+    if isinstance(node, dict):
+        keys = ", ".join(sorted(node)) or "none"
+        return f"the playbook has no key {part!r} in {where} (keys there: {keys}; see {at})"
+    return f"{where} is a single value in the playbook, it has no key {part!r} (see {at})"
 
 
 def _signals(document: YamlDocument, spec: PlaybookSpec) -> dict[str, SignalConfig]:
@@ -204,32 +343,21 @@ def _templates(document: YamlDocument, spec: PlaybookSpec, directory: Path) -> d
     return templates
 
 
-def _apply_overrides(document: YamlDocument, overrides: Mapping[str, str]) -> YamlDocument:
-    data = document.data
-    for dotted_key, raw_value in overrides.items():
-        parts = dotted_key.split(".")
-        node = data
-        for depth, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                where = ".".join(parts[: depth + 1])
-                raise PlaybookError(
-                    f"cannot override {dotted_key!r}: the playbook has no key {where!r}",
-                    source=Location(file=document.file, key=dotted_key),
-                )
-            if depth == len(parts) - 1:
-                node[part] = _yaml_value(raw_value, dotted_key, document.file)
-            else:
-                node = node[part]
-    return YamlDocument(data, document.lines, document.file)
-
-
-def _yaml_value(text: str, key: str, file: str) -> Any:
+def _yaml_value(text: str, where: Location) -> Any:
     try:
         return YAML(typ="safe").load(text)
-    except Exception:
-        raise PlaybookError(
-            f"the value {text!r} for {key!r} is not valid YAML", source=Location(file=file, key=key)
-        ) from None
+    except Exception:  # ruamel raises several unrelated types
+        raise PlaybookError(f"the value {text!r} is not valid YAML", source=where) from None
 
 
-__all__ = ["BUNDLED", "Playbook", "PlaybookSpec", "load_playbook", "parse_yaml"]
+__all__ = [
+    "BUNDLED",
+    "AppliedOverride",
+    "Override",
+    "Playbook",
+    "PlaybookSpec",
+    "load_playbook",
+    "parse_set",
+    "parse_yaml",
+    "read_overrides",
+]

@@ -8,6 +8,7 @@ the file and line a person has to edit.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,12 +25,24 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class YamlDocument:
-    """A parsed YAML document: plain data plus the line of each key and item."""
+    """A parsed YAML document: plain data plus the line of each key and item.
 
-    def __init__(self, data: Any, lines: dict[Loc, int], file: str) -> None:
+    *origins* names, for parts of the data that were replaced after parsing
+    (a playbook override), where the replacement came from: a problem found
+    there is reported at the override, not at the line it replaced.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        lines: dict[Loc, int],
+        file: str,
+        origins: dict[Loc, Location] | None = None,
+    ) -> None:
         self.data = data
         self.lines = lines
         self.file = file
+        self.origins = origins or {}
 
     def line_of(self, loc: Loc) -> int | None:
         """The line of the deepest part of *loc* the document has."""
@@ -40,7 +53,21 @@ class YamlDocument:
         return None
 
     def location(self, loc: Loc) -> Location:
+        origin = self._origin_of(loc)
+        if origin is not None:
+            return Location(file=origin.file, line=origin.line, key=dotted(loc) or None)
         return Location(file=self.file, line=self.line_of(loc), key=dotted(loc) or None)
+
+    def _origin_of(self, loc: Loc) -> Location | None:
+        # The replaced part itself or anything inside it.
+        for end in range(len(loc), 0, -1):
+            origin = self.origins.get(tuple(loc[:end]))
+            if origin is not None:
+                return origin
+        # A check over a mapping that holds exactly one replaced part
+        # (``medium must be below high`` after ``thresholds.high`` changed).
+        inside = [o for key, o in self.origins.items() if loc and key[: len(loc)] == loc]
+        return inside[0] if len(inside) == 1 else None
 
     def validate(
         self,
@@ -137,8 +164,18 @@ def describe(error: Any) -> str:
         return f"missing required key {error['loc'][-1]!r}"
     message = str(error.get("msg", "invalid value"))
     value = error.get("input")
+    if kind == "value_error":
+        # Our own validators already name the value; drop pydantic's prefix.
+        return message.removeprefix("Value error, ")
     if kind.startswith(("enum", "literal")):
-        return f"{message}, not {value!r}"
+        return f"{message}, not {_shown(value)}"
     if value is not None and not isinstance(value, dict | list):
-        return f"{message} (got {value!r})"
+        return f"{message} (got {_shown(value)})"
     return message
+
+
+def _shown(value: Any) -> str:
+    # YAML timestamps arrive as datetime subclasses whose repr is not the text.
+    if isinstance(value, datetime | date):
+        return repr(value.isoformat())
+    return repr(value)

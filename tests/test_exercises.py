@@ -134,7 +134,7 @@ def test_a_scenario_with_an_unknown_key_names_file_line_and_key(tmp_path: Path) 
 
 def test_a_scenario_time_that_does_not_parse_is_refused(tmp_path: Path) -> None:
     path = scenario_with(tmp_path, "    at: -3m\n", "    at: three minutes ago\n")
-    with pytest.raises(ScenarioError, match=r"clicks\[0\]\.at.*not a duration"):
+    with pytest.raises(ScenarioError, match=r"clicks\[0\]\.at.*is not a time relative to the anchor"):
         load_scenario(path)
 
 

@@ -93,7 +93,7 @@ def test_a_query_file_outside_the_playbook_folder_is_refused(copy: Path) -> None
 def test_overrides_change_existing_keys_and_refuse_unknown_ones() -> None:
     changed = load_playbook(overrides={"scoring.thresholds.high": "60"})
     assert changed.spec.scoring.thresholds.high == 60
-    with pytest.raises(PlaybookError, match="has no key 'scoring.tresholds'"):
+    with pytest.raises(PlaybookError, match="has no key 'tresholds' in scoring"):
         load_playbook(overrides={"scoring.tresholds.high": "60"})
 
 

@@ -9,10 +9,12 @@ which go through the same loader and the same hunt as real exports.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -22,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from playbooks.errors import ScenarioError
 from playbooks.identities import is_guid, is_upn
 from playbooks.models import ActionKind, ActionStatus, RunReport, Tier
+from playbooks.scoring import SIGNALS
 from playbooks.settings import Networks, SanctionedUse, Settings
-from playbooks.times import isoformat_z, parse_duration, parse_time
+from playbooks.times import isoformat_z, parse_time
 from playbooks.yamlsource import YamlDocument, read_yaml
 
 BUNDLED_DIR = Path(str(files("playbooks") / "exercises"))
@@ -48,17 +51,68 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _offset(value: Any) -> Any:
-    """``-3m``, ``+2h``, ``0`` as a timedelta from the anchor."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+_OFFSET = re.compile(r"^(?P<sign>[+-]?)\s*(?P<parts>(?:\d+\s*[wdhms]\s*)+)$")
+_OFFSET_PART = re.compile(r"(\d+)\s*([wdhms])")
+_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_offset(text: str) -> timedelta:
+    """``-3m``, ``+1h30m``, ``45s``, ``2d`` or ``0`` as a signed timedelta."""
+    raw = text.strip()
+    if raw in ("0", "+0", "-0"):
         return timedelta(0)
-    if isinstance(value, str):
-        text = value.strip()
-        if text in ("0", "+0", "-0"):
+    match = _OFFSET.match(raw)
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a time relative to the anchor: write it like -9m, -3m, "
+            "0, +1h30m or -2d (units w, d, h, m, s)"
+        )
+    total = sum(
+        (timedelta(**{_UNITS[unit]: int(amount)}) for amount, unit in _OFFSET_PART.findall(raw)),
+        timedelta(0),
+    )
+    return -total if match["sign"] == "-" else total
+
+
+def _offset(value: Any) -> Any:
+    """A relative time as YAML gives it: text, or the number 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a time relative to the anchor")
+    if isinstance(value, int | float):
+        if value == 0:
             return timedelta(0)
-        sign = -1 if text.startswith("-") else 1
-        return sign * parse_duration(text.lstrip("+-"))
+        # A bare number has no unit; pydantic would take it as seconds.
+        raise ValueError(f"{value!r} has no unit: write it like {value:g}m or {value:g}s")
+    if isinstance(value, datetime | date):
+        raise ValueError(
+            f"{value.isoformat()!r} is a point in time; times in a scenario are relative "
+            "to the anchor, like -3m or +1h"
+        )
+    if isinstance(value, str):
+        return parse_offset(value)
     return value
+
+
+def _length(value: Any) -> Any:
+    """A positive length of time (``24h``, ``1d12h``)."""
+    problem = f"{value!r} is not a length of time: write it like 24h, 7d or 1d12h"
+    if isinstance(value, str) and not value.strip().startswith(("+", "-")):
+        try:
+            length = parse_offset(value)
+        except ValueError:
+            raise ValueError(problem) from None
+        if length > timedelta(0):
+            return length
+    if isinstance(value, timedelta) and value > timedelta(0):
+        return value
+    raise ValueError(problem)
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
 
 
 class History(Strict):
@@ -69,10 +123,12 @@ class History(Strict):
     country: str = Field(default="US", pattern=r"^[A-Za-z]{2}$")
     city: str = ""
     ip: str = "203.0.113.10"
-    apps: tuple[str, ...] = ("Office 365 Exchange Online", "OfficeHome")
+    apps: tuple[str, ...] = Field(default=("Office 365 Exchange Online", "OfficeHome"), min_length=1)
     # How many of those sign-ins used device code (with device_code_app).
     device_code: int = Field(default=0, ge=0)
     device_code_app: str = "Microsoft Azure CLI"
+
+    _ip = field_validator("ip")(_address)
 
 
 class ScenarioUser(Strict):
@@ -124,6 +180,7 @@ class ScenarioSignIn(Strict):
     interactive: bool = True
 
     _at = field_validator("at", mode="before")(_offset)
+    _ip = field_validator("ip")(_address)
 
 
 class ScenarioEmail(Strict):
@@ -158,6 +215,11 @@ class ScenarioClick(Strict):
     report_id: str = ""
 
     _at = field_validator("at", mode="before")(_offset)
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return _address(value) if value else value
 
 
 class ScenarioSettings(Strict):
@@ -206,11 +268,7 @@ class Scenario(Strict):
     expected: Expected
 
     _now = field_validator("now", mode="before")(_offset)
-
-    @field_validator("since", mode="before")
-    @classmethod
-    def _since(cls, value: Any) -> Any:
-        return parse_duration(value) if isinstance(value, str) else value
+    _since = field_validator("since", mode="before")(_length)
 
     @field_validator("anchor", mode="before")
     @classmethod
@@ -412,11 +470,11 @@ def load_scenario(path: Path) -> Scenario:
     if not isinstance(document.data, dict):
         raise ScenarioError("a scenario is a mapping of keys", source=document.location(()))
     scenario = document.validate(Scenario, ScenarioError)
-    _check_references(document, scenario)
+    _check_consistency(document, scenario)
     return scenario
 
 
-def _check_references(document: YamlDocument, scenario: Scenario) -> None:
+def _check_consistency(document: YamlDocument, scenario: Scenario) -> None:
     users = set(scenario.users)
     emails = {email.id for email in scenario.emails}
 
@@ -427,7 +485,7 @@ def _check_references(document: YamlDocument, scenario: Scenario) -> None:
         if key not in users:
             refuse(loc, f"unknown user {key!r} (users: {', '.join(sorted(users))})")
 
-    for section, items in (("sign_ins", scenario.sign_ins), ("emails", scenario.emails), ("clicks", scenario.clicks)):
+    for section, items in _event_sections(scenario):
         for index, item in enumerate(items):
             known_user((section, index, "user"), item.user)
     for index, click in enumerate(scenario.clicks):
@@ -437,8 +495,72 @@ def _check_references(document: YamlDocument, scenario: Scenario) -> None:
         known_user(("expected", "findings", index, "user"), expected.user)
     for index, action in enumerate(scenario.expected.actions):
         known_user(("expected", "actions", index, "user"), action.user)
+    for index, finding in enumerate(scenario.expected.findings):
+        for key in ("reasons", "absent_reasons"):
+            for position, signal in enumerate(getattr(finding, key)):
+                if signal not in SIGNALS:
+                    refuse(
+                        ("expected", "findings", index, key, position),
+                        f"unknown signal {signal!r} (known: {', '.join(sorted(SIGNALS))})",
+                    )
     if len(emails) != len(scenario.emails):
         refuse(("emails",), "two emails share an id")
+
+    # Rows the run could not see would make the exercise quietly wrong.
+    for section, items in _event_sections(scenario):
+        for index, item in enumerate(items):
+            if item.at > scenario.now:
+                refuse(
+                    (section, index, "at"),
+                    f"{_signed(item.at)} is after the exercise's clock (now: "
+                    f"{_signed(scenario.now)}), so the run would not see it; move it or "
+                    "raise now",
+                )
+    for index, sign_in in enumerate(scenario.sign_ins):
+        if sign_in.at < scenario.now - scenario.since:
+            refuse(
+                ("sign_ins", index, "at"),
+                f"{_signed(sign_in.at)} is before the hunt window, which starts "
+                f"{_signed(scenario.now - scenario.since)} (now minus since); "
+                "move it or lengthen since",
+            )
+    for index, country in enumerate(scenario.settings.allowed_countries):
+        if not re.fullmatch(r"[A-Za-z]{2}", country):
+            refuse(
+                ("settings", "allowed_countries", index),
+                f"{country!r} is not a two-letter country code",
+            )
+    for index, account in enumerate(scenario.settings.protected_accounts):
+        if not (is_upn(account) or is_guid(account)):
+            refuse(
+                ("settings", "protected_accounts", index),
+                f"{account!r} is neither a UPN nor an object id",
+            )
+
+
+Event = ScenarioSignIn | ScenarioEmail | ScenarioClick
+
+
+def _event_sections(scenario: Scenario) -> list[tuple[str, Sequence[Event]]]:
+    return [
+        ("sign_ins", scenario.sign_ins),
+        ("emails", scenario.emails),
+        ("clicks", scenario.clicks),
+    ]
+
+
+def _signed(offset: timedelta) -> str:
+    """A relative time as a scenario writes it: ``-9m``, ``+1h30m``, ``0``."""
+    seconds = int(offset.total_seconds())
+    if seconds == 0:
+        return "0"
+    sign, rest = ("-" if seconds < 0 else "+"), abs(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, rest = divmod(rest, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return sign + "".join(parts)
 
 
 def bundled_scenarios() -> list[Path]:

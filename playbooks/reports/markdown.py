@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
-from playbooks.models import Finding, RunReport
-from playbooks.reports import relative, request_body, request_line
+from collections.abc import Sequence
+
+from playbooks.models import Finding, RunReport, Tier
+from playbooks.reports import (
+    ReportContext,
+    planned_words,
+    relative,
+    request_body,
+    request_line,
+)
+from playbooks.reports.timeline import timeline_for
 from playbooks.times import isoformat_z
+from playbooks.whatif import FindingChange, WhatIf
 
 
-def to_markdown(report: RunReport, *, title: str | None = None, expected: list[str] | None = None) -> str:
+def to_markdown(
+    report: RunReport,
+    *,
+    title: str | None = None,
+    expected: Sequence[str] | None = None,
+    context: ReportContext | None = None,
+) -> str:
+    if context is not None:
+        title = title or context.title
+        expected = context.expected if expected is None else expected
+    what_if = context.what_if if context is not None else None
     lines: list[str] = [f"# {title or 'tokenward run ' + report.run_id}", ""]
+    if context is not None and context.description:
+        lines += [context.description, ""]
     lines += [
         f"- **Run:** `{report.run_id}` ({report.mode.value}, {report.trigger})",
-        f"- **Status:** {report.status.value}" + (f" — {report.error}" if report.error else ""),
+        f"- **Status:** {report.status.value}"
+        + (f" — {report.error}" if report.error else ""),
         f"- **Window:** {isoformat_z(report.window.start)} to {isoformat_z(report.window.end)}",
         f"- **Clock:** {isoformat_z(report.now)}",
         f"- **Source:** {report.source}",
@@ -19,10 +42,18 @@ def to_markdown(report: RunReport, *, title: str | None = None, expected: list[s
     ]
     if expected is not None:
         lines += ["## Expected outcome", ""]
-        lines += ["Met." if not expected else "**Not met:**"] + [f"- {item}" for item in expected]
+        if what_if is not None:
+            lines += ["With the unchanged playbook:", ""]
+        lines += ["Met." if not expected else "**Not met:**"] + [
+            f"- {item}" for item in expected
+        ]
         lines.append("")
+    if what_if is not None:
+        lines += _what_if(what_if)
     if report.warnings:
-        lines += ["## Warnings", ""] + [f"- {warning}" for warning in report.warnings] + [""]
+        lines += (
+            ["## Warnings", ""] + [f"- {warning}" for warning in report.warnings] + [""]
+        )
 
     counts = report.tier_counts()
     lines += [
@@ -33,16 +64,21 @@ def to_markdown(report: RunReport, *, title: str | None = None, expected: list[s
         "",
     ]
     for finding in report.findings:
-        lines += _finding(finding)
+        lines += _finding(finding, report)
 
     lines += ["## Plan", ""]
     if report.plan_id:
         lines += [f"Plan `{report.plan_id}`, content hash `{report.plan_hash}`.", ""]
     if report.actions:
-        lines += ["| action | target | gate | status | request |", "|---|---|---|---|---|"]
+        lines += [
+            "| action | target | gate | status | request |",
+            "|---|---|---|---|---|",
+        ]
         for action in report.actions:
             body = request_body(action.request)
-            request = f"`{request_line(action.request)}`" + (f" `{body}`" if body else "")
+            request = f"`{request_line(action.request)}`" + (
+                f" `{body}`" if body else ""
+            )
             lines.append(
                 f"| {action.action.value} | {action.target} | {action.gate.value} | "
                 f"{action.status.value} | {request} |"
@@ -50,7 +86,9 @@ def to_markdown(report: RunReport, *, title: str | None = None, expected: list[s
         lines.append("")
         for action in report.actions:
             for decision in action.decisions:
-                lines.append(f"- {action.action.value} for {action.target}: {decision.detail} ({decision.gate.value})")
+                lines.append(
+                    f"- {action.action.value} for {action.target}: {decision.detail} ({decision.gate.value})"
+                )
             for note in action.notes:
                 lines.append(f"- {action.action.value} for {action.target}: {note}")
         lines.append("")
@@ -72,7 +110,71 @@ def to_markdown(report: RunReport, *, title: str | None = None, expected: list[s
     return "\n".join(lines)
 
 
-def _finding(finding: Finding) -> list[str]:
+def _timeline(finding: Finding, report: RunReport) -> list[str]:
+    """The finding's events in time order, from the sign-in (0)."""
+    lines = ["| from the sign-in | time | what | detail |", "|---:|---|---|---|"]
+    for mark in timeline_for(finding, report).marks:
+        detail = mark.detail.replace("\n", " ").replace("|", "\\|")
+        lines.append(
+            f"| {mark.offset_text} | {isoformat_z(mark.time)} | {mark.title} | {detail} |"
+        )
+    return [*lines, ""]
+
+
+def _what_if(what_if: WhatIf) -> list[str]:
+    lines = [
+        "## What if",
+        "",
+        what_if.summary(),
+        "",
+        "| key | playbook | what-if | from |",
+        "|---|---|---|---|",
+    ]
+    for override in what_if.overrides:
+        lines.append(
+            f"| `{override.key}` | `{override.before}` | `{override.after}` "
+            f"| {override.source} |"
+        )
+    lines += [
+        "",
+        "| user | sign-in | playbook | what-if | change |",
+        "|---|---|---:|---:|---|",
+    ]
+    for change in what_if.findings:
+        lines.append(
+            f"| {change.user_principal_name} "
+            f"| {isoformat_z(change.sign_in_time)} {change.app} "
+            f"| {_tier_score(change.tier_before, change.score_before)} "
+            f"| {_tier_score(change.tier_after, change.score_after)} "
+            f"| {_change(change)} |"
+        )
+    lines.append("")
+    for actions in what_if.action_changes:
+        lines.append(
+            f"- Actions for {actions.user_principal_name}: adds "
+            f"{planned_words(actions.added)}; drops {planned_words(actions.removed)}."
+        )
+    if what_if.expected_after:
+        lines.append("- Against the scenario's expected outcome, the what-if differs:")
+        lines += [f"  - {problem}" for problem in what_if.expected_after]
+    if what_if.action_changes or what_if.expected_after:
+        lines.append("")
+    return lines
+
+
+def _tier_score(tier: Tier | None, score: int | None) -> str:
+    return "no finding" if tier is None else f"{tier.value.upper()} {score}"
+
+
+def _change(change: FindingChange) -> str:
+    if change.tier_changed:
+        before = change.tier_before.value if change.tier_before else "none"
+        after = change.tier_after.value if change.tier_after else "none"
+        return f"**{before} → {after}**"
+    return "score only" if change.score_changed else "unchanged"
+
+
+def _finding(finding: Finding, report: RunReport) -> list[str]:
     primary = finding.primary
     lines = [
         f"### {finding.user_principal_name} — {finding.tier.value.upper()}, score {finding.score}",
@@ -82,10 +184,14 @@ def _finding(finding: Finding) -> list[str]:
         f" ({primary.country or 'country unknown'}), {primary.outcome.value}"
         f" ({primary.source_table}, {len(finding.sign_ins)} row(s) in the flow).",
         "",
+        *_timeline(finding, report),
         "| weight | signal | why |",
         "|---:|---|---|",
     ]
-    lines += [f"| {reason.weight:+d} | {reason.signal} | {reason.detail} |" for reason in finding.reasons]
+    lines += [
+        f"| {reason.weight:+d} | {reason.signal} | {reason.detail} |"
+        for reason in finding.reasons
+    ]
     lines.append("")
     if finding.evidence.emails:
         lines += ["Mail:", ""]
