@@ -181,6 +181,109 @@ async def call_with_retries(
     raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
 
+K = TypeVar("K")
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How one of :func:`call_each_with_retries`'s keys ended."""
+
+    # The call's result, or its final ConnectorError.
+    value: Any
+    attempts: int
+    # From the first attempt to the answer that settled it.
+    elapsed_ms: int
+
+    @property
+    def error(self) -> ConnectorError | None:
+        return self.value if isinstance(self.value, ConnectorError) else None
+
+
+async def call_each_with_retries(
+    keys: Sequence[K],
+    send: Callable[[Sequence[K]], Awaitable[Mapping[K, Any]]],
+    *,
+    service: str,
+    name: Callable[[K], str],
+    subjects: Callable[[K], Sequence[str]],
+    policy: RetryPolicy,
+    on_settled: Callable[[Mapping[K, Settled]], None] | None = None,
+    on_attempt: AttemptListener | None = None,
+    sleep: Sleep = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[K, Settled]:
+    """Send *keys* in rounds until each succeeds or the policy stops it.
+
+    For calls that travel together but succeed or fail one by one (the
+    sub-requests of a Graph ``$batch``): *send* answers every key it is given
+    with a result or a :class:`~playbooks.errors.ConnectorError` (a failure
+    of the whole request is each key's failure). The rules of
+    :func:`call_with_retries` apply to each key on its own: 400/401/403/404
+    stop at once; throttled and transient keys go again, together, after the
+    longest wait any of them asked for (their own ``Retry-After``, else the
+    backoff); each key's attempts and the call's deadline are bounded; every
+    attempt is reported. *on_settled* hears each round's finished keys as
+    soon as the round ends.
+    """
+    report = on_attempt or report_attempt
+    started = clock()
+    attempts: dict[K, int] = {}
+    results: dict[K, Settled] = {}
+    pending = list(keys)
+    while pending:
+        round_started = clock()
+        answers = await send(pending)
+        elapsed = clock() - round_started
+        again: list[K] = []
+        waits: list[float] = []
+        finished: dict[K, Settled] = {}
+        for key in pending:
+            number = attempts[key] = attempts.get(key, 0) + 1
+            answer = answers[key]
+            so_far = _ms(clock() - started)
+            if not isinstance(answer, ConnectorError):
+                finished[key] = Settled(answer, number, so_far)
+                report(
+                    CallAttempt(
+                        service=service,
+                        operation=name(key),
+                        subjects=tuple(subjects(key)),
+                        number=number,
+                        outcome="succeeded",
+                        elapsed_ms=_ms(elapsed),
+                    )
+                )
+                continue
+            decision = _decide(answer, number, policy, elapsed=clock() - started)
+            report(
+                _attempt(
+                    answer,
+                    service=service,
+                    name=name(key),
+                    subjects=subjects(key),
+                    number=number,
+                    decision=decision,
+                    elapsed=elapsed,
+                )
+            )
+            if decision.retry:
+                again.append(key)
+                waits.append(decision.wait)
+            else:
+                finished[key] = Settled(_final(answer, number, decision.reason), number, so_far)
+        results.update(finished)
+        if on_settled is not None and finished:
+            on_settled(finished)
+        if again:
+            logger.info(
+                "%s: %d of %d calls throttled or failing; retrying them in %.2f s",
+                service, len(again), len(pending), max(waits),
+            )
+            await sleep(max(waits))
+        pending = again
+    return results
+
+
 def _decide(error: ConnectorError, number: int, policy: RetryPolicy, *, elapsed: float) -> _Decision:
     if not error.retryable:
         return _Decision(retry=False, reason="")
@@ -275,6 +378,8 @@ def _final(error: ConnectorError, attempts: int, reason: str) -> ConnectorError:
         request_id=error.request_id,
         client_request_id=error.client_request_id,
         retry_after=error.retry_after,
+        service_message=error.service_message,
+        service_date=error.service_date,
     )
     return final
 
@@ -350,6 +455,8 @@ def error_for_status(
     request_id: str | None = None,
     client_request_id: str | None = None,
     retry_after: float | None = None,
+    service_message: str | None = None,
+    service_date: str | None = None,
 ) -> ConnectorError:
     """The tokenward error class for an HTTP status (and a service error code)."""
     kind: type[ConnectorError]
@@ -379,6 +486,8 @@ def error_for_status(
         request_id=request_id,
         client_request_id=client_request_id,
         retry_after=retry_after,
+        service_message=service_message,
+        service_date=service_date,
     )
 
 
@@ -416,6 +525,47 @@ def graph_error(failure: BaseException, *, what: str) -> ConnectorError | None:
             retry_after=retry_after_seconds(headers),
         )
     return transport_error(failure, service="Microsoft Graph", what=what)
+
+
+def graph_answer_error(
+    status: int, headers: Mapping[str, Any] | None, body: Any, *, what: str
+) -> ConnectorError | None:
+    """A Graph answer read as data (a ``$batch`` sub-response, or a response
+    taken whole) as a tokenward error; ``None`` for a 2xx.
+
+    The same fields as :func:`graph_error` reads from an ``ODataError``: the
+    status, ``error.code`` and message, the request and client request ids
+    from ``innerError`` or the headers, and ``Retry-After``.
+    """
+    if 200 <= status < 300:
+        return None
+    error = body.get("error") if isinstance(body, Mapping) else None
+    code = message = request_id = client_request_id = date = None
+    if isinstance(error, Mapping):
+        code = error.get("code")
+        message = error.get("message")
+        inner = error.get("innerError") or error.get("innererror") or {}
+        if isinstance(inner, Mapping):
+            request_id = inner.get("request-id") or inner.get("requestId")
+            client_request_id = inner.get("client-request-id") or inner.get("clientRequestId")
+            date = inner.get("date")
+    request_id = request_id or header(headers, *REQUEST_ID_HEADERS)
+    client_request_id = client_request_id or header(headers, "client-request-id")
+    if error is None and status >= 500:
+        detail = "an error page that is not Graph JSON (a gateway or proxy answered)"
+    else:
+        detail = str(message) if message else "no message"
+    label = f"{status} {code}" if code else f"{status}"
+    return error_for_status(
+        status,
+        f"Microsoft Graph refused {what} ({label}: {detail})",
+        code=str(code) if code else None,
+        request_id=str(request_id) if request_id else None,
+        client_request_id=str(client_request_id) if client_request_id else None,
+        retry_after=retry_after_seconds(headers),
+        service_message=str(message) if message else None,
+        service_date=str(date) if date else None,
+    )
 
 
 def azure_error(failure: BaseException, *, service: str, what: str) -> ConnectorError | None:
@@ -508,8 +658,11 @@ __all__ = [
     "Classify",
     "RetryPolicy",
     "azure_error",
+    "Settled",
+    "call_each_with_retries",
     "call_with_retries",
     "error_for_status",
+    "graph_answer_error",
     "graph_error",
     "header",
     "retry_after_seconds",

@@ -112,6 +112,8 @@ class ConnectorError(TokenwardError):
         request_id: str | None = None,
         client_request_id: str | None = None,
         retry_after: float | None = None,
+        service_message: str | None = None,
+        service_date: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -119,6 +121,9 @@ class ConnectorError(TokenwardError):
         self.request_id = request_id
         self.client_request_id = client_request_id
         self.retry_after = retry_after
+        # The service's own ``error.message`` (often empty: B14) and innerError date.
+        self.service_message = service_message
+        self.service_date = service_date
 
     @property
     def error_class(self) -> str:

@@ -24,13 +24,21 @@ from playbooks.errors import (
     Throttled,
     TimedOut,
 )
-from playbooks.models import ActionResult, PlannedAction, RunStatus, Window
+from playbooks.models import (
+    ActionResult,
+    DirectoryUser,
+    PlannedAction,
+    RunStatus,
+    Target,
+    Window,
+)
 
 __all__ = [
     "AttemptListener",
     "AuthenticationFailed",
     "CallAttempt",
     "BadRequest",
+    "DirectoryReader",
     "ConnectorError",
     "ExecutionContext",
     "IncidentWriter",
@@ -99,6 +107,13 @@ class ExecutionContext:
     run_id: str
     # The sign-in each user's actions answer, for the ledger and verification.
     sign_in_times: dict[str, Any] = field(default_factory=dict)
+    # Called with each result as soon as it is known (the ledger's outcome),
+    # before the rest of the actions finish: a crash then loses as little as can be.
+    on_result: Callable[[Sequence[ActionResult]], None] | None = None
+
+    def settled(self, results: Sequence[ActionResult]) -> None:
+        if self.on_result is not None and results:
+            self.on_result(results)
 
 
 class Responder(Protocol):
@@ -116,6 +131,15 @@ class Responder(Protocol):
         self, actions: Sequence[PlannedAction], context: ExecutionContext
     ) -> list[ActionResult]:
         """One result per action, in order; one failing action never stops the rest."""
+        ...
+
+
+class DirectoryReader(Protocol):
+    """Reads users as they are now, before and after acting on them."""
+
+    async def read_users(self, targets: Sequence[Target]) -> list[DirectoryUser]:
+        """One reading per target, in order; a user that cannot be read has
+        ``error`` set (not found, permission, throttled) instead of raising."""
         ...
 
 

@@ -43,6 +43,8 @@ ENV_CONFIG = "TOKENWARD_CONFIG"
 ENV_AUDIT_KEY = "TOKENWARD_AUDIT_HMAC_KEY"
 ENV_CLIENT_SECRET = "TOKENWARD_CLIENT_SECRET"
 ENV_CERTIFICATE_PASSWORD = "TOKENWARD_CLIENT_CERTIFICATE_PASSWORD"
+# Any of 1/true/yes/on turns the kill switch on, whatever the file says.
+ENV_KILL_SWITCH = "TOKENWARD_KILL_SWITCH"
 # Set by the AKS workload identity webhook; used when the settings leave them out.
 ENV_WORKLOAD_IDENTITY = {
     "tenant_id": "AZURE_TENANT_ID",
@@ -117,6 +119,25 @@ class GuardrailSettings(Section):
         description="Above this many users in one run, every action waits for approval.",
     )
     sanctioned_use: tuple[SanctionedUse, ...] = ()
+    # -- enforced again when actions execute ----------------------------------
+    kill_switch: bool = Field(
+        default=False,
+        description=f"Nothing is written anywhere while on (also {ENV_KILL_SWITCH}=1).",
+    )
+    max_users_per_hour: int = Field(
+        default=20,
+        ge=1,
+        description="Users written to in any hour; above it, unattended actions wait for approval.",
+    )
+    revoke_cooldown_minutes: int = Field(
+        default=60,
+        ge=0,
+        description="After a revoke, another unattended revoke of the user waits for approval.",
+    )
+    privileged_roles: tuple[str, ...] = Field(
+        default=("*",),
+        description="Directory roles (names or template ids) whose holders need approval; * is any.",
+    )
 
     @field_validator("protected_accounts")
     @classmethod
@@ -313,6 +334,39 @@ class RetrySettings(Section):
         return self
 
 
+class GraphSettings(Section):
+    """How containment calls are spread over Microsoft Graph."""
+
+    batch_size: int = Field(
+        default=20, ge=1, le=20, description="Calls per $batch request (Graph allows 20)."
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=20, description="Graph requests in flight at once."
+    )
+    verify_delay: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="Seconds before reading a user back again when the first read-back "
+        "does not show the change yet.",
+    )
+    identity_protection_wait: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Least wait before retrying confirmCompromised (1 request/s per tenant).",
+    )
+
+
+class ApprovalSettings(Section):
+    expire_after_hours: float = Field(
+        default=24, gt=0, le=24 * 30, description="A stored plan can be approved and executed this long."
+    )
+    require_distinct_approver: bool = Field(
+        default=True, description="The approver must not be the person who requested the plan."
+    )
+
+
 class Settings(Section):
     store: StoreSettings = StoreSettings()
     audit: AuditSettings = AuditSettings()
@@ -325,6 +379,8 @@ class Settings(Section):
     defender: DefenderSettings = DefenderSettings()
     sources: SourceSettings = SourceSettings()
     retry: RetrySettings = RetrySettings()
+    graph: GraphSettings = GraphSettings()
+    approvals: ApprovalSettings = ApprovalSettings()
 
     @model_validator(mode="after")
     def _timeouts(self) -> Settings:
@@ -377,6 +433,8 @@ def settings_from_dict(
             source=Location(file=file, key="audit.hmac_key"),
         )
     merged = _with_credential_environment(merged, env, file=file)
+    if env.get(ENV_KILL_SWITCH, "").strip().lower() in ("1", "true", "yes", "on"):
+        merged["guardrails"] = {**merged.get("guardrails", {}), "kill_switch": True}
     base = Path(file).parent if file else Path.cwd()
     try:
         settings = Settings.model_validate(merged)
