@@ -152,6 +152,14 @@ def decide(
 
 def claim_for_execution(store: Store, plan_id: str, *, now: datetime | None = None) -> StoredPlan:
     """The approved plan, exactly as approved, marked as executing (once)."""
+    stored = executable(store, plan_id, now=now)
+    if not store.set_plan_status(plan_id, EXECUTING, expected=APPROVED):
+        raise PlanRefused(f"plan {plan_id} is being executed by another process")
+    return stored
+
+
+def executable(store: Store, plan_id: str, *, now: datetime | None = None) -> StoredPlan:
+    """The approved plan, or :class:`PlanRefused` saying why it may not run."""
     stored = load_plan(store, plan_id)
     moment = now or utcnow()
     if stored.status in (EXECUTING, EXECUTED):
@@ -163,8 +171,6 @@ def claim_for_execution(store: Store, plan_id: str, *, now: datetime | None = No
     _check_hash(stored)
     if stored.approval["plan_hash"] != stored.stored_hash:
         raise PlanRefused(f"plan {plan_id} is not the plan that was approved (its hash changed)")
-    if not store.set_plan_status(plan_id, EXECUTING, expected=APPROVED):
-        raise PlanRefused(f"plan {plan_id} is being executed by another process")
     return stored
 
 

@@ -260,9 +260,8 @@ def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output:
     settings = app.settings()
     audit = app.audit(settings)
     playbook = load_playbook(settings.playbook.path)
-    stored = approvals.load_plan(audit.store, plan_id)
-    if stored.status != approvals.APPROVED:
-        raise approvals.PlanRefused(f"plan {plan_id} is {stored.status}: only an approved plan is executed")
+    # Refused before any token is asked for if it may not run.
+    stored = approvals.executable(audit.store, plan_id)
     report = _with_graph(
         app,
         settings,
