@@ -268,3 +268,56 @@ def test_missing_permissions_refuse_auto_mode_and_only_warn_in_dry_run(
     code, out, _ = tokenward(monkeypatch, capsys, "--config", str(cfg), "doctor")
     assert code == 1
     assert "missing User.RevokeSessions.All" in " ".join(out.split())
+
+
+def test_b15_revoke_and_disable_twice_in_one_process_from_the_command_line(
+    tmp_path: Path, exports: Path, graph: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # Two runs with their own state: each revokes and disables, each in its own loop.
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        code, _, err = tokenward(monkeypatch, capsys, *hunt(config(folder, graph), exports, "--mode", "auto"))
+        assert code == 0, err
+        assert "Event loop is closed" not in err
+        graph.graph.find(TARGET_ID).account_enabled = True
+        graph.graph.find(TARGET_ID).sign_in_sessions_valid_from = "2025-01-01T00:00:00Z"
+    kinds = [(m, p) for m, p, _ in graph_calls(graph, writes_only=True) if p.startswith("/users/")]
+    assert kinds == [("POST", f"/users/{TARGET_ID}/revokeSignInSessions"), ("PATCH", f"/users/{TARGET_ID}")] * 2
+
+
+def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(
+    tmp_path: Path, exports: Path, graph: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from tests.emulator import CLIENT_SECRET
+
+    cfg = config(tmp_path, graph)
+    code, out, err = tokenward(monkeypatch, capsys, "-vv", *hunt(cfg, exports, "--mode", "auto"))
+    assert code == 0, err
+
+    tokens = {r.authorization.split(" ", 1)[1] for r in graph.requests(r"^/v1\.0/") if r.authorization}
+    assert tokens
+    database = (tmp_path / "state.db").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("state.db-*")
+    )
+    assert "Graph POST $batch" in err  # the run did log at INFO and DEBUG
+    for secret in (*tokens, CLIENT_SECRET):
+        assert secret not in out and secret not in err
+        assert secret.encode() not in database
+        for part in secret.split(".")[:2] if "." in secret else ():
+            assert part.encode() not in database
+
+
+def test_a_mail_address_that_is_not_the_upn_is_found_by_proxy_address(emu: Any) -> None:
+    # B27: GET /users/{mail} is 404 when the mail address differs from the UPN.
+    from playbooks.models import Target
+    from tests.graph_helpers import with_responder
+
+    emu.graph.add_user("Megan.Bowen@contoso.com", "aaaaaaaa-0000-4000-8000-000000000002", proxy_addresses=["SMTP:mbowen@fabrikam.com"])
+
+    (found,) = with_responder(emu, lambda r: r.read_users([Target(user_principal_name="mbowen@fabrikam.com")]))
+
+    assert (found.id, found.resolved_by) == ("aaaaaaaa-0000-4000-8000-000000000002", "email->proxyAddresses->objectId")
+    (lookup,) = emu.requests(r"^/v1\.0/users$")
+    assert lookup.headers["consistencylevel"] == "eventual"
+    assert "%24count=true" in lookup.query or "$count=true" in lookup.query

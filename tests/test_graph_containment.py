@@ -68,11 +68,11 @@ def act(
     sleeps: list[float] | None = None,
     **sections: dict[str, object],
 ) -> dict[str, ActionResult]:
-    settings = emulator_settings(
-        emu,
-        graph={"verify_delay": 0, "identity_protection_wait": 0},
-        **{"guardrails": {"max_users_per_hour": 1000}, **sections},
-    )
+    defaults: dict[str, dict[str, object]] = {
+        "graph": {"verify_delay": 0, "identity_protection_wait": 0},
+        "guardrails": {"max_users_per_hour": 1000},
+    }
+    settings = emulator_settings(emu, **{**defaults, **sections})
 
     async def fake_sleep(seconds: float) -> None:
         (sleeps if sleeps is not None else []).append(seconds)
@@ -344,3 +344,37 @@ def test_a_revoke_is_skipped_when_sessions_were_revoked_after_the_sign_in(emu: A
     assert result.status.value == "skipped"
     assert "after the sign-in at 2026-01-15T09:24:58Z" in result.detail
     assert graph_calls(emu, writes_only=True) == []
+
+
+def test_a_throttled_batch_is_sent_again_whole(emu: Any, audit: AuditLog) -> None:
+    users = [user(emu, f"user{i:02}") for i in range(10)]
+    # The first write batch is throttled whole, twice.
+    emu.fault(path=r"^/v1\.0/\$batch$", query="revokeSignInSessions", status=429, headers={"Retry-After": "0.01"}, times=2)
+
+    results = act(emu, audit, containment(*users))
+
+    assert {r.status.value for r in results.values()} == {"succeeded"}
+    assert {r.attempts for r in results.values()} == {3}
+
+
+def test_confirm_compromised_is_one_call_for_every_user_and_waits_out_its_throttle(
+    emu: Any, audit: AuditLog
+) -> None:
+    users = [user(emu, name) for name in ("ana", "ben", "cy")]
+    emu.fault(path=r"/riskyUsers/confirmCompromised$", status=429, body={"error": {"code": "TooManyRequests"}})
+    confirm = PlannedAction(
+        id="a-confirm",
+        action=ActionKind.CONFIRM_COMPROMISED,
+        targets=tuple(users),
+        finding_ids=tuple(f"f-{u.label}" for u in users),
+        tier=Tier.HIGH,
+        gate=Gate.UNATTENDED,
+        request=requests.confirm_compromised(users),
+    )
+    sleeps: list[float] = []
+
+    (result,) = act(emu, audit, [confirm], sleeps=sleeps, graph={"identity_protection_wait": 1.0, "verify_delay": 0}).values()
+
+    assert (result.status.value, result.attempts) == ("succeeded", 2)
+    assert sleeps and sleeps[0] >= 0.5  # backoff from 1 s, jittered down to half at most
+    assert emu.graph.confirmed_compromised == [[u.user_id for u in users]]

@@ -24,9 +24,10 @@ Faults: ``emulator.fault(...)`` with ``scope="request"`` answers whole HTTP
 requests (a direct call or a whole ``$batch``); ``scope="query"`` answers one
 Graph call wherever it arrives, on its own or as a sub-request (``path`` is
 searched in the sub-request's decoded path, e.g. ``/users/u-3/revokeSignIn``).
-``graph.throttle_rate`` throttles that share of calls and of ``$batch``
-requests with 429s, chosen by a hash of the call and how often it was seen,
-so a run is repeatable whatever order concurrent batches arrive in.
+``graph.throttle_rate`` throttles that share of calls with 429s (and
+``batch_throttle_rate`` that share of whole ``$batch`` requests), chosen by a
+hash of the call and how often it was seen, so a run is repeatable whatever
+order concurrent batches arrive in.
 """
 
 from __future__ import annotations
@@ -108,8 +109,10 @@ class GraphUser:
 class GraphState:
     users: dict[str, GraphUser] = field(default_factory=dict)
     confirmed_compromised: list[list[str]] = field(default_factory=list)
-    # Share of calls and $batch requests answered with a 429 (0 to 1).
+    # Share of calls (alone or inside a batch) answered with a 429 (0 to 1).
     throttle_rate: float = 0.0
+    # Share of whole $batch requests answered with a 429.
+    batch_throttle_rate: float = 0.0
     throttle_retry_after: str | None = "0.01"
     # confirmCompromised faster than this many seconds apart is throttled.
     confirm_min_interval: float = 0.0
@@ -120,6 +123,7 @@ class GraphState:
         self.users.clear()
         self.confirmed_compromised.clear()
         self.throttle_rate = 0.0
+        self.batch_throttle_rate = 0.0
         self.throttle_retry_after = "0.01"
         self.confirm_min_interval = 0.0
         self._last_confirm = 0.0
@@ -143,13 +147,17 @@ class GraphState:
                 return user
         return None
 
-    def throttled(self, what: str) -> bool:
+    def throttled(self, what: str, rate: float | None = None) -> bool:
         """Whether this occurrence of *what* is one of the throttled share."""
-        if self.throttle_rate <= 0:
+        share = self.throttle_rate if rate is None else rate
+        if share <= 0:
             return False
         self._seen[what] += 1
         digest = hashlib.sha256(f"{what}#{self._seen[what]}".encode()).digest()
-        return int.from_bytes(digest[:4], "big") / 2**32 < self.throttle_rate
+        return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+    def throttled_batch(self) -> bool:
+        return self.throttled("POST /v1.0/$batch", self.batch_throttle_rate)
 
 
 Answer = tuple[int, dict[str, str], Any]
@@ -324,7 +332,7 @@ def install(emulator: Emulator) -> None:
         refused = refuse_unless_audience(request, emulator.audiences["graph"])
         if refused is not None:
             return refused
-        if state.throttled("POST /v1.0/$batch"):
+        if state.throttled_batch():
             return _response(_throttle_answer(state))
         try:
             payload = json.loads(await request.body())
