@@ -117,6 +117,48 @@ class AuditLog:
             raise AuditError(f"the audit record {kind!r} could not be written: {failure}") from None
         return AuditRecord(seq, run_id, at, kind, actor, clean, prev, digest)
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def record_many(
+        self, run_id: str, items: list[tuple[str, dict[str, Any]]], *, actor: str = "tokenward"
+    ) -> None:
+        """Append several records in one transaction (a batch's intents or outcomes)."""
+        if not items:
+            return
+        at = isoformat_z(utcnow())
+        try:
+            with self._store.engine.begin() as connection:
+                head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+                seq = head.seq if head else 0
+                prev = head.hash if head else GENESIS
+                for kind, data in items:
+                    seq += 1
+                    clean = redact(data)
+                    digest = self._digest(seq, run_id, at, kind, actor, clean, prev)
+                    connection.execute(
+                        insert(audit_records).values(
+                            seq=seq,
+                            run_id=run_id,
+                            at=at,
+                            kind=kind,
+                            actor=actor,
+                            data=_canonical(clean),
+                            prev_hash=prev,
+                            hash=digest,
+                        )
+                    )
+                    prev = digest
+                if head:
+                    connection.execute(
+                        update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev)
+                    )
+                else:
+                    connection.execute(insert(audit_head).values(id=1, seq=seq, hash=prev))
+        except SQLAlchemyError as failure:
+            raise AuditError(f"{len(items)} audit records could not be written: {failure}") from None
+
     def records(self, *, run_id: str | None = None, limit: int | None = None) -> list[AuditRecord]:
         query = select(audit_records).order_by(audit_records.c.seq)
         if run_id is not None:

@@ -1,4 +1,4 @@
-"""The ``tokenward`` command: hunt, exercise and audit.
+"""The ``tokenward`` command: hunt, exercise, plans, doctor and audit.
 
 This is one of the two faces (with the webhook service) that wire concrete
 connectors into the engine. Every failure ends with a one-line reason on
@@ -9,16 +9,18 @@ error.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
+import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import duckdb_kql
@@ -29,11 +31,12 @@ from connectors.exports.loader import ExportLoader, LoadSummary
 from connectors.exports.local import LocalKqlSource
 from playbooks import logs
 from playbooks.audit import AuditLog
+from playbooks import approvals
 from playbooks.engine import RunRequest, Runner, new_run_id
-from playbooks.errors import InputError, TokenwardError
+from playbooks.errors import InputError, PermissionDenied, TokenwardError
 from playbooks.exercises import bundled_scenarios, check_expected, find_scenario, load_scenario
 from playbooks.identities import is_guid, require_upn
-from playbooks.models import Mode, RunReport, RunStatus, Window
+from playbooks.models import Containment, Mode, RunReport, RunStatus, Window
 from playbooks.playbook import Playbook, load_playbook, parse_set, read_overrides
 from playbooks.reports import ReportContext, to_json
 from playbooks.reports.markdown import to_markdown
@@ -46,6 +49,7 @@ from playbooks.whatif import Thresholds, compare_runs
 logger = logging.getLogger(__name__)
 
 MAX_WINDOW = timedelta(days=90)
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,7 +100,8 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
 @click.option("--since", help="Window length back from the end, e.g. 24h or 7d.")
 @click.option("--now", "now_text", help="The run's clock (ISO 8601); default: the wall clock.")
 @click.option("--user", "users", multiple=True, metavar="UPN|ID", help="Hunt only these users (repeatable).")
-@click.option("--mode", type=click.Choice([mode.value for mode in Mode]), default=Mode.DRY_RUN.value, show_default=True, help="dry-run sends nothing.")
+@click.option("--mode", type=click.Choice([mode.value for mode in Mode]), default=Mode.DRY_RUN.value, show_default=True, help="dry-run sends nothing; approve stores the plan for an approver; auto runs the unattended tiers.")
+@click.option("--requested-by", "requested_by", metavar="NAME", help="Who asks for the plan (default: the login name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as Markdown.")
@@ -111,12 +116,13 @@ def hunt(
     now_text: str | None,
     users: Sequence[str],
     mode: str,
+    requested_by: str | None,
     as_json: bool,
     output: Path | None,
     markdown: Path | None,
     html_report: Path | None,
 ) -> None:
-    """Hunt a time window for device code phishing and show what would be done."""
+    """Hunt a time window for device code phishing; contain it in approve or auto mode."""
     settings = app.settings()
     audit = app.audit(settings)
     run_mode = Mode(mode)
@@ -125,7 +131,6 @@ def hunt(
         now = _instant(now_text, "--now") if now_text else utcnow()
         window = _window(start, end, since or settings.hunt.default_since, now)
         scope = tuple(_user(value) for value in users)
-        _refuse_unavailable(run_mode)
         kind, _, argument = source_spec.partition(":")
         if kind != "files" or not argument:
             raise click.BadParameter("use files:DIR (a directory of exported logs)", param_hint="--source")
@@ -135,13 +140,167 @@ def hunt(
     request = RunRequest(
         trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=tuple(summary.warnings)
     )
-    report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
+    requester = requested_by or _login_name()
+    if run_mode is Mode.DRY_RUN:
+        _warn_unless_permitted(app, settings, playbook)
+        report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
+    else:
+        report = _with_graph(
+            app,
+            settings,
+            playbook,
+            lambda responder: Runner(
+                playbook, settings, source, audit,
+                responder=responder, directory=responder, requested_by=requester,
+            ).run(request),
+        )
     context = ReportContext(thresholds=_thresholds(playbook), correlation=_correlation(playbook))
     _emit(app, report, as_json=as_json, output=output, markdown=markdown, context=context)
     if html_report is not None:
         _write(html_report, to_html(report, context=context))
         app.err.print(f"HTML report: {html_report}", style="dim")
+    if report.plan_id and approvals_pending(audit, report.plan_id):
+        app.err.print(
+            f"plan stored for approval: {report.plan_id} "
+            f"(tokenward plans show {report.plan_id})"
+        )
     _exit_for(report)
+
+
+# -- plans ---------------------------------------------------------------------
+
+
+@cli.group()
+def plans() -> None:
+    """Plans stored for approval: list, show, approve, reject, execute."""
+
+
+@plans.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@pass_app
+def plans_list(app: App, limit: int) -> None:
+    """Stored plans, newest first."""
+    store = app.audit(app.settings()).store
+    rows = store.list_plans(limit=limit)
+    if not rows:
+        app.out.print("no stored plans")
+    for row in rows:
+        stored = approvals.load_plan(store, row["id"])
+        users = sorted({t.label for a in stored.plan.actions for t in a.targets})
+        app.out.print(
+            f"{row['id']}  {row['status']:<9} {row['created_at']}  "
+            f"{len(stored.plan.actions)} action(s)  {', '.join(users)}  "
+            f"sha256 {row['content_hash'][:12]}…",
+            highlight=False,
+        )
+
+
+@plans.command("show")
+@click.argument("plan_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored plan as JSON.")
+@pass_app
+def plans_show(app: App, plan_id: str, as_json: bool) -> None:
+    """One plan: every request it would send, its gates, hash and decisions."""
+    stored = approvals.load_plan(app.audit(app.settings()).store, plan_id)
+    if as_json:
+        click.echo(json.dumps({
+            "plan": stored.plan.model_dump(mode="json"),
+            "status": stored.status,
+            "requested_by": stored.requested_by,
+            "expires_at": isoformat_z(stored.expires_at),
+            "decisions": list(stored.decisions),
+        }, indent=2, sort_keys=True))
+        return
+    plan = stored.plan
+    app.out.print(f"[bold]{plan.id}[/]  {stored.status}  from run {plan.run_id} ({stored.mode})")
+    app.out.print(
+        f"requested by {stored.requested_by} · created {isoformat_z(plan.created_at)}"
+        f" · expires {isoformat_z(stored.expires_at)}",
+        highlight=False,
+    )
+    app.out.print(f"sha256 {stored.stored_hash}", highlight=False)
+    for action in plan.actions:
+        who = ", ".join(t.label for t in action.targets) or "incident"
+        request = action.request
+        body = f" {json.dumps(request.body, sort_keys=True)}" if request.body else ""
+        app.out.print(f"- {action.action.value} {who} [{action.gate.value}]", highlight=False)
+        app.out.print(f"    {request.method} {request.path}{body}", highlight=False, markup=False)
+        for decision in action.decisions:
+            app.out.print(f"    {decision.guardrail}: {decision.detail}", style="dim", highlight=False)
+        for note in action.notes:
+            app.out.print(f"    note: {note}", style="dim", highlight=False)
+    for decision in stored.decisions:
+        app.out.print(
+            f"{decision['decision']} by {decision['by']} at {decision['at']}"
+            f" (sha256 {decision['plan_hash'][:12]}…){': ' + decision['reason'] if decision['reason'] else ''}",
+            highlight=False,
+        )
+
+
+@plans.command("approve")
+@click.argument("plan_id")
+@click.option("--by", "by", required=True, metavar="NAME", help="The approver's name.")
+@click.option("--reason", help="Why, for the audit.")
+@pass_app
+def plans_approve(app: App, plan_id: str, by: str, reason: str | None) -> None:
+    """Approve a pending plan (bound to its hash); execute it with plans execute."""
+    _decide(app, plan_id, approvals.APPROVED, by, reason)
+
+
+@plans.command("reject")
+@click.argument("plan_id")
+@click.option("--by", "by", required=True, metavar="NAME", help="Who rejects it.")
+@click.option("--reason", help="Why, for the audit.")
+@pass_app
+def plans_reject(app: App, plan_id: str, by: str, reason: str | None) -> None:
+    """Reject a pending plan: it can never be executed."""
+    _decide(app, plan_id, approvals.REJECTED, by, reason)
+
+
+@plans.command("execute")
+@click.argument("plan_id")
+@click.option("--by", "by", metavar="NAME", help="Who executes it (default: the login name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
+@pass_app
+def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output: Path | None) -> None:
+    """Execute an approved plan, exactly as approved."""
+    settings = app.settings()
+    audit = app.audit(settings)
+    playbook = load_playbook(settings.playbook.path)
+    # Refused before any token is asked for if it may not run.
+    stored = approvals.executable(audit.store, plan_id)
+    report = _with_graph(
+        app,
+        settings,
+        playbook,
+        lambda responder: Runner(
+            playbook, settings, _NoSource(), audit, responder=responder, directory=responder
+        ).execute_plan(plan_id, executed_by=by or _login_name()),
+        kinds=[action.action for action in stored.plan.actions],
+    )
+    _emit(app, report, as_json=as_json, output=output, markdown=None)
+    _exit_for(report)
+
+
+# -- doctor --------------------------------------------------------------------
+
+
+@cli.command()
+@pass_app
+def doctor(app: App) -> None:
+    """Check the credential and the Graph permissions the configured actions need."""
+    settings = app.settings()
+    playbook = load_playbook(settings.playbook.path)
+    check = asyncio.run(_permission_check(settings, playbook))
+    app.out.print(f"credential: {settings.azure.credential.kind.value if settings.azure.credential.kind else 'none'}")
+    app.out.print(f"Graph token roles: {', '.join(sorted(check.roles)) or '(none)'}", highlight=False)
+    for requirement in check.needed:
+        mark = "[green]ok[/]     " if requirement.met_by(check.roles) else "[red]missing[/]"
+        app.out.print(f"  {mark} {requirement.permission:<32} {requirement.needed_for}", highlight=False)
+    if not check.ok:
+        _fail(check.summary())
+    app.out.print(check.summary())
 
 
 # -- exercise ------------------------------------------------------------------
@@ -371,9 +530,113 @@ def _user(value: str) -> str:
         raise click.BadParameter(str(failure), param_hint="--user") from None
 
 
-def _refuse_unavailable(mode: Mode) -> None:
-    if mode is not Mode.DRY_RUN:
-        raise click.BadParameter(f"{mode.value} needs a Graph responder, which this build does not configure", param_hint="--mode")
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "unknown")
+
+
+def approvals_pending(audit_log: AuditLog, plan_id: str) -> bool:
+    row = audit_log.store.plan(plan_id)
+    return row is not None and row["status"] == approvals.PENDING
+
+
+def _decide(app: App, plan_id: str, decision: str, by: str, reason: str | None) -> None:
+    settings = app.settings()
+    audit_log = app.audit(settings)
+    stored = approvals.decide(
+        audit_log.store,
+        audit_log,
+        plan_id,
+        decision=decision,
+        by=by,
+        reason=reason,
+        require_distinct_approver=settings.approvals.require_distinct_approver,
+    )
+    app.out.print(f"plan {plan_id} {stored.status} by {by} (sha256 {stored.stored_hash[:12]}…)")
+
+
+class _NoSource:
+    description = "none: an approved plan is executed as stored"
+
+    async def run_queries(self, queries: Sequence[Any]) -> list[Any]:
+        raise TokenwardError("executing a stored plan runs no queries")
+
+
+def _action_kinds(playbook: Playbook) -> list[Any]:
+    return [kind for tier in playbook.spec.tiers.values() for kind in tier.actions]
+
+
+async def _permission_check(settings: Settings, playbook: Playbook, kinds: Sequence[Any] | None = None) -> Any:
+    from connectors.credentials import build_credential
+    from connectors.permissions import check_graph_permissions
+
+    credential = build_credential(settings.azure)
+    async with credential:
+        return await check_graph_permissions(
+            credential,
+            scope=settings.azure.endpoints().graph_scope,
+            kinds=list(kinds) if kinds is not None else _action_kinds(playbook),
+            identity=credential.identity,
+        )
+
+
+def _warn_unless_permitted(app: App, settings: Settings, playbook: Playbook) -> None:
+    """Dry-run with a credential configured: say what execute modes would lack."""
+    if settings.azure.credential.kind is None:
+        return
+    try:
+        check = asyncio.run(_permission_check(settings, playbook))
+    except TokenwardError as failure:
+        app.err.print(f"warning: the permission preflight could not run: {failure}", style="yellow")
+        return
+    if not check.ok:
+        app.err.print(f"warning: {check.summary()}; approve and auto would refuse to start", style="yellow")
+
+
+def _with_graph(
+    app: App,
+    settings: Settings,
+    playbook: Playbook,
+    use: Callable[[Any], Awaitable[T]],
+    *,
+    kinds: Sequence[Any] | None = None,
+) -> T:
+    """Check permissions, then run *use* with a Graph responder, all in one event loop.
+
+    The credential and clients are made inside the loop and closed with it
+    (B15: an async client outliving its loop fails with "Event loop is closed").
+    """
+    from connectors.clients import Clients
+    from connectors.credentials import build_credential
+    from connectors.graph import GraphOptions, GraphResponder
+    from connectors.permissions import check_graph_permissions
+    from connectors.retry import RetryPolicy
+
+    async def run() -> T:
+        credential = build_credential(settings.azure)
+        async with Clients(settings.azure, credential) as clients:
+            check = await check_graph_permissions(
+                credential,
+                scope=settings.azure.endpoints().graph_scope,
+                kinds=list(kinds) if kinds is not None else _action_kinds(playbook),
+                identity=credential.identity,
+            )
+            if not check.ok:
+                raise PermissionDenied(f"{check.summary()}; nothing was done (tokenward doctor lists them)")
+            responder = GraphResponder(
+                clients.graph(),
+                policy=RetryPolicy.from_settings(settings.retry),
+                options=GraphOptions(
+                    batch_size=settings.graph.batch_size,
+                    concurrency=settings.graph.concurrency,
+                    identity_protection_wait=settings.graph.identity_protection_wait,
+                ),
+            )
+            return await use(responder)
+
+    return asyncio.run(run())
 
 
 @contextmanager
@@ -425,6 +688,14 @@ def _write(path: Path, text: str) -> None:
 def _exit_for(report: RunReport) -> None:
     if report.status is RunStatus.FAILED:
         _fail(report.error or "the run failed")
+    if report.containment in (Containment.PARTIALLY_CONTAINED, Containment.NOT_CONTAINED):
+        # The run worked, but not everything it sent took effect: a person must look.
+        waiting = [u.user for u in report.users_contained if u.escalate]
+        click.echo(
+            f"tokenward: {report.containment.value}; escalate: {', '.join(waiting) or 'see the report'}",
+            err=True,
+        )
+        sys.exit(3)
 
 
 def _fail(message: str) -> NoReturn:

@@ -16,14 +16,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from playbooks.actions import IncidentRef
+from playbooks.approvals import claim_for_execution, store_plan
 from playbooks.audit import AuditLog
+from playbooks.containment import WRITES, holds_privileged_role, summarise
 from playbooks.correlation import Flow, baseline_for, evidence_for, group_flows, index_by_hit
 from playbooks.dryrun import DryRunResponder
 from playbooks.errors import QueryError, TokenwardError
+from playbooks.execution import Executor, execution_policy, target_key
 from playbooks.models import (
+    ActionKind,
     ActionReport,
     ActionResult,
     ActionStatus,
+    DirectoryUser,
     Finding,
     Gate,
     Mode,
@@ -32,11 +37,20 @@ from playbooks.models import (
     QueryRecord,
     RunReport,
     RunStatus,
+    Target,
     Window,
 )
 from playbooks.planning import Guardrails, plan_actions
 from playbooks.playbook import Playbook
-from playbooks.ports import ExecutionContext, QueryOutcome, QuerySource, RenderedQuery, Responder
+from playbooks.ports import (
+    DirectoryReader,
+    ExecutionContext,
+    QueryOutcome,
+    QuerySource,
+    RenderedQuery,
+    Responder,
+    listening_for_attempts,
+)
 from playbooks.rows import sign_in_from_row
 from playbooks.scoring import ScoringContext, SignalInput, matching_sanctioned_use, score
 from playbooks.settings import Settings
@@ -72,6 +86,11 @@ class Runner:
     source: QuerySource
     audit: AuditLog
     responder: Responder = field(default_factory=DryRunResponder)
+    # Reads users before and after acting; the Graph responder is both.
+    directory: DirectoryReader | None = None
+    # Who asks for the plans this runner stores (an analyst's name, or the service).
+    requested_by: str = "tokenward"
+    _acting: Executor | None = field(default=None, init=False, repr=False)
 
     async def run(self, request: RunRequest) -> RunReport:
         run_id = request.run_id or new_run_id()
@@ -106,7 +125,8 @@ class Runner:
             warnings=request.warnings,
         )
         try:
-            report = await self._run(run_id, request, report)
+            with listening_for_attempts(self._executor().hear):
+                report = await self._run(run_id, request, report)
         except TokenwardError as failure:
             logger.warning("run %s failed: %s", run_id, failure)
             report = report.model_copy(
@@ -121,6 +141,7 @@ class Runner:
                 "status": report.status.value,
                 "findings": report.tier_counts(),
                 "actions": _status_counts(report.actions),
+                "containment": report.containment.value,
             },
         )
         return report
@@ -129,6 +150,7 @@ class Runner:
         # Hunt and correlate: every query in one batch, the hunt embedded in the rest.
         queries = self._render(request)
         outcomes = await self.source.run_queries(queries)
+        self._executor().flush(run_id)
         records = tuple(self._record_query(run_id, query, outcome) for query, outcome in zip(queries, outcomes, strict=True))
         report = report.model_copy(update={"queries": records})
         failed = [outcome for outcome in outcomes if outcome.status is RunStatus.FAILED]
@@ -156,11 +178,16 @@ class Runner:
                 },
             )
 
+        # Look the users up before planning, in the modes that write: object
+        # ids, guests, accounts synced from on-premises, directory roles.
+        directory = await self._read_directory(run_id, request, findings)
+        findings = [_as_read(finding, directory) for finding in findings]
+
         # Plan, with the guardrails; then gate by mode and act.
         plan = plan_actions(
             findings,
             self.playbook,
-            self._guardrails(request, evidence_complete=not partial),
+            self._guardrails(request, evidence_complete=not partial, directory=directory),
             run_id=run_id,
             created_at=utcnow(),
         )
@@ -176,7 +203,9 @@ class Runner:
                 ],
             },
         )
-        results_by_action = await self._gate_and_act(run_id, request, plan, findings)
+        results_by_action = await self._gate_and_act(run_id, request, plan, findings, directory)
+        containment, users_contained = summarise(plan.actions, results_by_action)
+        self._executor().flush(run_id)
 
         notes = list(report.notes)
         warnings = list(report.warnings)
@@ -199,6 +228,8 @@ class Runner:
                 "actions": tuple(_action_report(a, results_by_action[a.id]) for a in plan.actions),
                 "warnings": tuple(warnings),
                 "notes": tuple(notes),
+                "containment": containment,
+                "users_contained": users_contained,
             }
         )
 
@@ -260,23 +291,69 @@ class Runner:
             sanctioned_use=self.playbook.spec.sanctioned_use + settings.guardrails.sanctioned_use,
         )
 
-    def _guardrails(self, request: RunRequest, *, evidence_complete: bool) -> Guardrails:
+    def _guardrails(
+        self,
+        request: RunRequest,
+        *,
+        evidence_complete: bool,
+        directory: dict[str, DirectoryUser] | None = None,
+    ) -> Guardrails:
         rails = self.settings.guardrails
+        policy = execution_policy(self.settings)
+        readings = list((directory or {}).values())
         return Guardrails(
             protected_accounts=frozenset(rails.protected_accounts),
             max_users_per_run=rails.max_users_per_run,
             evidence_complete=evidence_complete,
             low_confidence_users=request.low_confidence_users,
             incident=request.incident,
+            privileged_users=frozenset(
+                name.lower()
+                for user in readings
+                if holds_privileged_role(user, policy.privileged_roles) or not user.roles_known
+                for name in (user.key, user.id, user.user_principal_name)
+                if name
+            ),
+            synced_users=frozenset(
+                name.lower()
+                for user in readings
+                if user.on_premises_sync_enabled
+                for name in (user.key, user.id, user.user_principal_name)
+                if name
+            ),
         )
 
+    def _executor(self) -> Executor:
+        if self._acting is None:
+            # No reader, no writes: without one the executor is never asked to act.
+            reader = self.directory if self.directory is not None else _NoDirectory()
+            self._acting = Executor(self.settings, self.audit, self.responder, reader)
+        return self._acting
+
+    async def _read_directory(
+        self, run_id: str, request: RunRequest, findings: Sequence[Finding]
+    ) -> dict[str, DirectoryUser] | None:
+        if request.mode is Mode.DRY_RUN or self.directory is None or not self.responder.sends_requests:
+            return None
+        targets = [
+            _target(finding)
+            for finding in findings
+            if any(kind in WRITES for kind in self.playbook.tier(finding.tier).actions)
+        ]
+        if not targets:
+            return {}
+        return await self._executor().read(run_id, targets, why="before planning")
+
     async def _gate_and_act(
-        self, run_id: str, request: RunRequest, plan: Plan, findings: Sequence[Finding]
+        self,
+        run_id: str,
+        request: RunRequest,
+        plan: Plan,
+        findings: Sequence[Finding],
+        directory: dict[str, DirectoryUser] | None = None,
     ) -> dict[str, ActionResult]:
-        context = ExecutionContext(
-            run_id=run_id,
-            sign_in_times={f.user_principal_name.lower(): f.sign_in_time for f in findings},
-        )
+        sign_in_times = _sign_in_times(findings)
+        context = ExecutionContext(run_id=run_id, sign_in_times=sign_in_times)
         if request.mode is Mode.DRY_RUN or not self.responder.sends_requests:
             results = await DryRunResponder().execute(plan.actions, context)
             for action, result in zip(plan.actions, results, strict=True):
@@ -292,7 +369,98 @@ class Runner:
                     },
                 )
             return {result.action_id: result for result in results}
-        raise TokenwardError(f"mode {request.mode.value} is not available in this version")
+        if self.directory is None:
+            raise TokenwardError(f"mode {request.mode.value} needs a directory reader")
+
+        # Approve: the plan is stored with its hash; nothing is written until a
+        # named approver approves it and someone executes it.
+        results: dict[str, ActionResult] = {}
+        if request.mode is Mode.APPROVE:
+            waiting = [a for a in plan.actions if a.gate is not Gate.BLOCKED and a.action in WRITES]
+            results = {a.id: _waiting(a) for a in waiting}
+
+        # Auto: what the playbook lets run unattended runs now, through the
+        # execution-time guardrails and the ledger.
+        if request.mode is Mode.AUTO:
+            unattended = [a for a in plan.actions if a.gate is Gate.UNATTENDED and a.action in WRITES]
+            results = await self._executor().act(
+                run_id, unattended, approved=False, plan_id=plan.id, sign_in_times=sign_in_times, users=directory
+            )
+            held = [a for a in plan.actions if a.gate is Gate.APPROVAL and a.action in WRITES]
+            results |= {a.id: _waiting(a) for a in held}
+
+        # The rest: blocked actions stay blocked; the incident comment is the
+        # write-back step's (not this runner's).
+        for action in plan.actions:
+            if action.id not in results:
+                results[action.id] = _left_alone(action)
+
+        # Whatever waits for a person is stored for approval, bound to the plan's hash.
+        if any(result.status is ActionStatus.AWAITING_APPROVAL for result in results.values()):
+            store_plan(
+                self.audit.store,
+                self.audit,
+                plan,
+                requested_by=self.requested_by,
+                mode=request.mode.value,
+                expire_after=timedelta(hours=self.settings.approvals.expire_after_hours),
+                sign_in_times=sign_in_times,
+            )
+        return results
+
+    async def execute_plan(self, plan_id: str, *, executed_by: str) -> RunReport:
+        """Execute an approved plan exactly as approved; refused otherwise."""
+        stored = claim_for_execution(self.audit.store, plan_id)
+        plan = stored.plan
+        run_id = new_run_id()
+        started = utcnow()
+        self.audit.record(
+            run_id,
+            "run.started",
+            {
+                "trigger": "plans:execute",
+                "mode": Mode.APPROVE.value,
+                "plan": plan.id,
+                "hash": stored.stored_hash,
+                "approved_by": stored.approval["by"] if stored.approval else None,
+                "executed_by": executed_by,
+                "responder": self.responder.description,
+            },
+            actor=executed_by,
+        )
+        writes = [a for a in plan.actions if a.gate is not Gate.BLOCKED and a.action in WRITES]
+        with listening_for_attempts(self._executor().hear):
+            results = await self._executor().act(
+                run_id, writes, approved=True, plan_id=plan.id, sign_in_times=stored.sign_in_times
+            )
+        for action in plan.actions:
+            if action.id not in results:
+                results[action.id] = _left_alone(action)
+        self.audit.store.set_plan_status(plan.id, "executed")
+        containment, users_contained = summarise(plan.actions, results)
+        report = RunReport(
+            run_id=run_id,
+            playbook=self.playbook.id,
+            mode=Mode.APPROVE,
+            trigger=f"plans:execute {plan.id}",
+            status=RunStatus.COMPLETE,
+            started_at=started,
+            ended_at=utcnow(),
+            now=started,
+            window=Window(start=plan.created_at, end=plan.created_at),
+            source=f"approved plan {plan.id} (run {plan.run_id})",
+            plan_id=plan.id,
+            plan_hash=stored.stored_hash,
+            actions=tuple(_action_report(a, results[a.id]) for a in plan.actions),
+            containment=containment,
+            users_contained=users_contained,
+        )
+        self.audit.record(
+            run_id,
+            "run.finished",
+            {"status": report.status.value, "containment": containment.value, "actions": _status_counts(report.actions)},
+        )
+        return report
 
 
 def _finding(
@@ -329,6 +497,49 @@ def _finding(
     )
 
 
+class _NoDirectory:
+    async def read_users(self, targets: Sequence[Target]) -> list[DirectoryUser]:
+        raise TokenwardError("this runner has no directory reader")
+
+
+def _target(finding: Finding) -> Target:
+    return Target(user_principal_name=finding.user_principal_name, user_id=finding.user_id)
+
+
+def _as_read(finding: Finding, directory: dict[str, DirectoryUser] | None) -> Finding:
+    """The finding with the directory's object id and user type, when it was read."""
+    user = (directory or {}).get(target_key(_target(finding)))
+    if user is None or not user.found:
+        return finding
+    return finding.model_copy(update={"user_id": user.id, "is_guest": finding.is_guest or user.is_guest})
+
+
+def _sign_in_times(findings: Sequence[Finding]) -> dict[str, datetime]:
+    times: dict[str, datetime] = {}
+    for finding in findings:
+        key = finding.user_principal_name.lower()
+        times[key] = min(times.get(key, finding.sign_in_time), finding.sign_in_time)
+    return times
+
+
+def _waiting(action: PlannedAction) -> ActionResult:
+    return ActionResult(
+        action_id=action.id, status=ActionStatus.AWAITING_APPROVAL, detail="waits for an approver"
+    )
+
+
+def _left_alone(action: PlannedAction) -> ActionResult:
+    if action.gate is Gate.BLOCKED:
+        reasons = "; ".join(d.detail for d in action.decisions if d.gate is Gate.BLOCKED)
+        return ActionResult(action_id=action.id, status=ActionStatus.BLOCKED, detail=f"never sent: {reasons}")
+    if action.action is ActionKind.COMMENT_ON_INCIDENT:
+        # Incident write-back is a report step of its own (not this runner's).
+        return ActionResult(
+            action_id=action.id, status=ActionStatus.SKIPPED, detail="left to the incident write-back step"
+        )
+    return ActionResult(action_id=action.id, status=ActionStatus.AWAITING_APPROVAL, detail="waits for an approver")
+
+
 def _action_report(action: PlannedAction, result: ActionResult) -> ActionReport:
     label = ", ".join(t.label for t in action.targets) if action.targets else "incident"
     return ActionReport(
@@ -347,6 +558,9 @@ def _action_report(action: PlannedAction, result: ActionResult) -> ActionReport:
         request_id=result.request_id,
         attempts=result.attempts,
         containment_effective=result.containment_effective,
+        problem=result.problem,
+        escalate=result.escalate,
+        verified=result.verified,
     )
 
 

@@ -18,6 +18,7 @@ map classes, not strings, to exit codes and HTTP statuses::
     │   ├── BadRequest             the request was refused as invalid (400)
     │   ├── Throttled              429 past the retry budget
     │   └── ServiceUnavailable     5xx, timeouts and transport failures
+    │       └── TimedOut           the service or the client stopped waiting
     ├── GuardrailRefused        an action a guardrail forbids at execution time
     └── AuditError              the audit log cannot be written or does not verify
 """
@@ -111,6 +112,8 @@ class ConnectorError(TokenwardError):
         request_id: str | None = None,
         client_request_id: str | None = None,
         retry_after: float | None = None,
+        service_message: str | None = None,
+        service_date: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -118,6 +121,9 @@ class ConnectorError(TokenwardError):
         self.request_id = request_id
         self.client_request_id = client_request_id
         self.retry_after = retry_after
+        # The service's own ``error.message`` (often empty: B14) and innerError date.
+        self.service_message = service_message
+        self.service_date = service_date
 
     @property
     def error_class(self) -> str:
@@ -152,6 +158,14 @@ class ServiceUnavailable(ConnectorError):
     retryable = True
 
 
+class TimedOut(ServiceUnavailable):
+    """The service (504, GatewayTimeout) or the client (read timeout) stopped waiting.
+
+    Retrying the same heavy query as it stands usually times out again; query
+    sources therefore re-run it over a narrower window instead.
+    """
+
+
 class GuardrailRefused(TokenwardError):
     """A guardrail forbids this action at execution time."""
 
@@ -167,4 +181,5 @@ _ERROR_CLASSES: dict[type[ConnectorError], str] = {
     BadRequest: "bad_request",
     Throttled: "throttled",
     ServiceUnavailable: "transient",
+    TimedOut: "timeout",
 }

@@ -315,6 +315,25 @@ class ActionStatus(StrEnum):
     UNKNOWN = "unknown"
 
 
+class Problem(StrEnum):
+    """Why an action did not take effect, in words an escalation can route on."""
+
+    # 401/403: the app lacks a permission or role for this target (an admin).
+    FAILED_PERMISSION = "failed_permission"
+    # 400 on a user synced from on-premises: the change belongs in AD DS.
+    REQUIRES_ONPREM = "requires_onprem"
+    NOT_FOUND = "not_found"
+    BAD_REQUEST = "bad_request"
+    # 429 past the retry budget, or a Retry-After longer than retry.wait_max.
+    THROTTLED = "throttled"
+    # 5xx, timeouts, dropped connections past the retry budget.
+    TRANSIENT = "transient"
+    # 2xx, but the service or the read-back does not show the change.
+    NOT_VERIFIED = "not_verified"
+    # A revoke of a guest: their tokens come from the home tenant.
+    GUEST_NOT_CONTAINED = "guest_not_contained"
+
+
 class ActionResult(Model):
     action_id: str
     status: ActionStatus
@@ -325,6 +344,69 @@ class ActionResult(Model):
     attempts: int = 0
     duration_ms: int | None = None
     containment_effective: bool | None = None
+    # -- set by the Graph responder and the verification after it ------------
+    problem: Problem | None = None
+    # A person must look: the action failed, was not confirmed, or cannot contain.
+    escalate: bool = False
+    client_request_id: str | None = None
+    error_message: str | None = None
+    # not_found, auth, bad_request, throttled, transient, timeout (B14).
+    error_class: str | None = None
+    # The read-back after acting showed the change (None: not read back).
+    verified: bool | None = None
+    # The object id the action was sent for, when it was resolved from a UPN.
+    user_id: str | None = None
+
+
+class DirectoryUser(Model):
+    """What Microsoft Graph says about a user now, read with ``$select``."""
+
+    # The UPN or object id the user was asked for.
+    key: str
+    id: str = ""
+    user_principal_name: str = ""
+    account_enabled: bool | None = None
+    user_type: str = ""
+    on_premises_sync_enabled: bool | None = None
+    sign_in_sessions_valid_from: UtcDatetime | None = None
+    # Directory roles the user holds (display names and role template ids).
+    roles: tuple[str, ...] = ()
+    # False when the role lookup failed: privilege cannot be ruled out.
+    roles_known: bool = False
+    # How the user was found: "object_id", "upn", "email->proxyAddresses->objectId".
+    resolved_by: str = ""
+    # Why the user could not be read (not found, permission, throttled), if so.
+    error: str | None = None
+    error_class: str | None = None
+
+    @property
+    def found(self) -> bool:
+        return bool(self.id) and self.error is None
+
+    @property
+    def is_guest(self) -> bool:
+        return self.user_type.lower() == "guest" or "#ext#" in self.user_principal_name.lower()
+
+
+class Containment(StrEnum):
+    """What a run's actions achieved, over every user it acted on."""
+
+    CONTAINED = "contained"
+    PARTIALLY_CONTAINED = "partially contained"
+    NOT_CONTAINED = "not contained"
+    # Nothing was sent: dry-run, waiting for approval, or nothing to do.
+    NOT_ATTEMPTED = "not attempted"
+
+
+class UserContainment(Model):
+    """One user's final state: each step's status and whether access is cut."""
+
+    user: str
+    user_id: str = ""
+    steps: dict[str, str] = Field(default_factory=dict)
+    state: Containment
+    escalate: bool = False
+    notes: tuple[str, ...] = ()
 
 
 # -- what a run reports -------------------------------------------------------
@@ -371,6 +453,9 @@ class ActionReport(Model):
     request_id: str | None = None
     attempts: int = 0
     containment_effective: bool | None = None
+    problem: Problem | None = None
+    escalate: bool = False
+    verified: bool | None = None
 
 
 class RunReport(Model):
@@ -396,6 +481,9 @@ class RunReport(Model):
     plan_hash: str | None = None
     actions: tuple[ActionReport, ...] = ()
     notes: tuple[str, ...] = ()
+    # What the executed actions achieved, per user and overall.
+    containment: Containment = Containment.NOT_ATTEMPTED
+    users_contained: tuple[UserContainment, ...] = ()
 
     def tier_counts(self) -> dict[str, int]:
         counts = {tier.value: 0 for tier in Tier}

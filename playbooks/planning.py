@@ -51,6 +51,8 @@ class Guardrails:
     comment_api_version: str = "2025-09-01"
     # Lower-cased UPNs and object ids that hold privileged directory roles.
     privileged_users: frozenset[str] = field(default_factory=frozenset)
+    # Lower-cased UPNs and object ids of accounts synced from on-premises.
+    synced_users: frozenset[str] = field(default_factory=frozenset)
 
 
 def is_protected_account(target: Target, protected: frozenset[str]) -> bool:
@@ -173,6 +175,13 @@ def _gate(
         hold("partial_evidence", Gate.APPROVAL, "some evidence arrived partial")
     if target.user_principal_name.lower() in guardrails.low_confidence_users:
         hold("low_confidence_identity", Gate.APPROVAL, "the account was resolved only weakly")
+    if kind is ActionKind.DISABLE_ACCOUNT and (
+        {target.user_principal_name.lower(), target.user_id.lower()} - {""}
+    ) & guardrails.synced_users:
+        notes.append(
+            "the account is synced from on-premises: a cloud disable may be undone by "
+            "the next sync, and Graph may refuse it; disable it in AD DS too"
+        )
     if finding.is_guest:
         if kind is ActionKind.REVOKE_SESSIONS:
             notes.append(

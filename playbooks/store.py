@@ -1,4 +1,5 @@
-"""The state database: runs, plans and the audit log (SQLAlchemy Core).
+"""The state database: runs, plans, approvals, the action ledger and the audit
+log (SQLAlchemy Core).
 
 SQLite by default, one file; a PostgreSQL URL works the same way when several
 workers share state. Times are stored as ISO 8601 text in UTC.
@@ -19,8 +20,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     event,
+    func,
     insert,
     select,
     update,
@@ -80,6 +83,67 @@ plans = Table(
     Column("body", Text, nullable=False),
 )
 
+# A named person's decision on a stored plan, bound to the hash they saw.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("plan_id", String(80), nullable=False, index=True),
+    Column("decision", String(16), nullable=False),
+    Column("by", String(256), nullable=False),
+    Column("reason", Text),
+    Column("at", String(40), nullable=False),
+    Column("plan_hash", String(64), nullable=False),
+)
+
+# Every write tokenward means to make, before it is sent (intent), and what
+# came of it (outcome). One row per action and user: a re-run reads it to skip
+# what is done, to stop revoke loops (cooldown) and to resume after a crash.
+action_ledger = Table(
+    "action_ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("action_id", String(64), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    # The user's object id when known, else the lower-cased UPN.
+    Column("user_key", String(256), nullable=False, index=True),
+    Column("user_principal_name", String(256), nullable=False),
+    # The findings (device code flows) the action answers, JSON.
+    Column("finding_ids", Text, nullable=False),
+    Column("sign_in_at", String(40)),
+    Column("run_id", String(64), nullable=False),
+    Column("plan_id", String(80)),
+    # "intent" until the outcome is known; then an ActionStatus value.
+    Column("status", String(24), nullable=False),
+    Column("intent_at", String(40), nullable=False),
+    Column("outcome_at", String(40)),
+    Column("detail", Text),
+)
+
+INTENT = "intent"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: int
+    action_id: str
+    kind: str
+    user_key: str
+    user_principal_name: str
+    finding_ids: tuple[str, ...]
+    sign_in_at: str | None
+    run_id: str
+    plan_id: str | None
+    status: str
+    intent_at: str
+    outcome_at: str | None
+    detail: str | None
+
+    @property
+    def open(self) -> bool:
+        """An intent without an outcome: the run stopped after deciding to act."""
+        return self.status == INTENT
+
 
 @dataclass(frozen=True)
 class Store:
@@ -126,6 +190,110 @@ class Store:
                     body=body,
                 )
             )
+
+    # -- plans and approvals ------------------------------------------------------
+
+    def plan(self, plan_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(plans).where(plans.c.id == plan_id)).mappings().first()
+        return dict(row) if row else None
+
+    def list_plans(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        query = select(plans).order_by(plans.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
+    def set_plan_status(self, plan_id: str, status: str, *, expected: str | None = None) -> bool:
+        """Move a plan to *status*; with *expected*, only from that status (False if not)."""
+        condition = plans.c.id == plan_id
+        if expected is not None:
+            condition = and_(condition, plans.c.status == expected)
+        with self.engine.begin() as connection:
+            changed = connection.execute(update(plans).where(condition).values(status=status))
+        return bool(changed.rowcount)
+
+    def add_decision(
+        self, *, plan_id: str, decision: str, by: str, reason: str | None, plan_hash: str
+    ) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(approvals).values(
+                    plan_id=plan_id,
+                    decision=decision,
+                    by=by,
+                    reason=reason,
+                    at=isoformat_z(utcnow()),
+                    plan_hash=plan_hash,
+                )
+            )
+
+    def decisions(self, plan_id: str) -> list[dict[str, Any]]:
+        query = select(approvals).where(approvals.c.plan_id == plan_id).order_by(approvals.c.id)
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
+    # -- the action ledger --------------------------------------------------------
+
+    def record_intents(self, rows: list[dict[str, Any]]) -> list[int]:
+        """One intent row per (action, user), in one transaction; their ids."""
+        ids: list[int] = []
+        at = isoformat_z(utcnow())
+        with self.engine.begin() as connection:
+            for row in rows:
+                values = {**row, "status": INTENT, "intent_at": at}
+                values["finding_ids"] = json.dumps(list(row["finding_ids"]))
+                result = connection.execute(insert(action_ledger).values(**values))
+                ids.append(int(result.inserted_primary_key[0]))
+        return ids
+
+    def record_outcomes(self, outcomes: list[tuple[int, str, str]]) -> None:
+        """``(ledger id, status, detail)`` for each settled intent, in one transaction."""
+        at = isoformat_z(utcnow())
+        with self.engine.begin() as connection:
+            for entry_id, status, detail in outcomes:
+                connection.execute(
+                    update(action_ledger)
+                    .where(action_ledger.c.id == entry_id)
+                    .values(status=status, outcome_at=at, detail=detail)
+                )
+
+    def ledger_for(self, user_keys: list[str]) -> list[LedgerEntry]:
+        """Every ledger row about these users, oldest first."""
+        if not user_keys:
+            return []
+        query = (
+            select(action_ledger)
+            .where(action_ledger.c.user_key.in_(user_keys))
+            .order_by(action_ledger.c.id)
+        )
+        with self.engine.connect() as connection:
+            return [_entry(row) for row in connection.execute(query).mappings()]
+
+    def users_acted_on_since(self, since: str) -> set[str]:
+        """Users with any write intended since *since* (ISO 8601 Z), for the hourly cap."""
+        query = select(func.distinct(action_ledger.c.user_key)).where(
+            action_ledger.c.intent_at >= since
+        )
+        with self.engine.connect() as connection:
+            return {str(row[0]) for row in connection.execute(query)}
+
+
+def _entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(
+        id=int(row["id"]),
+        action_id=row["action_id"],
+        kind=row["kind"],
+        user_key=row["user_key"],
+        user_principal_name=row["user_principal_name"],
+        finding_ids=tuple(json.loads(row["finding_ids"])),
+        sign_in_at=row["sign_in_at"],
+        run_id=row["run_id"],
+        plan_id=row["plan_id"],
+        status=row["status"],
+        intent_at=row["intent_at"],
+        outcome_at=row["outcome_at"],
+        detail=row["detail"],
+    )
 
 
 def open_store(url: str) -> Store:

@@ -1,0 +1,183 @@
+"""Stored plans and the decisions of named approvers, bound to the plan's hash.
+
+``--mode approve`` (and ``auto`` for what it may not do alone) stores the
+plan whole, with the sha256 of its actions. An approval records who approved
+which hash; execution recomputes the hash from what is stored and refuses a
+plan that is not approved, was rejected, expired, already ran, or whose
+actions are no longer exactly what was approved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from playbooks.audit import AuditLog
+from playbooks.errors import GuardrailRefused, InputError
+from playbooks.models import Plan
+from playbooks.planning import plan_hash
+from playbooks.store import Store
+from playbooks.times import as_utc, isoformat_z, utcnow
+
+PENDING = "pending"
+APPROVED = "approved"
+REJECTED = "rejected"
+EXECUTING = "executing"
+EXECUTED = "executed"
+
+
+class PlanRefused(GuardrailRefused):
+    """A plan cannot be approved or executed as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class StoredPlan:
+    plan: Plan
+    status: str
+    stored_hash: str
+    requested_by: str
+    mode: str
+    expires_at: datetime
+    # Lower-cased UPN -> the malicious sign-in's time, for the ledger's checks.
+    sign_in_times: dict[str, datetime]
+    decisions: tuple[dict[str, Any], ...]
+
+    @property
+    def approval(self) -> dict[str, Any] | None:
+        approved = [item for item in self.decisions if item["decision"] == APPROVED]
+        return approved[-1] if approved else None
+
+
+def store_plan(
+    store: Store,
+    audit: AuditLog,
+    plan: Plan,
+    *,
+    requested_by: str,
+    mode: str,
+    expire_after: timedelta,
+    sign_in_times: dict[str, datetime],
+) -> StoredPlan:
+    expires_at = plan.created_at + expire_after
+    body = {
+        "plan": plan.model_dump(mode="json"),
+        "requested_by": requested_by,
+        "mode": mode,
+        "expires_at": isoformat_z(expires_at),
+        "sign_in_times": {user: isoformat_z(at) for user, at in sign_in_times.items()},
+    }
+    store.save_plan(
+        plan_id=plan.id,
+        run_id=plan.run_id,
+        content_hash=plan.content_hash,
+        status=PENDING,
+        body=json.dumps(body, sort_keys=True),
+    )
+    audit.record(
+        plan.run_id,
+        "plan.stored",
+        {
+            "plan": plan.id,
+            "hash": plan.content_hash,
+            "requested_by": requested_by,
+            "expires_at": body["expires_at"],
+        },
+        actor=requested_by,
+    )
+    return load_plan(store, plan.id)
+
+
+def load_plan(store: Store, plan_id: str) -> StoredPlan:
+    row = store.plan(plan_id)
+    if row is None:
+        raise InputError(f"there is no stored plan {plan_id!r} (tokenward plans list shows them)")
+    body = json.loads(row["body"])
+    return StoredPlan(
+        plan=Plan.model_validate(body["plan"]),
+        status=row["status"],
+        stored_hash=row["content_hash"],
+        requested_by=body.get("requested_by", ""),
+        mode=body.get("mode", ""),
+        expires_at=as_utc(body["expires_at"]),
+        sign_in_times={user: as_utc(at) for user, at in body.get("sign_in_times", {}).items()},
+        decisions=tuple(store.decisions(plan_id)),
+    )
+
+
+def decide(
+    store: Store,
+    audit: AuditLog,
+    plan_id: str,
+    *,
+    decision: str,
+    by: str,
+    reason: str | None,
+    require_distinct_approver: bool,
+    now: datetime | None = None,
+) -> StoredPlan:
+    """Approve or reject a pending plan as *by*."""
+    stored = load_plan(store, plan_id)
+    moment = now or utcnow()
+    if not by.strip():
+        raise PlanRefused("an approval needs the approver's name (--by)")
+    if stored.status != PENDING:
+        raise PlanRefused(f"plan {plan_id} is {stored.status}, not pending: nothing to {decision[:-2]}e")
+    if moment >= stored.expires_at:
+        raise PlanRefused(f"plan {plan_id} expired at {isoformat_z(stored.expires_at)}")
+    _check_hash(stored)
+    if (
+        decision == APPROVED
+        and require_distinct_approver
+        and by.strip().lower() == stored.requested_by.strip().lower()
+    ):
+        raise PlanRefused(
+            f"{by} requested plan {plan_id} and may not approve it too "
+            "(approvals.require_distinct_approver)"
+        )
+    if not store.set_plan_status(plan_id, decision, expected=PENDING):
+        raise PlanRefused(f"plan {plan_id} changed status while it was being {decision}")
+    store.add_decision(
+        plan_id=plan_id, decision=decision, by=by, reason=reason, plan_hash=stored.stored_hash
+    )
+    audit.record(
+        stored.plan.run_id,
+        f"plan.{decision}",
+        {"plan": plan_id, "hash": stored.stored_hash, "by": by, "reason": reason},
+        actor=by,
+    )
+    return load_plan(store, plan_id)
+
+
+def claim_for_execution(store: Store, plan_id: str, *, now: datetime | None = None) -> StoredPlan:
+    """The approved plan, exactly as approved, marked as executing (once)."""
+    stored = executable(store, plan_id, now=now)
+    if not store.set_plan_status(plan_id, EXECUTING, expected=APPROVED):
+        raise PlanRefused(f"plan {plan_id} is being executed by another process")
+    return stored
+
+
+def executable(store: Store, plan_id: str, *, now: datetime | None = None) -> StoredPlan:
+    """The approved plan, or :class:`PlanRefused` saying why it may not run."""
+    stored = load_plan(store, plan_id)
+    moment = now or utcnow()
+    if stored.status in (EXECUTING, EXECUTED):
+        raise PlanRefused(f"plan {plan_id} was already executed")
+    if stored.status != APPROVED or stored.approval is None:
+        raise PlanRefused(f"plan {plan_id} is {stored.status}: only an approved plan is executed")
+    if moment >= stored.expires_at:
+        raise PlanRefused(f"plan {plan_id} expired at {isoformat_z(stored.expires_at)}")
+    _check_hash(stored)
+    if stored.approval["plan_hash"] != stored.stored_hash:
+        raise PlanRefused(f"plan {plan_id} is not the plan that was approved (its hash changed)")
+    return stored
+
+
+def _check_hash(stored: StoredPlan) -> None:
+    actual = plan_hash(stored.plan.actions)
+    if actual != stored.stored_hash or actual != stored.plan.content_hash:
+        raise PlanRefused(
+            f"plan {stored.plan.id} changed after it was stored: its actions hash to "
+            f"{actual[:12]}…, not {stored.stored_hash[:12]}…"
+        )
