@@ -14,6 +14,7 @@ doctor`` and at the start of a live run.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,12 @@ class SigningIn:
         self._inner = inner
         self.identity = identity
         self._hint = hint
+        # Concurrent calls for the same scope wait for one token request
+        # instead of each sending its own before the cache holds the token.
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+
+    def _lock(self, scopes: tuple[str, ...]) -> asyncio.Lock:
+        return self._locks.setdefault(scopes, asyncio.Lock())
 
     async def get_token(
         self,
@@ -68,9 +75,10 @@ class SigningIn:
         **kwargs: Any,
     ) -> AccessToken:
         try:
-            return await self._inner.get_token(
-                *scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae, **kwargs
-            )
+            async with self._lock(scopes):
+                return await self._inner.get_token(
+                    *scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae, **kwargs
+                )
         except Exception as failure:
             raise self._translated(failure, scopes) from failure
 
@@ -78,7 +86,8 @@ class SigningIn:
         self, *scopes: str, options: TokenRequestOptions | None = None
     ) -> AccessTokenInfo:
         try:
-            info: AccessTokenInfo = await self._inner.get_token_info(*scopes, options=options)
+            async with self._lock(scopes):
+                info: AccessTokenInfo = await self._inner.get_token_info(*scopes, options=options)
         except Exception as failure:
             raise self._translated(failure, scopes) from failure
         return info
