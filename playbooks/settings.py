@@ -142,6 +142,12 @@ class HuntSettings(Section):
         description="Two-letter countries sign-ins are expected from; empty: not checked.",
     )
     default_since: str = Field(default="24h", description="Window of a hunt given no times.")
+    split_depth: int = Field(
+        default=1,
+        ge=0,
+        le=3,
+        description="Times a partial or timed-out query is re-run over halves of its window.",
+    )
 
     @field_validator("allowed_countries")
     @classmethod
