@@ -1,4 +1,4 @@
-"""The ``tokenward`` command: hunt, exercise and audit.
+"""The ``tokenward`` command: hunt, doctor, exercise and audit.
 
 This is one of the two faces (with the webhook service) that wire concrete
 connectors into the engine. Every failure ends with a one-line reason on
@@ -24,8 +24,12 @@ import click
 import duckdb_kql
 from rich.console import Console
 
+from connectors.clients import Clients
+from connectors.credentials import build_credential
+from connectors.doctor import Check, run_doctor
 from connectors.exports.loader import ExportLoader, LoadSummary
 from connectors.exports.local import LocalKqlSource
+from connectors.live import LiveMode, live_source
 from playbooks import logs
 from playbooks.audit import AuditLog
 from playbooks.engine import RunRequest, Runner, new_run_id
@@ -37,7 +41,7 @@ from playbooks.playbook import Playbook, load_playbook
 from playbooks.reports import to_json
 from playbooks.reports.markdown import to_markdown
 from playbooks.reports.terminal import print_report
-from playbooks.settings import Settings, load_settings
+from playbooks.settings import Settings, SourceKind, load_settings
 from playbooks.store import open_store
 from playbooks.times import as_utc, isoformat_z, parse_duration, parse_time, utcnow
 
@@ -88,7 +92,14 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
 
 
 @cli.command()
-@click.option("--source", "source_spec", required=True, metavar="files:DIR", help="Where the logs are: files:DIR for a directory of exports.")
+@click.option(
+    "--source",
+    "source_spec",
+    required=True,
+    metavar="files:DIR|loganalytics|defender|live",
+    help="Where the logs are: files:DIR (exports), loganalytics (the Sentinel workspace), "
+    "defender (advanced hunting), live (each table from [sources]).",
+)
 @click.option("--start", help="Window start (ISO 8601, e.g. 2026-01-15T00:00:00Z).")
 @click.option("--end", help="Window end (ISO 8601); default: --now.")
 @click.option("--since", help="Window length back from the end, e.g. 24h or 7d.")
@@ -123,8 +134,19 @@ def hunt(
     _refuse_unavailable(run_mode)
 
     kind, _, argument = source_spec.partition(":")
+    live = LIVE_SOURCES.get(source_spec)
+    if live is not None:
+        request = RunRequest(trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope)
+        with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
+            report = asyncio.run(_hunt_live(settings, playbook, audit, request, live))
+        _emit(app, report, as_json=as_json, output=output, markdown=markdown)
+        _exit_for(report)
+        return
     if kind != "files" or not argument:
-        raise click.BadParameter("use files:DIR (a directory of exported logs)", param_hint="--source")
+        raise click.BadParameter(
+            "use files:DIR (a directory of exported logs), loganalytics, defender or live",
+            param_hint="--source",
+        )
     directory = Path(argument)
     with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
         con, summary = _load(app, directory)
@@ -135,6 +157,58 @@ def hunt(
     report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
     _emit(app, report, as_json=as_json, output=output, markdown=markdown)
     _exit_for(report)
+
+
+LIVE_SOURCES: dict[str, LiveMode] = {
+    "loganalytics": "log_analytics",
+    "log_analytics": "log_analytics",
+    "defender": "defender",
+    "live": "live",
+}
+
+
+async def _hunt_live(
+    settings: Settings, playbook: Playbook, audit_log: AuditLog, request: RunRequest, mode: LiveMode
+) -> RunReport:
+    """One run against Microsoft's services; every client lives and dies in this loop."""
+    async with Clients(settings.azure, build_credential(settings.azure)) as clients:
+        source = live_source(settings, clients, mode=mode)
+        return await Runner(playbook, settings, source, audit_log).run(request)
+
+
+# -- doctor --------------------------------------------------------------------
+
+
+@cli.command()
+@pass_app
+def doctor(app: App) -> None:
+    """Check that tokenward can sign in and that the workspace answers."""
+    settings = app.settings()
+    playbook = load_playbook(settings.playbook.path)
+    tables: dict[SourceKind, list[str]] = {}
+    for table in sorted({t for spec in playbook.spec.queries.values() for t in spec.tables}):
+        tables.setdefault(settings.sources.source_for(table), []).append(table)
+    endpoints = settings.azure.endpoints()
+    app.out.print(
+        f"cloud {endpoints.cloud.value}: sign-in {endpoints.authority_host}, Graph "
+        f"{endpoints.graph_base_url}, Log Analytics {endpoints.log_analytics_endpoint}",
+        highlight=False,
+    )
+
+    async def check() -> list[Check]:
+        async with Clients(settings.azure, build_credential(settings.azure)) as clients:
+            return await run_doctor(settings, clients, tables=tables)
+
+    checks = asyncio.run(check())
+    for item in checks:
+        mark = "[green]ok[/]  " if item.ok else "[red]FAIL[/]"
+        app.out.print(f"{mark} {item.name}: {item.detail}", highlight=False)
+        if item.hint:
+            app.out.print(f"     → {item.hint}", highlight=False)
+    failed = [item for item in checks if not item.ok]
+    if failed:
+        _fail(f"{len(failed)} of {len(checks)} checks failed")
+    app.out.print(f"all {len(checks)} checks passed")
 
 
 # -- exercise ------------------------------------------------------------------
