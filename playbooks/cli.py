@@ -189,10 +189,9 @@ def doctor(app: App) -> None:
     for table in sorted({t for spec in playbook.spec.queries.values() for t in spec.tables}):
         tables.setdefault(settings.sources.source_for(table), []).append(table)
     endpoints = settings.azure.endpoints()
-    app.out.print(
+    click.echo(
         f"cloud {endpoints.cloud.value}: sign-in {endpoints.authority_host}, Graph "
-        f"{endpoints.graph_base_url}, Log Analytics {endpoints.log_analytics_endpoint}",
-        highlight=False,
+        f"{endpoints.graph_base_url}, Log Analytics {endpoints.log_analytics_endpoint}"
     )
 
     async def check() -> list[Check]:
@@ -200,15 +199,15 @@ def doctor(app: App) -> None:
             return await run_doctor(settings, clients, tables=tables)
 
     checks = asyncio.run(check())
+    # Plain lines, unwrapped: they are read by people and by scripts alike.
     for item in checks:
-        mark = "[green]ok[/]  " if item.ok else "[red]FAIL[/]"
-        app.out.print(f"{mark} {item.name}: {item.detail}", highlight=False)
+        click.echo(f"{'ok  ' if item.ok else 'FAIL'} {item.name}: {item.detail}")
         if item.hint:
-            app.out.print(f"     → {item.hint}", highlight=False)
+            click.echo(f"     → {item.hint}")
     failed = [item for item in checks if not item.ok]
     if failed:
         _fail(f"{len(failed)} of {len(checks)} checks failed")
-    app.out.print(f"all {len(checks)} checks passed")
+    click.echo(f"all {len(checks)} checks passed")
 
 
 # -- exercise ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import copy
 import uuid
 from dataclasses import dataclass
@@ -154,3 +155,31 @@ def phished_tenant(users: int, *, history: int | None = None) -> dict[str, list[
         }
     ]
     return tables
+
+
+def toml_text(data: dict[str, Any]) -> str:
+    """Settings as a TOML file (strings, numbers, booleans, nested tables)."""
+    lines: list[str] = []
+
+    def value(item: Any) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, int | float):
+            return repr(item)
+        if isinstance(item, dict):
+            return "{ " + ", ".join(f"{k} = {value(v)}" for k, v in item.items()) + " }"
+        if isinstance(item, list | tuple):
+            return "[" + ", ".join(value(v) for v in item) + "]"
+        return json.dumps(str(item))
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        plain = {k: v for k, v in values.items() if not (isinstance(v, dict) and k != "tables")}
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in plain.items() if v is not None)
+        for key, nested in values.items():
+            if isinstance(nested, dict) and key != "tables":
+                table(f"{name}.{key}", nested)
+
+    for name, values in data.items():
+        table(name, values)
+    return "\n".join(lines) + "\n"
