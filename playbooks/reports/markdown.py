@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from playbooks.models import Finding, RunReport
-from playbooks.reports import relative, request_body, request_line
+from playbooks.reports import follow_on_lines, relative, request_body, request_line
 from playbooks.times import isoformat_z
 
 
@@ -64,6 +64,8 @@ def to_markdown(report: RunReport, *, title: str | None = None, expected: list[s
         lines += [
             f"### {query.name} — {query.row_count} row(s), {query.duration_ms} ms, {query.status.value}",
             "",
+            *([f"Ran in {query.source} ({query.phase} step).", ""] if query.source and query.phase else []),
+            *([f"{query.detail}.", ""] if query.detail else []),
             "```kql",
             query.text.rstrip(),
             "```",
@@ -107,4 +109,7 @@ def _finding(finding: Finding) -> list[str]:
                 f" via {click.workload or 'unknown'}"
             )
         lines.append("")
+    follow = follow_on_lines(finding.follow_on)
+    if follow:
+        lines += ["What happened next:", ""] + [f"- {line}" for line in follow] + [""]
     return lines

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from playbooks.models import ActionStatus, Finding, RunReport, RunStatus, Tier
-from playbooks.reports import relative, request_body, request_line
+from playbooks.reports import follow_on_lines, relative, request_body, request_line
 from playbooks.times import isoformat_z
 
 _TIER_STYLE = {Tier.HIGH: "bold red", Tier.MEDIUM: "bold yellow", Tier.LOW: "green"}
@@ -118,6 +118,8 @@ def _finding_panel(finding: Finding) -> Panel:
                 f"; {'reached' if click.reached else 'not reached'}]"
             )
         )
+    for line in follow_on_lines(finding.follow_on):
+        parts.append(Text(f"next  {line}", style="yellow"))
     title = Text.assemble(
         (finding.user_principal_name, "bold"),
         "  ",
