@@ -14,7 +14,9 @@ columns, parsed values in dynamic ones.
 
 The API's ``timespan`` counts back from the moment the query runs, so it is
 sent as the time from the query window's start to now; the window itself is
-in the query text.
+in the query text. A date-looking value in a String column comes back as ISO
+text with a ``Z`` and GUIDs in lower case: kiota does not keep the original
+spelling.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from msgraph import GraphServiceClient
 from msgraph.generated.security.microsoft_graph_security_run_hunting_query.run_hunting_query_post_request_body import (  # noqa: E501
     RunHuntingQueryPostRequestBody,
 )
+from msgraph.graph_service_client import GraphServiceClient
 
 from connectors.retry import RetryPolicy, call_with_retries, graph_error
 from playbooks.errors import (
@@ -122,7 +124,9 @@ class DefenderSource:
             )
         except ConnectorError as failure:
             error = _with_hint(failure)
-            logger.warning("query %s failed in Defender: %s", query.name, error.error_class)
+            logger.warning(
+                "query %s failed in Defender: %s", query.name, error.error_class
+            )
             return QueryOutcome(
                 name=query.name,
                 rows=[],
@@ -144,7 +148,10 @@ class DefenderSource:
         rows = hunting_rows(result)
         logger.info("query %s returned %d rows", query.name, len(rows))
         return QueryOutcome(
-            name=query.name, rows=rows, status=RunStatus.COMPLETE, duration_ms=_ms(started)
+            name=query.name,
+            rows=rows,
+            status=RunStatus.COMPLETE,
+            duration_ms=_ms(started),
         )
 
 
@@ -154,13 +161,20 @@ def hunting_rows(result: Any) -> list[dict[str, Any]]:
     for column in getattr(result, "schema", None) or []:
         extra = getattr(column, "additional_data", None) or {}
         name = getattr(column, "name", None) or extra.get("Name") or extra.get("name")
-        kind = getattr(column, "type", None) or extra.get("Type") or extra.get("type") or ""
+        kind = (
+            getattr(column, "type", None)
+            or extra.get("Type")
+            or extra.get("type")
+            or ""
+        )
         if name:
             kinds[str(name)] = _KINDS.get(str(kind).lower(), "string")
     rows = []
     for item in getattr(result, "results", None) or []:
         values = getattr(item, "additional_data", None) or {}
-        rows.append({name: _cell(kinds.get(name, ""), value) for name, value in values.items()})
+        rows.append(
+            {name: _cell(kinds.get(name, ""), value) for name, value in values.items()}
+        )
     return rows
 
 
@@ -211,7 +225,9 @@ def iso_duration(span: timedelta) -> str:
     hours, minutes = divmod(rest, 60)
     text = f"P{days}D" if days else "P"
     if hours or minutes:
-        text += "T" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+        text += (
+            "T" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+        )
     return text
 
 
@@ -220,7 +236,9 @@ def _with_hint(error: ConnectorError) -> ConnectorError:
     if isinstance(error, PermissionDenied):
         hint = "the app needs the ThreatHunting.Read.All application permission on Microsoft Graph"
     elif isinstance(error, AuthenticationFailed):
-        hint = "check [azure.credential] and that the token is issued for Microsoft Graph"
+        hint = (
+            "check [azure.credential] and that the token is issued for Microsoft Graph"
+        )
     elif isinstance(error, BadRequest):
         hint = "the query text was refused: check the template it was rendered from"
     if not hint or hint in str(error):

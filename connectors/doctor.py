@@ -18,7 +18,7 @@ from typing import Any
 
 from connectors.clients import Clients
 from connectors.credentials import SigningIn
-from connectors.live import live_source
+from connectors.live import LiveMode, live_source
 from playbooks.errors import ConnectorError
 from playbooks.models import RunStatus, Window
 from playbooks.ports import RenderedQuery
@@ -59,7 +59,9 @@ def decode_claims(service: str, token: str) -> TokenClaims:
     """The claims of a JWT access token; empty claims for an opaque token."""
     try:
         payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = json.loads(
+            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        )
     except (IndexError, ValueError):
         claims = {}
     if not isinstance(claims, dict):
@@ -108,8 +110,14 @@ async def run_doctor(
     return checks
 
 
-async def _token(credential: Any, title: str, scope: str, checks: list[Check]) -> TokenClaims | None:
-    identity = getattr(credential, "identity", "the configured identity") if isinstance(credential, SigningIn) else "the configured identity"
+async def _token(
+    credential: Any, title: str, scope: str, checks: list[Check]
+) -> TokenClaims | None:
+    identity = (
+        getattr(credential, "identity", "the configured identity")
+        if isinstance(credential, SigningIn)
+        else "the configured identity"
+    )
     try:
         token = await credential.get_token(scope)
     except ConnectorError as failure:
@@ -138,8 +146,12 @@ async def _token(credential: Any, title: str, scope: str, checks: list[Check]) -
 async def _tables_answer(
     settings: Settings, clients: Clients, kind: SourceKind, tables: Sequence[str]
 ) -> list[Check]:
-    mode = "log_analytics" if kind is SourceKind.LOG_ANALYTICS else "defender"
-    title = "Log Analytics workspace" if kind is SourceKind.LOG_ANALYTICS else "Defender advanced hunting"
+    mode: LiveMode = "log_analytics" if kind is SourceKind.LOG_ANALYTICS else "defender"
+    title = (
+        "Log Analytics workspace"
+        if kind is SourceKind.LOG_ANALYTICS
+        else "Defender advanced hunting"
+    )
     try:
         source = live_source(settings, clients, mode=mode)
     except Exception as failure:  # a SettingsError: no workspace id
@@ -147,7 +159,12 @@ async def _tables_answer(
     now = utcnow()
     window = Window(start=now - timedelta(days=1), end=now)
     queries = [
-        RenderedQuery(name=table, tables=(table,), text=f"{table}\n| take 1\n| count", window=window)
+        RenderedQuery(
+            name=table,
+            tables=(table,),
+            text=f"{table}\n| take 1\n| count",
+            window=window,
+        )
         for table in tables
     ]
     try:
@@ -157,16 +174,27 @@ async def _tables_answer(
     checks = []
     for outcome in outcomes:
         if outcome.status is RunStatus.FAILED:
-            missing = "resolve" in (outcome.error or "").lower() or "unknown table" in (outcome.error or "").lower()
+            missing = (
+                "resolve" in (outcome.error or "").lower()
+                or "unknown table" in (outcome.error or "").lower()
+            )
             checks.append(
                 Check(
                     f"{title}: {outcome.name}",
                     False,
                     outcome.error or "failed",
                     f"{outcome.name} is not readable there: connect its data source or route "
-                    f"it to the other source in [sources.tables]" if missing else "",
+                    f"it to the other source in [sources.tables]"
+                    if missing
+                    else "",
                 )
             )
         else:
-            checks.append(Check(f"{title}: {outcome.name}", True, f"{source.description} answers for {outcome.name}"))
+            checks.append(
+                Check(
+                    f"{title}: {outcome.name}",
+                    True,
+                    f"{source.description} answers for {outcome.name}",
+                )
+            )
     return checks

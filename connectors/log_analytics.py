@@ -19,6 +19,12 @@ What comes back is read defensively:
   setting or role to check. azure-monitor-query 2.0 loses the 401/404
   subclasses and lets an HTML 502 page escape as ``JSONDecodeError``; the raw
   response seen by ``raw_response_hook`` gives the real status back.
+
+Known limits: the service documents ``$batch`` as deprecated (the SDK still
+sends it), and a step's queries go in one batch without splitting it, so a
+playbook with many more queries than today's five would need chunking. Per-query
+``Retry-After`` is read from the batch item's headers where the service sends
+them; otherwise such a query backs off exponentially.
 """
 
 from __future__ import annotations
@@ -157,10 +163,7 @@ class LogAnalyticsSource:
         except ConnectorError as failure:
             if not any(item.retryable for item in items):
                 raise _with_hint(failure, self._workspace_id) from None
-        return [
-            item.outcome or _failed(item, started)
-            for item in items
-        ]
+        return [item.outcome or _failed(item, started) for item in items]
 
     async def _send(self, pending: list[_Item], raw: _RawBatch, started: float) -> None:
         batch = [
@@ -182,7 +185,9 @@ class LogAnalyticsSource:
                 body = json.loads(http.body() or b"null")
             except ValueError:
                 return
-            for entry in (body or {}).get("responses", []) if isinstance(body, dict) else []:
+            for entry in (
+                (body or {}).get("responses", []) if isinstance(body, dict) else []
+            ):
                 if isinstance(entry, Mapping):
                     raw.items[str(entry.get("id"))] = entry
 
@@ -195,7 +200,9 @@ class LogAnalyticsSource:
         for item, request, result in zip(pending, batch, results, strict=True):
             item.retryable = None
             entry = raw.items.get(request.id, {})
-            item.outcome, item.retryable = self._read(item.query, result, entry, started)
+            item.outcome, item.retryable = self._read(
+                item.query, result, entry, started
+            )
 
     def _read(
         self,
@@ -209,14 +216,21 @@ class LogAnalyticsSource:
             rows = [row for table in result.tables[:1] for row in _rows(table)]
             logger.info("query %s returned %d rows", query.name, len(rows))
             return QueryOutcome(
-                name=query.name, rows=rows, status=RunStatus.COMPLETE, duration_ms=elapsed
+                name=query.name,
+                rows=rows,
+                status=RunStatus.COMPLETE,
+                duration_ms=elapsed,
             ), None
         if isinstance(result, LogsQueryPartialResult):
-            rows = [row for table in (result.partial_data or [])[:1] for row in _rows(table)]
+            rows = [
+                row for table in (result.partial_data or [])[:1] for row in _rows(table)
+            ]
             partial = _partial_error(entry, result)
             logger.warning(
                 "query %s came back partial (%s) with %d rows",
-                query.name, partial.get("inner_code") or partial.get("code"), len(rows),
+                query.name,
+                partial.get("inner_code") or partial.get("code"),
+                len(rows),
             )
             return QueryOutcome(
                 name=query.name,
@@ -281,10 +295,18 @@ def _item_error(
 def _status_for_code(code: str | None) -> int | None:
     lowered = (code or "").lower()
     for needle, status in (
-        ("badargument", 400), ("semantic", 400), ("syntax", 400),
-        ("notfound", 404), ("insufficientaccess", 403), ("forbidden", 403),
-        ("authorization", 401), ("invalidtoken", 401), ("throttl", 429),
-        ("toomanyrequests", 429), ("gatewaytimeout", 504), ("timeout", 504),
+        ("badargument", 400),
+        ("semantic", 400),
+        ("syntax", 400),
+        ("notfound", 404),
+        ("insufficientaccess", 403),
+        ("forbidden", 403),
+        ("authorization", 401),
+        ("invalidtoken", 401),
+        ("throttl", 429),
+        ("toomanyrequests", 429),
+        ("gatewaytimeout", 504),
+        ("timeout", 504),
     ):
         if needle in lowered:
             return status
@@ -325,7 +347,9 @@ def _with_hint(error: ConnectorError, workspace_id: str) -> ConnectorError:
     )
 
 
-def _partial_error(entry: Mapping[str, Any], result: LogsQueryPartialResult) -> dict[str, Any]:
+def _partial_error(
+    entry: Mapping[str, Any], result: LogsQueryPartialResult
+) -> dict[str, Any]:
     """The partial error as data the audit can keep, innermost code included."""
     body = entry.get("body")
     if isinstance(body, str):
@@ -363,7 +387,10 @@ def _rows(table: LogsTable) -> list[dict[str, Any]]:
     kinds = list(table.columns_types or [])
     names = list(table.columns)
     return [
-        {name: _cell(kinds[i] if i < len(kinds) else "", row[i]) for i, name in enumerate(names)}
+        {
+            name: _cell(kinds[i] if i < len(kinds) else "", row[i])
+            for i, name in enumerate(names)
+        }
         for row in table.rows
     ]
 

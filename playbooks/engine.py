@@ -15,12 +15,19 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from playbooks.actions import IncidentRef
 from playbooks.audit import AuditLog
-from playbooks.correlation import Flow, baseline_for, evidence_for, group_flows, index_by_hit
+from playbooks.correlation import (
+    Flow,
+    baseline_for,
+    evidence_for,
+    group_flows,
+    index_by_hit,
+)
 from playbooks.dryrun import DryRunResponder
 from playbooks.errors import QueryError, TokenwardError
 from playbooks.followon import follow_on_for
@@ -38,10 +45,11 @@ from playbooks.models import (
     RunStatus,
     Window,
 )
+from playbooks.phases import Planned, Ran, StepRunner
 from playbooks.planning import Guardrails, plan_actions
 from playbooks.playbook import Playbook
-from playbooks.phases import Planned, Ran, StepRunner
 from playbooks.ports import (
+    CallAttempt,
     ExecutionContext,
     QuerySource,
     RenderedQuery,
@@ -49,7 +57,12 @@ from playbooks.ports import (
     listening_for_attempts,
 )
 from playbooks.rows import sign_in_from_row, text
-from playbooks.scoring import ScoringContext, SignalInput, matching_sanctioned_use, score
+from playbooks.scoring import (
+    ScoringContext,
+    SignalInput,
+    matching_sanctioned_use,
+    score,
+)
 from playbooks.settings import Settings
 from playbooks.times import utcnow
 
@@ -118,9 +131,7 @@ class Runner:
         )
         try:
             # Every attempt at an outside call lands in this run's audit.
-            with listening_for_attempts(
-                lambda attempt: self.audit.record(run_id, "call.attempt", attempt.as_record())
-            ):
+            with listening_for_attempts(partial(self._record_attempt, run_id)):
                 report = await self._run(run_id, request, report)
         except TokenwardError as failure:
             logger.warning("run %s failed: %s", run_id, failure)
@@ -226,6 +237,9 @@ class Runner:
 
     # -- queries ---------------------------------------------------------------
 
+    def _record_attempt(self, run_id: str, attempt: CallAttempt) -> None:
+        self.audit.record(run_id, "call.attempt", attempt.as_record())
+
     def _values(self, request: RunRequest) -> dict[str, Any]:
         spec = self.playbook.spec
         return {
@@ -259,7 +273,8 @@ class Runner:
         base = self._values(request)
         start, end = request.window.start, request.window.end
         hunt_tables = self.playbook.spec.queries["hunt"].tables
-        embedded, apart = [], []
+        embedded: list[str] = []
+        apart: list[str] = []
         for name in self.playbook.correlation_queries:
             tables = self.playbook.spec.queries[name].tables
             (embedded if colocated(self.source, hunt_tables, tables) else apart).append(name)

@@ -186,6 +186,10 @@ class HitsTable:
     them exactly as it would read ``let hits = <hunt>``. Every cell goes
     through :func:`kql_string` or :func:`kql_datetime`; a row without an aware
     ``TimeGenerated`` is refused.
+
+    The literal grows by about 250 characters a hit, and it is not chunked: a
+    hunt of thousands of hits makes a query of hundreds of kilobytes, which a
+    service's query size limit may refuse (the query then fails, visibly).
     """
 
     __slots__ = ("rows",)

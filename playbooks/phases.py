@@ -70,7 +70,9 @@ class StepRunner:
     split_depth: int = 1
     records: list[QueryRecord] = field(default_factory=list)
 
-    async def run(self, step: str, planned: Sequence[Planned], start: datetime, end: datetime) -> dict[str, Ran]:
+    async def run(
+        self, step: str, planned: Sequence[Planned], start: datetime, end: datetime
+    ) -> dict[str, Ran]:
         """Every query of *step* over [start, end], halves re-run as needed."""
         if not planned:
             return {}
@@ -109,20 +111,29 @@ class StepRunner:
     def skipped(self, step: str, query: RenderedQuery, reason: str) -> Ran:
         """A query not sent because its answer is known (no hits to correlate)."""
         outcome = QueryOutcome(
-            name=query.name, rows=[], status=RunStatus.COMPLETE, duration_ms=0,
+            name=query.name,
+            rows=[],
+            status=RunStatus.COMPLETE,
+            duration_ms=0,
             details={"skipped": reason},
         )
         self._audit(step, query, outcome)
         ran = Ran(query, outcome)
-        self.records.append(_record(ran, step, self.source.description, detail=f"not sent: {reason}"))
+        self.records.append(
+            _record(ran, step, self.source.description, detail=f"not sent: {reason}")
+        )
         return ran
 
-    async def _send(self, step: str, queries: Sequence[RenderedQuery]) -> list[QueryOutcome]:
+    async def _send(
+        self, step: str, queries: Sequence[RenderedQuery]
+    ) -> list[QueryOutcome]:
         try:
             outcomes = await self.source.run_queries(queries)
         except ConnectorError as failure:
             # Nothing ran: every query of the call failed the same way.
-            logger.warning("the source could not run the %s step: %s", step, failure.error_class)
+            logger.warning(
+                "the source could not run the %s step: %s", step, failure.error_class
+            )
             details = {
                 key: value
                 for key, value in {
@@ -136,8 +147,12 @@ class StepRunner:
             }
             outcomes = [
                 QueryOutcome(
-                    name=q.name, rows=[], status=RunStatus.FAILED, duration_ms=0,
-                    error=f"{type(failure).__name__}: {failure}", details=details,
+                    name=q.name,
+                    rows=[],
+                    status=RunStatus.FAILED,
+                    duration_ms=0,
+                    error=f"{type(failure).__name__}: {failure}",
+                    details=details,
                 )
                 for q in queries
             ]
@@ -172,7 +187,10 @@ _MIN_SPLIT = timedelta(minutes=1)
 def _needs_split(outcome: QueryOutcome) -> bool:
     if outcome.status is RunStatus.PARTIAL:
         return True
-    return outcome.status is RunStatus.FAILED and outcome.details.get("error_class") == "timeout"
+    return (
+        outcome.status is RunStatus.FAILED
+        and outcome.details.get("error_class") == "timeout"
+    )
 
 
 def _merged(first: RenderedQuery, parts: Sequence[_Part]) -> Ran:
@@ -215,7 +233,9 @@ def _merged(first: RenderedQuery, parts: Sequence[_Part]) -> Ran:
     return Ran(first, outcome, parts=len(parts))
 
 
-def _record(ran: Ran, step: str, source: str, *, detail: str | None = None) -> QueryRecord:
+def _record(
+    ran: Ran, step: str, source: str, *, detail: str | None = None
+) -> QueryRecord:
     outcome = ran.outcome
     if detail is None and ran.parts > 1:
         detail = f"re-run over {ran.parts} narrower windows after a partial or timed-out answer"

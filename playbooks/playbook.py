@@ -18,7 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ruamel.yaml import YAML
 
 from playbooks.errors import Location, PlaybookError
-from playbooks.kql import HitsTable, ParamType, TrustedQuery, kql_identifier, placeholders, render
+from playbooks.kql import (
+    HitsTable,
+    ParamType,
+    TrustedQuery,
+    kql_identifier,
+    placeholders,
+    render,
+)
 from playbooks.models import ActionKind, Tier
 from playbooks.scoring import SIGNALS, SignalConfig
 from playbooks.settings import SanctionedUse

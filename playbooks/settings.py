@@ -32,7 +32,13 @@ from pydantic import (
     model_validator,
 )
 
-from playbooks.clouds import AzureEndpoints, Cloud, EndpointConflict, derive_endpoints, parse_cloud
+from playbooks.clouds import (
+    AzureEndpoints,
+    Cloud,
+    EndpointConflict,
+    derive_endpoints,
+    parse_cloud,
+)
 from playbooks.errors import Location, SettingsError
 from playbooks.identities import is_guid, is_upn
 from playbooks.kql import kql_identifier

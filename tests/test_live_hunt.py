@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from playbooks.audit import AuditLog
+from playbooks.store import open_store
 from playbooks.models import RunStatus, Tier
 from tests.emulator import WORKSPACE_ID
 from tests.emulator.identity import claims_of
@@ -61,8 +63,9 @@ EXPECTED = {
 @pytest.mark.parametrize("mode", ["log_analytics", "defender", "live"])
 @pytest.mark.parametrize("users", [1, 10, 500])
 def test_a_hunt_costs_the_same_requests_for_one_ten_or_five_hundred_users(
-    emu: Any, audit_log: Any, mode: str, users: int
+    emu: Any, mode: str, users: int
 ) -> None:
+    audit_log = AuditLog(open_store("sqlite://"))
     emu.log_analytics.workspace.load(phished_tenant(users, history=3))
     settings = live_settings(emu, sources=MIXED, guardrails={"max_users_per_run": 1000})
 
