@@ -192,3 +192,26 @@ def test_every_attempt_is_in_the_audit_of_its_run(emu: Any, audit_log: Any) -> N
     assert attempts[0]["subjects"] == ["hunt", "url_clicks", "emails", "baseline", "threat_intel"]
     assert {r.run_id for r in done.records("call.attempt")} == {done.report.run_id}
     assert json.dumps([r.data for r in done.audit.records()]).count("eyJ") == 0
+
+
+def test_follow_on_and_threat_intelligence_also_work_over_exported_files(load_tables: Any, audit_log: Any) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from connectors.exports.local import LocalKqlSource
+    from playbooks.engine import RunRequest, Runner
+    from playbooks.models import Mode, Window
+    from playbooks.playbook import load_playbook
+    from playbooks.settings import Settings
+    from tests.live import NOW
+
+    con = load_tables(phished_tenant(1))
+    source = LocalKqlSource(con, now=NOW, origin="exports")
+    request = RunRequest(trigger="test", mode=Mode.DRY_RUN, window=Window(start=NOW - timedelta(hours=12), end=NOW), now=NOW)
+
+    report = asyncio.run(Runner(load_playbook(), Settings(), source, audit_log).run(request))
+
+    (finding,) = report.findings
+    assert "threat_intel_ip" in {r.signal for r in finding.reasons}
+    assert finding.follow_on is not None and finding.follow_on.touched == ("mail", "files", "directory")
+    assert finding.follow_on.session is not None and finding.follow_on.session.sign_ins == 1
