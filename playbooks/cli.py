@@ -185,9 +185,20 @@ def doctor(app: App) -> None:
     """Check that tokenward can sign in and that the workspace answers."""
     settings = app.settings()
     playbook = load_playbook(settings.playbook.path)
+    read = {t for spec in playbook.spec.queries.values() for t in spec.tables}
     tables: dict[SourceKind, list[str]] = {}
-    for table in sorted({t for spec in playbook.spec.queries.values() for t in spec.tables}):
+    for table in sorted(read):
         tables.setdefault(settings.sources.source_for(table), []).append(table)
+    # A misspelt table in [sources.tables] would silently route nothing.
+    unread = [
+        Check(
+            f"sources.tables.{name}",
+            False,
+            f"the playbook reads no table named {name}",
+            f"the tables it reads: {', '.join(sorted(read))}",
+        )
+        for name in sorted(set(settings.sources.tables) - read)
+    ]
     endpoints = settings.azure.endpoints()
     click.echo(
         f"cloud {endpoints.cloud.value}: sign-in {endpoints.authority_host}, Graph "
@@ -198,7 +209,7 @@ def doctor(app: App) -> None:
         async with Clients(settings.azure, build_credential(settings.azure)) as clients:
             return await run_doctor(settings, clients, tables=tables)
 
-    checks = asyncio.run(check())
+    checks = unread + asyncio.run(check())
     # Plain lines, unwrapped: they are read by people and by scripts alike.
     for item in checks:
         click.echo(f"{'ok  ' if item.ok else 'FAIL'} {item.name}: {item.detail}")

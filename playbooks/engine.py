@@ -324,9 +324,10 @@ class Runner:
             for o in incomplete
         ]
         by_hit = {name: index_by_hit(r.rows) for name, r in ran.items()}
+        chosen_ids = {f.id for f in chosen}
         updated = []
         for finding in findings:
-            if finding not in chosen:
+            if finding.id not in chosen_ids:
                 updated.append(finding)
                 continue
             activity = follow_on_for(
@@ -338,7 +339,7 @@ class Runner:
                 complete=not incomplete,
             )
             self.audit.record(
-                request.run_id or steps.run_id,
+                steps.run_id,
                 "finding.follow_on",
                 {
                     "finding": finding.id,

@@ -110,3 +110,10 @@ def test_doctor_names_a_table_the_workspace_does_not_have(tmp_path: Path, emu: A
     assert done.returncode == 1
     assert "FAIL Log Analytics workspace: EmailEvents" in done.stdout
     assert "route it to the other source in [sources.tables]" in done.stdout
+
+
+def test_doctor_catches_a_misspelt_table_in_the_routing(tmp_path: Path, emu: Any) -> None:
+    done = tokenward(tmp_path, emu, "doctor", sources={"tables": {"EmailEvent": "defender"}})
+
+    assert done.returncode == 1
+    assert "FAIL sources.tables.EmailEvent: the playbook reads no table named EmailEvent" in done.stdout

@@ -215,3 +215,23 @@ def test_follow_on_and_threat_intelligence_also_work_over_exported_files(load_ta
     assert "threat_intel_ip" in {r.signal for r in finding.reasons}
     assert finding.follow_on is not None and finding.follow_on.touched == ("mail", "files", "directory")
     assert finding.follow_on.session is not None and finding.follow_on.session.sign_ins == 1
+
+
+def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(emu: Any, audit_log: Any, caplog: Any) -> None:
+    import logging
+
+    from tests.emulator import ENVIRON
+
+    emu.log_analytics.workspace.load(phished_tenant(1))
+    emu.fault(path=r"^/v1/\$batch$", status=429, headers={"Retry-After": "0.01"}, times=1)
+    caplog.set_level(logging.DEBUG)
+
+    done = run_live(emu, audit_log, mode="live", settings=live_settings(emu, sources=MIXED))
+
+    issued = [r.authorization.split(" ", 1)[1] for r in emu.requests() if r.authorization]
+    assert issued
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    audited = json.dumps([record.data for record in done.audit.records()])
+    for secret in [ENVIRON["TOKENWARD_CLIENT_SECRET"], *issued]:
+        assert secret not in logged
+        assert secret not in audited
