@@ -146,7 +146,7 @@ class DefenderSource:
                 },
             )
         rows = hunting_rows(result)
-        logger.info("query %s returned %d rows", query.name, len(rows))
+        logger.debug("query %s returned %d rows", query.name, len(rows))
         return QueryOutcome(
             name=query.name,
             rows=rows,

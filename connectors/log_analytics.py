@@ -214,7 +214,7 @@ class LogAnalyticsSource:
         elapsed = _ms(started)
         if isinstance(result, LogsQueryResult):
             rows = [row for table in result.tables[:1] for row in _rows(table)]
-            logger.info("query %s returned %d rows", query.name, len(rows))
+            logger.debug("query %s returned %d rows", query.name, len(rows))
             return QueryOutcome(
                 name=query.name,
                 rows=rows,

@@ -129,14 +129,22 @@ class Runner:
             source=self.source.description,
             warnings=request.warnings,
         )
+        steps = StepRunner(
+            self.source, self.audit, run_id, split_depth=self.settings.hunt.split_depth
+        )
         try:
             # Every attempt at an outside call lands in this run's audit.
             with listening_for_attempts(partial(self._record_attempt, run_id)):
-                report = await self._run(run_id, request, report)
+                report = await self._run(run_id, request, report, steps)
         except TokenwardError as failure:
             logger.warning("run %s failed: %s", run_id, failure)
+            # The report still lists every query sent, the failed one included.
             report = report.model_copy(
-                update={"status": RunStatus.FAILED, "error": f"{type(failure).__name__}: {failure}"}
+                update={
+                    "status": RunStatus.FAILED,
+                    "error": f"{type(failure).__name__}: {failure}",
+                    "queries": tuple(steps.records),
+                }
             )
             self.audit.record(run_id, "run.failed", {"error": report.error})
         report = report.model_copy(update={"ended_at": utcnow()})
@@ -151,11 +159,9 @@ class Runner:
         )
         return report
 
-    async def _run(self, run_id: str, request: RunRequest, report: RunReport) -> RunReport:
-        steps = StepRunner(
-            self.source, self.audit, run_id, split_depth=self.settings.hunt.split_depth
-        )
-
+    async def _run(
+        self, run_id: str, request: RunRequest, report: RunReport, steps: StepRunner
+    ) -> RunReport:
         # Hunt and correlate: one call per source. Queries that run where the
         # hunt runs embed it; the others get its rows in a second step.
         results = await self._hunt_and_correlate(steps, request)

@@ -83,6 +83,8 @@ def test_a_semantic_error_in_an_edited_template_points_at_the_template(tenant: A
 
     error = assert_failed_without_actions(done, "the url_clicks query failed", "BadArgumentError", "ClickedAt")
     assert f"rendered from {template}" in error
+    failed = [q for q in done.report.queries if q.status is RunStatus.FAILED]
+    assert [q.name for q in failed] == ["url_clicks"] and "ClickedAt" in (failed[0].error or "")
     (record,) = [r for r in done.records("query.completed") if r.data["name"] == "url_clicks"]
     assert record.data["status"] == "failed" and record.data["details"]["status"] == 400
 
