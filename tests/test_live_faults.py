@@ -188,3 +188,13 @@ def test_a_hunt_that_stays_partial_holds_every_high_tier_action_for_a_person(ten
     assert contain and all(a.gate is Gate.APPROVAL for a in contain)
     (plan,) = done.records("plan.created")
     assert {a["gate"] for a in plan.data["actions"] if a["action"] == "revoke_sessions"} == {"approval"}
+
+
+def test_a_query_whose_tables_are_routed_to_two_sources_fails_the_run_naming_them(tenant: Any, audit_log: Any) -> None:
+    settings = live_settings(tenant, sources={"tables": {"EmailEvents": "defender"}})
+
+    done = run_live(tenant, audit_log, mode="live", settings=settings)
+
+    assert_failed_without_actions(
+        done, "the emails query reads tables from different sources", "EmailEvents (defender), UrlClickEvents (log_analytics)"
+    )
