@@ -98,7 +98,8 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
     required=True,
     metavar="files:DIR|loganalytics|defender|live",
     help="Where the logs are: files:DIR (exports), loganalytics (the Sentinel workspace), "
-    "defender (advanced hunting), live (each table from [sources]).",
+    "defender (advanced hunting, for a workspace onboarded to the Defender portal), "
+    "live (each table from [sources], e.g. mail and clicks from Defender).",
 )
 @click.option("--start", help="Window start (ISO 8601, e.g. 2026-01-15T00:00:00Z).")
 @click.option("--end", help="Window end (ISO 8601); default: --now.")
