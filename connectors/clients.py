@@ -43,8 +43,9 @@ from kiota_authentication_azure.azure_identity_authentication_provider import (
     AzureIdentityAuthenticationProvider,
 )
 from kiota_http.middleware.options import RetryHandlerOption
-from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_request_adapter import options as msgraph_default_options
+from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 
 from playbooks.clouds import AzureEndpoints
@@ -55,7 +56,9 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "tokenward/0.1"
 
 
-def logs_client(azure: AzureSettings, credential: AsyncTokenCredential) -> LogsQueryClient:
+def logs_client(
+    azure: AzureSettings, credential: AsyncTokenCredential
+) -> LogsQueryClient:
     """The async Log Analytics query client for the configured cloud."""
     endpoints = azure.endpoints()
     options: dict[str, Any] = {
@@ -111,9 +114,13 @@ def graph_client(
     # Passing options replaces msgraph's defaults, so they are carried over.
     options = {
         **msgraph_default_options,
-        RetryHandlerOption.get_key(): RetryHandlerOption(max_retries=0, should_retry=False),
+        RetryHandlerOption.get_key(): RetryHandlerOption(
+            max_retries=0, should_retry=False
+        ),
     }
-    http = GraphClientFactory.create_with_default_middleware(client=http, options=options)
+    http = GraphClientFactory.create_with_default_middleware(
+        client=http, options=options
+    )
     auth = AzureIdentityAuthenticationProvider(
         credential,
         scopes=[endpoints.graph_scope],
@@ -125,7 +132,9 @@ def graph_client(
     return GraphServiceClient(request_adapter=adapter)
 
 
-def arm_client(azure: AzureSettings, credential: AsyncTokenCredential) -> AsyncPipelineClient[Any, Any]:
+def arm_client(
+    azure: AzureSettings, credential: AsyncTokenCredential
+) -> AsyncPipelineClient[Any, Any]:
     """A bare azure-core client for Resource Manager (Sentinel incidents and comments).
 
     ``send_request`` does not prefix the base URL: build URLs with
@@ -144,7 +153,9 @@ def arm_client(azure: AzureSettings, credential: AsyncTokenCredential) -> AsyncP
         UserAgentPolicy(base_user_agent=USER_AGENT),
         AsyncBearerTokenCredentialPolicy(credential, endpoints.arm_scope),
     ]
-    return AsyncPipelineClient(base_url=endpoints.arm_endpoint, policies=policies, **options)
+    return AsyncPipelineClient(
+        base_url=endpoints.arm_endpoint, policies=policies, **options
+    )
 
 
 @dataclass
@@ -174,7 +185,9 @@ class Clients:
     def graph(self) -> GraphServiceClient:
         if self._graph is None:
             self._graph_http = graph_http_client(self.azure)
-            self._graph = graph_client(self.azure, self.credential, http=self._graph_http)
+            self._graph = graph_client(
+                self.azure, self.credential, http=self._graph_http
+            )
         return self._graph
 
     def arm(self) -> AsyncPipelineClient[Any, Any]:

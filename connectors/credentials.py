@@ -14,13 +14,18 @@ doctor`` and at the start of a live run.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.identity.aio import (
     CertificateCredential,
     ClientSecretCredential,
@@ -58,6 +63,12 @@ class SigningIn:
         self._inner = inner
         self.identity = identity
         self._hint = hint
+        # Concurrent calls for the same scope wait for one token request
+        # instead of each sending its own before the cache holds the token.
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+
+    def _lock(self, scopes: tuple[str, ...]) -> asyncio.Lock:
+        return self._locks.setdefault(scopes, asyncio.Lock())
 
     async def get_token(
         self,
@@ -68,9 +79,15 @@ class SigningIn:
         **kwargs: Any,
     ) -> AccessToken:
         try:
-            return await self._inner.get_token(
-                *scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae, **kwargs
-            )
+            async with self._lock(scopes):
+                token: AccessToken = await self._inner.get_token(
+                    *scopes,
+                    claims=claims,
+                    tenant_id=tenant_id,
+                    enable_cae=enable_cae,
+                    **kwargs,
+                )
+                return token
         except Exception as failure:
             raise self._translated(failure, scopes) from failure
 
@@ -78,7 +95,10 @@ class SigningIn:
         self, *scopes: str, options: TokenRequestOptions | None = None
     ) -> AccessTokenInfo:
         try:
-            info: AccessTokenInfo = await self._inner.get_token_info(*scopes, options=options)
+            async with self._lock(scopes):
+                info: AccessTokenInfo = await self._inner.get_token_info(
+                    *scopes, options=options
+                )
         except Exception as failure:
             raise self._translated(failure, scopes) from failure
         return info
@@ -117,7 +137,9 @@ def build_credential(azure: AzureSettings) -> SigningIn:
     return SigningIn(credential, identity=identity, hint=hint)
 
 
-def _azure_identity_credential(azure: AzureSettings) -> tuple[AsyncTokenCredential, str, str]:
+def _azure_identity_credential(
+    azure: AzureSettings,
+) -> tuple[AsyncTokenCredential, str, str]:
     settings = azure.credential
     kind = settings.kind
     if kind is None:
@@ -131,7 +153,9 @@ def _azure_identity_credential(azure: AzureSettings) -> tuple[AsyncTokenCredenti
     if kind is CredentialKind.MANAGED_IDENTITY:
         logger.info(
             "signing in with a managed identity (%s)",
-            f"client id {settings.client_id}" if settings.client_id else "system-assigned",
+            f"client id {settings.client_id}"
+            if settings.client_id
+            else "system-assigned",
         )
         identity = (
             f"managed identity {settings.client_id}"
@@ -139,12 +163,15 @@ def _azure_identity_credential(azure: AzureSettings) -> tuple[AsyncTokenCredenti
             else "the system-assigned managed identity"
         )
         hint = (
-            "" if settings.client_id
+            ""
+            if settings.client_id
             else "a host with several user-assigned identities needs "
             "azure.credential.client_id set to the one tokenward uses"
         )
         return (
-            ManagedIdentityCredential(client_id=settings.client_id or None, **transport),
+            ManagedIdentityCredential(
+                client_id=settings.client_id or None, **transport
+            ),
             identity,
             hint,
         )
@@ -178,7 +205,9 @@ def _azure_identity_credential(azure: AzureSettings) -> tuple[AsyncTokenCredenti
     if kind is CredentialKind.CLIENT_CERTIFICATE:
         path = _readable(settings.certificate_path, "azure.credential.certificate_path")
         password = settings.certificate_password
-        logger.info("signing in as app %s with certificate %s", settings.client_id, path)
+        logger.info(
+            "signing in as app %s with certificate %s", settings.client_id, path
+        )
         try:
             certificate = CertificateCredential(
                 azure.tenant_id,
@@ -196,7 +225,9 @@ def _azure_identity_credential(azure: AzureSettings) -> tuple[AsyncTokenCredenti
                 source=Location(key="azure.credential.certificate_path"),
             ) from None
         return certificate, f"app {settings.client_id}", ""
-    token_file = _readable(settings.federated_token_file, "azure.credential.federated_token_file")
+    token_file = _readable(
+        settings.federated_token_file, "azure.credential.federated_token_file"
+    )
     logger.info("signing in as app %s with workload identity", settings.client_id)
     workload = WorkloadIdentityCredential(
         tenant_id=azure.tenant_id,
@@ -215,7 +246,9 @@ def _transport(azure: AzureSettings) -> dict[str, Any]:
         "retry_total": 0,
     }
     if azure.ca_bundle is not None:
-        options["connection_verify"] = str(_readable(azure.ca_bundle, "azure.ca_bundle"))
+        options["connection_verify"] = str(
+            _readable(azure.ca_bundle, "azure.ca_bundle")
+        )
     return options
 
 
@@ -223,7 +256,10 @@ def _require(azure: AzureSettings, *keys: str) -> None:
     values = {"tenant_id": azure.tenant_id, "client_id": azure.credential.client_id}
     missing = [key for key in keys if not values[key]]
     if missing:
-        where = {"tenant_id": "azure.tenant_id", "client_id": "azure.credential.client_id"}
+        where = {
+            "tenant_id": "azure.tenant_id",
+            "client_id": "azure.credential.client_id",
+        }
         kind = azure.credential.kind.value if azure.credential.kind else "?"
         raise SettingsError(
             f"credential kind {kind} needs {' and '.join(where[key] for key in missing)}",
@@ -235,7 +271,9 @@ def _readable(path: Path | None, key: str) -> Path:
     if path is None:
         raise SettingsError(f"{key} is not set", source=Location(key=key))
     if not path.is_file():
-        raise SettingsError(f"{path} does not exist or is not a file", source=Location(key=key))
+        raise SettingsError(
+            f"{path} does not exist or is not a file", source=Location(key=key)
+        )
     return path
 
 

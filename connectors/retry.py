@@ -86,7 +86,9 @@ class RetryPolicy:
     retry_timeouts: bool = True
 
     @classmethod
-    def from_settings(cls, settings: RetrySettings, *, retry_timeouts: bool = True) -> RetryPolicy:
+    def from_settings(
+        cls, settings: RetrySettings, *, retry_timeouts: bool = True
+    ) -> RetryPolicy:
         return cls(
             max_attempts=settings.max_attempts,
             wait_initial=settings.wait_initial,
@@ -97,7 +99,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter: between half and all of the step."""
-        step = min(self.wait_max, self.wait_initial * 2 ** (attempt - 1))
+        step = min(self.wait_max, self.wait_initial * float(2 ** (attempt - 1)))
         return step * random.uniform(0.5, 1.0)
 
 
@@ -163,7 +165,11 @@ async def call_with_retries(
                 if decision.retry:
                     logger.info(
                         "%s %s attempt %d failed (%s); retrying in %.2f s",
-                        service, name, number, _short(error), decision.wait,
+                        service,
+                        name,
+                        number,
+                        _short(error),
+                        decision.wait,
                     )
                     raise error from failure
                 raise _final(error, number, decision.reason) from failure
@@ -178,7 +184,9 @@ async def call_with_retries(
                 )
             )
             return result
-    raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+    raise AssertionError(
+        "unreachable: tenacity either returns or raises"
+    )  # pragma: no cover
 
 
 K = TypeVar("K")
@@ -284,7 +292,9 @@ async def call_each_with_retries(
     return results
 
 
-def _decide(error: ConnectorError, number: int, policy: RetryPolicy, *, elapsed: float) -> _Decision:
+def _decide(
+    error: ConnectorError, number: int, policy: RetryPolicy, *, elapsed: float
+) -> _Decision:
     if not error.retryable:
         return _Decision(retry=False, reason="")
     if isinstance(error, TimedOut) and not policy.retry_timeouts:
@@ -298,7 +308,9 @@ def _decide(error: ConnectorError, number: int, policy: RetryPolicy, *, elapsed:
             ),
         )
     if number >= policy.max_attempts:
-        return _Decision(retry=False, reason=f"retry.max_attempts ({policy.max_attempts}) reached")
+        return _Decision(
+            retry=False, reason=f"retry.max_attempts ({policy.max_attempts}) reached"
+        )
     if error.retry_after is not None and error.retry_after > 0:
         wait = error.retry_after
     else:
@@ -370,7 +382,9 @@ def _final(error: ConnectorError, attempts: int, reason: str) -> ConnectorError:
     if attempts == 1 and not reason:
         return error
     tried = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-    text = f"{error} (after {tried}; {reason})" if reason else f"{error} (after {tried})"
+    text = (
+        f"{error} (after {tried}; {reason})" if reason else f"{error} (after {tried})"
+    )
     final = type(error)(
         text,
         status=error.status,
@@ -387,7 +401,9 @@ def _final(error: ConnectorError, attempts: int, reason: str) -> ConnectorError:
 # -- Retry-After ------------------------------------------------------------------
 
 
-def retry_after_seconds(headers: Mapping[str, Any] | None, *, now: datetime | None = None) -> float | None:
+def retry_after_seconds(
+    headers: Mapping[str, Any] | None, *, now: datetime | None = None
+) -> float | None:
     """What a response's ``Retry-After`` (or ``retry-after-ms``) asks for, in seconds.
 
     Accepts delta-seconds as an integer or a decimal (``0.249``) and HTTP
@@ -507,12 +523,16 @@ def graph_error(failure: BaseException, *, what: str) -> ConnectorError | None:
         code = getattr(odata, "code", None)
         message = getattr(odata, "message", None)
         inner = getattr(odata, "inner_error", None)
-        request_id = getattr(inner, "request_id", None) or header(headers, *REQUEST_ID_HEADERS)
+        request_id = getattr(inner, "request_id", None) or header(
+            headers, *REQUEST_ID_HEADERS
+        )
         client_request_id = getattr(inner, "client_request_id", None) or header(
             headers, "client-request-id"
         )
         if odata is None and status is not None and status >= 500:
-            detail = "an error page that is not Graph JSON (a gateway or proxy answered)"
+            detail = (
+                "an error page that is not Graph JSON (a gateway or proxy answered)"
+            )
         else:
             detail = message or "no message"
         label = f"{status} {code}" if code else f"{status}"
@@ -568,7 +588,9 @@ def graph_answer_error(
     )
 
 
-def azure_error(failure: BaseException, *, service: str, what: str) -> ConnectorError | None:
+def azure_error(
+    failure: BaseException, *, service: str, what: str
+) -> ConnectorError | None:
     """An azure-core failure (HttpResponseError, transport, credential) as a tokenward error."""
     if isinstance(failure, ConnectorError):
         return failure
@@ -576,7 +598,7 @@ def azure_error(failure: BaseException, *, service: str, what: str) -> Connector
         # The credential could not get a token: no request reached the service.
         return AuthenticationFailed(f"no token for {service}: {_first_line(failure)}")
     if isinstance(failure, HttpResponseError) and failure.response is not None:
-        response = failure.response
+        response: Any = failure.response
         headers = dict(response.headers)
         code, message = _azure_code(failure)
         label = f"{failure.status_code} {code}" if code else f"{failure.status_code}"
@@ -585,20 +607,34 @@ def azure_error(failure: BaseException, *, service: str, what: str) -> Connector
             f"{service} refused {what} ({label}: {message})",
             code=code,
             request_id=header(headers, *REQUEST_ID_HEADERS),
-            client_request_id=header(headers, "x-ms-client-request-id", "client-request-id"),
+            client_request_id=header(
+                headers, "x-ms-client-request-id", "client-request-id"
+            ),
             retry_after=retry_after_seconds(headers),
         )
     return transport_error(failure, service=service, what=what)
 
 
-def transport_error(failure: BaseException, *, service: str, what: str) -> ConnectorError | None:
+def transport_error(
+    failure: BaseException, *, service: str, what: str
+) -> ConnectorError | None:
     """A connection or timeout failure from any of the HTTP stacks, or ``None``."""
     if isinstance(failure, ServiceRequestTimeoutError | ServiceResponseTimeoutError):
-        return TimedOut(f"{service} did not answer {what} in time ({_first_line(failure)})")
-    if isinstance(failure, httpx.TimeoutException | asyncio.TimeoutError | TimeoutError):
-        return TimedOut(f"{service} did not answer {what} in time ({type(failure).__name__})")
-    if isinstance(failure, ServiceRequestError | ServiceResponseError | httpx.TransportError):
-        return ServiceUnavailable(f"{service} could not be reached for {what} ({_first_line(failure)})")
+        return TimedOut(
+            f"{service} did not answer {what} in time ({_first_line(failure)})"
+        )
+    if isinstance(
+        failure, httpx.TimeoutException | asyncio.TimeoutError | TimeoutError
+    ):
+        return TimedOut(
+            f"{service} did not answer {what} in time ({type(failure).__name__})"
+        )
+    if isinstance(
+        failure, ServiceRequestError | ServiceResponseError | httpx.TransportError
+    ):
+        return ServiceUnavailable(
+            f"{service} could not be reached for {what} ({_first_line(failure)})"
+        )
     if isinstance(failure, json.JSONDecodeError):
         return ServiceUnavailable(
             f"{service} answered {what} with something that is not JSON "
@@ -612,14 +648,19 @@ def transport_error(failure: BaseException, *, service: str, what: str) -> Conne
 def _azure_code(failure: HttpResponseError) -> tuple[str | None, str]:
     """The service's error code and innermost message, from the model or the body."""
     model = failure.model
-    code = getattr(model, "code", None) if model is not None and not isinstance(model, type) else None
+    code = (
+        getattr(model, "code", None)
+        if model is not None and not isinstance(model, type)
+        else None
+    )
     message = getattr(model, "message", None) if code else None
     if code is None and failure.error is not None:
         code = failure.error.code
         message = failure.error.message
     if code is None:
+        response: Any = failure.response
         try:
-            body = failure.response.json() if failure.response is not None else None
+            body = response.json() if response is not None else None
         except ValueError:
             body = None
         error = body.get("error") if isinstance(body, dict) else None
@@ -627,7 +668,11 @@ def _azure_code(failure: HttpResponseError) -> tuple[str | None, str]:
             code = error.get("code")
             message = _innermost_message(error)
     if message is None:
-        message = "no message" if code else "the body is not a service error (a gateway page?)"
+        message = (
+            "no message"
+            if code
+            else "the body is not a service error (a gateway page?)"
+        )
     return code, str(message)
 
 

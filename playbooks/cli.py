@@ -27,8 +27,15 @@ import duckdb_kql
 from rich.console import Console
 from rich.table import Table
 
+from connectors.clients import Clients
+from connectors.credentials import build_credential
+from connectors.doctor import Check, run_doctor
 from connectors.exports.loader import ExportLoader, LoadSummary
 from connectors.exports.local import LocalKqlSource
+from connectors.graph import GraphOptions, GraphResponder
+from connectors.live import LiveMode, live_source
+from connectors.permissions import check_graph_permissions
+from connectors.retry import RetryPolicy
 from playbooks import logs
 from playbooks.audit import AuditLog
 from playbooks import approvals
@@ -41,7 +48,7 @@ from playbooks.playbook import Playbook, load_playbook, parse_set, read_override
 from playbooks.reports import ReportContext, to_json
 from playbooks.reports.markdown import to_markdown
 from playbooks.reports.terminal import print_report
-from playbooks.settings import Settings, load_settings
+from playbooks.settings import Settings, SourceKind, load_settings
 from playbooks.store import open_store
 from playbooks.times import as_utc, isoformat_z, parse_duration, parse_time, utcnow
 from playbooks.whatif import Thresholds, compare_runs
@@ -94,7 +101,15 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
 
 
 @cli.command()
-@click.option("--source", "source_spec", required=True, metavar="files:DIR", help="Where the logs are: files:DIR for a directory of exports.")
+@click.option(
+    "--source",
+    "source_spec",
+    required=True,
+    metavar="files:DIR|loganalytics|defender|live",
+    help="Where the logs are: files:DIR (exports), loganalytics (the Sentinel workspace), "
+    "defender (advanced hunting, for a workspace onboarded to the Defender portal), "
+    "live (each table from [sources], e.g. mail and clicks from Defender).",
+)
 @click.option("--start", help="Window start (ISO 8601, e.g. 2026-01-15T00:00:00Z).")
 @click.option("--end", help="Window end (ISO 8601); default: --now.")
 @click.option("--since", help="Window length back from the end, e.g. 24h or 7d.")
@@ -126,34 +141,34 @@ def hunt(
     settings = app.settings()
     audit = app.audit(settings)
     run_mode = Mode(mode)
+    live = LIVE_SOURCES.get(source_spec)
     with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
         playbook = load_playbook(settings.playbook.path)
         now = _instant(now_text, "--now") if now_text else utcnow()
         window = _window(start, end, since or settings.hunt.default_since, now)
         scope = tuple(_user(value) for value in users)
-        kind, _, argument = source_spec.partition(":")
-        if kind != "files" or not argument:
-            raise click.BadParameter("use files:DIR (a directory of exported logs)", param_hint="--source")
-        directory = Path(argument)
-        con, summary = _load(app, directory)
-    source = LocalKqlSource(con, now=now, origin=f"exported files in {directory}")
+        local: LocalKqlSource | None = None
+        warnings: tuple[str, ...] = ()
+        if live is None:
+            kind, _, argument = source_spec.partition(":")
+            if kind != "files" or not argument:
+                raise click.BadParameter(
+                    "use files:DIR (a directory of exported logs), loganalytics, "
+                    "defender or live",
+                    param_hint="--source",
+                )
+            directory = Path(argument)
+            con, summary = _load(app, directory)
+            local = LocalKqlSource(con, now=now, origin=f"exported files in {directory}")
+            warnings = tuple(summary.warnings)
     request = RunRequest(
-        trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=tuple(summary.warnings)
+        trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=warnings
     )
-    requester = requested_by or _login_name()
     if run_mode is Mode.DRY_RUN:
         _warn_unless_permitted(app, settings, playbook)
-        report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
-    else:
-        report = _with_graph(
-            app,
-            settings,
-            playbook,
-            lambda responder: Runner(
-                playbook, settings, source, audit,
-                responder=responder, directory=responder, requested_by=requester,
-            ).run(request),
-        )
+    report = asyncio.run(
+        _hunt(settings, playbook, audit, request, local=local, live=live, requester=requested_by or _login_name())
+    )
     context = ReportContext(thresholds=_thresholds(playbook), correlation=_correlation(playbook))
     _emit(app, report, as_json=as_json, output=output, markdown=markdown, context=context)
     if html_report is not None:
@@ -271,7 +286,6 @@ def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output:
     # Refused before any token is asked for if it may not run.
     stored = approvals.executable(audit.store, plan_id)
     report = _with_graph(
-        app,
         settings,
         playbook,
         lambda responder: Runner(
@@ -281,6 +295,49 @@ def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output:
     )
     _emit(app, report, as_json=as_json, output=output, markdown=None)
     _exit_for(report)
+LIVE_SOURCES: dict[str, LiveMode] = {
+    "loganalytics": "log_analytics",
+    "log_analytics": "log_analytics",
+    "defender": "defender",
+    "live": "live",
+}
+
+
+async def _hunt(
+    settings: Settings,
+    playbook: Playbook,
+    audit_log: AuditLog,
+    request: RunRequest,
+    *,
+    local: LocalKqlSource | None,
+    live: LiveMode | None,
+    requester: str,
+) -> RunReport:
+    """One hunt; every client it needs lives and dies in this event loop.
+
+    Exports in dry-run need nothing from Microsoft. A live source needs the
+    query clients, and approve and auto need the Graph responder (after the
+    permission preflight); both share one credential.
+    """
+    writes = request.mode is not Mode.DRY_RUN
+    if local is not None and not writes:
+        return await Runner(playbook, settings, local, audit_log).run(request)
+    credential = build_credential(settings.azure)
+    async with Clients(settings.azure, credential) as clients:
+        source = local if local is not None else live_source(settings, clients, mode=live or "live")
+        if not writes:
+            return await Runner(playbook, settings, source, audit_log).run(request)
+        responder = await _graph_responder(settings, playbook, credential, clients)
+        runner = Runner(
+            playbook,
+            settings,
+            source,
+            audit_log,
+            responder=responder,
+            directory=responder,
+            requested_by=requester,
+        )
+        return await runner.run(request)
 
 
 # -- doctor --------------------------------------------------------------------
@@ -289,18 +346,62 @@ def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output:
 @cli.command()
 @pass_app
 def doctor(app: App) -> None:
-    """Check the credential and the Graph permissions the configured actions need."""
+    """Check the sign-in, the workspace, the tables and the Graph permissions."""
     settings = app.settings()
     playbook = load_playbook(settings.playbook.path)
-    check = asyncio.run(_permission_check(settings, playbook))
-    app.out.print(f"credential: {settings.azure.credential.kind.value if settings.azure.credential.kind else 'none'}")
-    app.out.print(f"Graph token roles: {', '.join(sorted(check.roles)) or '(none)'}", highlight=False)
-    for requirement in check.needed:
-        mark = "[green]ok[/]     " if requirement.met_by(check.roles) else "[red]missing[/]"
-        app.out.print(f"  {mark} {requirement.permission:<32} {requirement.needed_for}", highlight=False)
-    if not check.ok:
-        _fail(check.summary())
-    app.out.print(check.summary())
+    read = {t for spec in playbook.spec.queries.values() for t in spec.tables}
+    tables: dict[SourceKind, list[str]] = {}
+    for table in sorted(read):
+        tables.setdefault(settings.sources.source_for(table), []).append(table)
+    # A misspelt table in [sources.tables] would silently route nothing.
+    unread = [
+        Check(
+            f"sources.tables.{name}",
+            False,
+            f"the playbook reads no table named {name}",
+            f"the tables it reads: {', '.join(sorted(read))}",
+        )
+        for name in sorted(set(settings.sources.tables) - read)
+    ]
+    endpoints = settings.azure.endpoints()
+    click.echo(
+        f"cloud {endpoints.cloud.value}: sign-in {endpoints.authority_host}, Graph "
+        f"{endpoints.graph_base_url}, Log Analytics {endpoints.log_analytics_endpoint}"
+    )
+
+    async def check() -> list[Check]:
+        async with Clients(settings.azure, build_credential(settings.azure)) as clients:
+            return await run_doctor(settings, clients, tables=tables)
+
+    checks = unread + asyncio.run(check())
+    # The app roles the configured actions need, from the Graph token itself.
+    try:
+        permissions = asyncio.run(_permission_check(settings, playbook))
+    except TokenwardError as failure:
+        checks.append(
+            Check("Graph permissions", False, f"the Graph token could not be read ({failure})", "")
+        )
+    else:
+        for requirement in permissions.needed:
+            granted = requirement.met_by(permissions.roles)
+            checks.append(
+                Check(
+                    "Graph permission",
+                    granted,
+                    f"{'granted' if granted else 'missing'} {requirement.permission} "
+                    f"(needed for {requirement.needed_for})",
+                    "" if granted else "grant the application permission and admin consent",
+                )
+            )
+    # Plain lines, unwrapped: they are read by people and by scripts alike.
+    for item in checks:
+        click.echo(f"{'ok  ' if item.ok else 'FAIL'} {item.name}: {item.detail}")
+        if item.hint:
+            click.echo(f"     → {item.hint}")
+    failed = [item for item in checks if not item.ok]
+    if failed:
+        _fail(f"{len(failed)} of {len(checks)} checks failed")
+    click.echo(f"all {len(checks)} checks passed")
 
 
 # -- exercise ------------------------------------------------------------------
@@ -569,9 +670,6 @@ def _action_kinds(playbook: Playbook) -> list[Any]:
 
 
 async def _permission_check(settings: Settings, playbook: Playbook, kinds: Sequence[Any] | None = None) -> Any:
-    from connectors.credentials import build_credential
-    from connectors.permissions import check_graph_permissions
-
     credential = build_credential(settings.azure)
     async with credential:
         return await check_graph_permissions(
@@ -595,46 +693,51 @@ def _warn_unless_permitted(app: App, settings: Settings, playbook: Playbook) -> 
         app.err.print(f"warning: {check.summary()}; approve and auto would refuse to start", style="yellow")
 
 
+async def _graph_responder(
+    settings: Settings,
+    playbook: Playbook,
+    credential: Any,
+    clients: Clients,
+    *,
+    kinds: Sequence[Any] | None = None,
+) -> GraphResponder:
+    """The Graph responder, once the token shows every permission it needs."""
+    check = await check_graph_permissions(
+        credential,
+        scope=settings.azure.endpoints().graph_scope,
+        kinds=list(kinds) if kinds is not None else _action_kinds(playbook),
+        identity=credential.identity,
+    )
+    if not check.ok:
+        raise PermissionDenied(f"{check.summary()}; nothing was done (tokenward doctor lists them)")
+    return GraphResponder(
+        clients.graph(),
+        policy=RetryPolicy.from_settings(settings.retry),
+        options=GraphOptions(
+            batch_size=settings.graph.batch_size,
+            concurrency=settings.graph.concurrency,
+            identity_protection_wait=settings.graph.identity_protection_wait,
+        ),
+    )
+
+
 def _with_graph(
-    app: App,
     settings: Settings,
     playbook: Playbook,
     use: Callable[[Any], Awaitable[T]],
     *,
     kinds: Sequence[Any] | None = None,
 ) -> T:
-    """Check permissions, then run *use* with a Graph responder, all in one event loop.
+    """Run *use* with a Graph responder, credential and clients in one event loop.
 
-    The credential and clients are made inside the loop and closed with it
-    (B15: an async client outliving its loop fails with "Event loop is closed").
+    They are made inside the loop and closed with it (B15: an async client
+    outliving its loop fails with "Event loop is closed").
     """
-    from connectors.clients import Clients
-    from connectors.credentials import build_credential
-    from connectors.graph import GraphOptions, GraphResponder
-    from connectors.permissions import check_graph_permissions
-    from connectors.retry import RetryPolicy
 
     async def run() -> T:
         credential = build_credential(settings.azure)
         async with Clients(settings.azure, credential) as clients:
-            check = await check_graph_permissions(
-                credential,
-                scope=settings.azure.endpoints().graph_scope,
-                kinds=list(kinds) if kinds is not None else _action_kinds(playbook),
-                identity=credential.identity,
-            )
-            if not check.ok:
-                raise PermissionDenied(f"{check.summary()}; nothing was done (tokenward doctor lists them)")
-            responder = GraphResponder(
-                clients.graph(),
-                policy=RetryPolicy.from_settings(settings.retry),
-                options=GraphOptions(
-                    batch_size=settings.graph.batch_size,
-                    concurrency=settings.graph.concurrency,
-                    identity_protection_wait=settings.graph.identity_protection_wait,
-                ),
-            )
-            return await use(responder)
+            return await use(await _graph_responder(settings, playbook, credential, clients, kinds=kinds))
 
     return asyncio.run(run())
 

@@ -94,7 +94,10 @@ _HOSTS: dict[Cloud, dict[Service, tuple[str, ...]]] = {
         Service.ARM: ("management.usgovcloudapi.net",),
     },
     Cloud.CHINA: {
-        Service.AUTHORITY: ("login.chinacloudapi.cn", "login.partner.microsoftonline.cn"),
+        Service.AUTHORITY: (
+            "login.chinacloudapi.cn",
+            "login.partner.microsoftonline.cn",
+        ),
         Service.GRAPH: ("microsoftgraph.chinacloudapi.cn",),
         Service.LOG_ANALYTICS: ("api.loganalytics.azure.cn",),
         Service.ARM: ("management.chinacloudapi.cn",),
@@ -168,7 +171,9 @@ def derive_endpoints(
     graph_audience = f"https://{hosts[Service.GRAPH][0]}"
     logs_audience = f"https://{hosts[Service.LOG_ANALYTICS][0]}"
     arm_audience = f"https://{hosts[Service.ARM][0]}"
-    authority_known = (urlsplit(authority).hostname or "") in _all_hosts(Service.AUTHORITY)
+    authority_known = (urlsplit(authority).hostname or "") in _all_hosts(
+        Service.AUTHORITY
+    )
     return AzureEndpoints(
         cloud=cloud,
         authority_host=authority,
@@ -183,7 +188,11 @@ def derive_endpoints(
 
 
 def _endpoint(
-    cloud: Cloud, service: Service, override: str, *, allowed_paths: tuple[str, ...] = ("",)
+    cloud: Cloud,
+    service: Service,
+    override: str,
+    *,
+    allowed_paths: tuple[str, ...] = ("",),
 ) -> str:
     """``https://host[:port]`` for *service*, from the override or the cloud."""
     if not override.strip():
@@ -193,11 +202,15 @@ def _endpoint(
     if parts.scheme != "https" or not parts.hostname:
         raise EndpointConflict(key, f"{key} must be an https:// URL, not {override!r}")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise EndpointConflict(key, f"{key} must be a plain https://host URL, not {override!r}")
+        raise EndpointConflict(
+            key, f"{key} must be a plain https://host URL, not {override!r}"
+        )
     path = parts.path.rstrip("/")
     if path not in allowed_paths:
         shown = " or ".join(repr(p) for p in allowed_paths if p) or "none"
-        raise EndpointConflict(key, f"{key} may not have the path {path!r} (allowed: {shown})")
+        raise EndpointConflict(
+            key, f"{key} may not have the path {path!r} (allowed: {shown})"
+        )
 
     host = parts.hostname.lower()
     own = _HOSTS[cloud][service]

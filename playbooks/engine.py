@@ -9,20 +9,31 @@ attempted and its outcome after.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from playbooks.actions import IncidentRef
 from playbooks.approvals import claim_for_execution, store_plan
 from playbooks.audit import AuditLog
 from playbooks.containment import WRITES, holds_privileged_role, summarise
-from playbooks.correlation import Flow, baseline_for, evidence_for, group_flows, index_by_hit
+from playbooks.correlation import (
+    Flow,
+    baseline_for,
+    evidence_for,
+    group_flows,
+    index_by_hit,
+)
 from playbooks.dryrun import DryRunResponder
 from playbooks.errors import QueryError, TokenwardError
 from playbooks.execution import Executor, execution_policy, target_key
+from playbooks.followon import follow_on_for
+from playbooks.kql import HitsTable, ParamType, TrustedQuery
 from playbooks.models import (
     ActionKind,
     ActionReport,
@@ -34,25 +45,29 @@ from playbooks.models import (
     Mode,
     Plan,
     PlannedAction,
-    QueryRecord,
     RunReport,
     RunStatus,
     Target,
     Window,
 )
+from playbooks.phases import Planned, Ran, StepRunner
 from playbooks.planning import Guardrails, plan_actions
 from playbooks.playbook import Playbook
 from playbooks.ports import (
     DirectoryReader,
     ExecutionContext,
-    QueryOutcome,
     QuerySource,
     RenderedQuery,
     Responder,
     listening_for_attempts,
 )
-from playbooks.rows import sign_in_from_row
-from playbooks.scoring import ScoringContext, SignalInput, matching_sanctioned_use, score
+from playbooks.rows import sign_in_from_row, text
+from playbooks.scoring import (
+    ScoringContext,
+    SignalInput,
+    matching_sanctioned_use,
+    score,
+)
 from playbooks.settings import Settings
 from playbooks.times import utcnow
 
@@ -124,13 +139,23 @@ class Runner:
             source=self.source.description,
             warnings=request.warnings,
         )
+        steps = StepRunner(
+            self.source, self.audit, run_id, split_depth=self.settings.hunt.split_depth
+        )
         try:
+            # Every attempt at an outside call lands in this run's audit, written
+            # with the outcome it led to.
             with listening_for_attempts(self._executor().hear):
-                report = await self._run(run_id, request, report)
+                report = await self._run(run_id, request, report, steps)
         except TokenwardError as failure:
             logger.warning("run %s failed: %s", run_id, failure)
+            # The report still lists every query sent, the failed one included.
             report = report.model_copy(
-                update={"status": RunStatus.FAILED, "error": f"{type(failure).__name__}: {failure}"}
+                update={
+                    "status": RunStatus.FAILED,
+                    "error": f"{type(failure).__name__}: {failure}",
+                    "queries": tuple(steps.records),
+                }
             )
             self.audit.record(run_id, "run.failed", {"error": report.error})
         report = report.model_copy(update={"ended_at": utcnow()})
@@ -146,22 +171,23 @@ class Runner:
         )
         return report
 
-    async def _run(self, run_id: str, request: RunRequest, report: RunReport) -> RunReport:
-        # Hunt and correlate: every query in one batch, the hunt embedded in the rest.
-        queries = self._render(request)
-        outcomes = await self.source.run_queries(queries)
+    async def _run(
+        self, run_id: str, request: RunRequest, report: RunReport, steps: StepRunner
+    ) -> RunReport:
+        # Hunt and correlate: one call per source. Queries that run where the
+        # hunt runs embed it; the others get its rows in a second step.
+        results = await self._hunt_and_correlate(steps, request)
         self._executor().flush(run_id)
-        records = tuple(self._record_query(run_id, query, outcome) for query, outcome in zip(queries, outcomes, strict=True))
-        report = report.model_copy(update={"queries": records})
-        failed = [outcome for outcome in outcomes if outcome.status is RunStatus.FAILED]
+        report = report.model_copy(update={"queries": tuple(steps.records)})
+        failed = [ran.outcome for ran in results.values() if ran.outcome.status is RunStatus.FAILED]
         if failed:
             names = ", ".join(outcome.name for outcome in failed)
             raise QueryError(
                 f"the {names} {'query' if len(failed) == 1 else 'queries'} failed "
-                f"({failed[0].error}); nothing was decided or done"
+                f"({failed[0].error}){self._template_hint(failed[0].name)}; "
+                "nothing was decided or done"
             )
-        partial = [outcome.name for outcome in outcomes if outcome.status is RunStatus.PARTIAL]
-        results = {outcome.name: outcome for outcome in outcomes}
+        partial = [ran.outcome.name for ran in results.values() if ran.outcome.status is RunStatus.PARTIAL]
 
         # Score: one finding per device code flow.
         findings = self._assess(results)
@@ -177,6 +203,11 @@ class Runner:
                     "reasons": [reason.model_dump() for reason in finding.reasons],
                 },
             )
+
+        # Follow the token of high findings: what it touched after the sign-in.
+        findings, follow_warnings = await self._follow_on(steps, request, findings, results["hunt"].rows)
+        self._executor().flush(run_id)
+        report = report.model_copy(update={"queries": tuple(steps.records)})
 
         # Look the users up before planning, in the modes that write: object
         # ids, guests, accounts synced from on-premises, directory roles.
@@ -208,7 +239,7 @@ class Runner:
         self._executor().flush(run_id)
 
         notes = list(report.notes)
-        warnings = list(report.warnings)
+        warnings = list(report.warnings) + follow_warnings
         if partial:
             warnings.append(
                 f"the {', '.join(partial)} results arrived partial: evidence may be missing, "
@@ -233,60 +264,146 @@ class Runner:
             }
         )
 
-    def _render(self, request: RunRequest) -> list[RenderedQuery]:
+    # -- queries ---------------------------------------------------------------
+
+    def _values(self, request: RunRequest) -> dict[str, Any]:
         spec = self.playbook.spec
-        values = {
+        return {
             "start": request.window.start,
             "end": request.window.end,
             "users": list(request.users),
             "before": spec.correlation.before,
             "after": spec.correlation.after,
             "days": timedelta(days=spec.baseline.days),
+            "lookback": spec.threat_intel.lookback,
         }
-        texts = self.playbook.render_all(values)
-        widest = Window(
-            start=request.window.start - max(spec.correlation.before, timedelta(days=spec.baseline.days)),
-            end=request.window.end + spec.correlation.after,
-        )
-        return [
-            RenderedQuery(name=name, tables=spec.queries[name].tables, text=text, window=widest)
-            for name, text in texts.items()
+
+    def _planned(self, name: str, base: dict[str, Any], hits: HitsTable | None) -> Planned:
+        """Query *name* over any window; given the hunt's text, or its rows."""
+        spec = self.playbook.spec.queries[name]
+
+        def render(start: datetime, end: datetime) -> RenderedQuery:
+            values = {**base, "start": start, "end": end}
+            if name == "hunt":
+                text = self.playbook.render("hunt", values)
+            else:
+                given = hits if hits is not None else TrustedQuery(self.playbook.render("hunt", values))
+                text = self.playbook.render_with_hits(name, values, given)
+            return RenderedQuery(
+                name=name, tables=spec.tables, text=text, window=_reads(spec.parameters, values)
+            )
+
+        return Planned(name=name, render=render)
+
+    async def _hunt_and_correlate(self, steps: StepRunner, request: RunRequest) -> dict[str, Ran]:
+        base = self._values(request)
+        start, end = request.window.start, request.window.end
+        hunt_tables = self.playbook.spec.queries["hunt"].tables
+        embedded: list[str] = []
+        apart: list[str] = []
+        for name in self.playbook.correlation_queries:
+            tables = self.playbook.spec.queries[name].tables
+            (embedded if colocated(self.source, hunt_tables, tables) else apart).append(name)
+
+        first = [self._planned(name, base, None) for name in ("hunt", *embedded)]
+        results = await steps.run("hunt", first, start, end)
+        if not apart:
+            return results
+
+        hunt = results["hunt"]
+        if hunt.outcome.status is RunStatus.FAILED:
+            return results
+        if not hunt.rows:
+            for name in apart:
+                query = self._planned(name, base, HitsTable([])).render(start, end)
+                results[name] = steps.skipped("correlate", query, "the hunt found no sign-ins")
+            return results
+        hits = HitsTable(hunt.rows)
+        later = [self._planned(name, base, hits) for name in apart]
+        results.update(await steps.run("correlate", later, start, end))
+        return results
+
+    async def _follow_on(
+        self,
+        steps: StepRunner,
+        request: RunRequest,
+        findings: list[Finding],
+        hunt_rows: list[dict[str, Any]],
+    ) -> tuple[list[Finding], list[str]]:
+        """Findings of the follow-on tiers with what their token did next."""
+        spec = self.playbook.spec.follow_on
+        chosen = [f for f in findings if f.tier in spec.tiers]
+        if not chosen or not spec.queries:
+            return findings, []
+        ids = {sign_in.id for f in chosen for sign_in in f.sign_ins}
+        hits = HitsTable([row for row in hunt_rows if text(row.get("Id")) in ids])
+        since = min(f.sign_in_time for f in chosen)
+        until = max(request.now, request.window.end)
+        base = self._values(request)
+        planned = [self._planned(name, base, hits) for name in spec.queries]
+        ran = await steps.run("follow_on", planned, since, until)
+
+        incomplete = [r.outcome for r in ran.values() if r.outcome.status is not RunStatus.COMPLETE]
+        warnings = [
+            f"the follow-on {o.name} query was {o.status.value} ({o.error}): what the token "
+            "did next may be missing from the report"
+            for o in incomplete
         ]
+        by_hit = {name: index_by_hit(r.rows) for name, r in ran.items()}
+        chosen_ids = {f.id for f in chosen}
+        updated = []
+        for finding in findings:
+            if finding.id not in chosen_ids:
+                updated.append(finding)
+                continue
+            activity = follow_on_for(
+                (sign_in.id for sign_in in finding.sign_ins),
+                graph_rows=by_hit.get("graph_activity", {}),
+                session_rows=by_hit.get("session_sign_ins", {}),
+                since=finding.sign_in_time,
+                until=until,
+                complete=not incomplete,
+            )
+            self.audit.record(
+                steps.run_id,
+                "finding.follow_on",
+                {
+                    "finding": finding.id,
+                    "touched": list(activity.touched),
+                    "graph_requests": sum(a.requests for a in activity.graph_activity),
+                    "session_sign_ins": activity.session.sign_ins if activity.session else 0,
+                    "complete": activity.complete,
+                },
+            )
+            updated.append(finding.model_copy(update={"follow_on": activity}))
+        return updated, warnings
 
-    def _record_query(self, run_id: str, query: RenderedQuery, outcome: QueryOutcome) -> QueryRecord:
-        record = QueryRecord(
-            name=query.name,
-            tables=query.tables,
-            text=query.text,
-            row_count=len(outcome.rows),
-            status=outcome.status,
-            duration_ms=outcome.duration_ms,
-            error=outcome.error,
-        )
-        self.audit.record(
-            run_id,
-            "query.completed",
-            {**record.model_dump(mode="json"), "details": outcome.details},
-        )
-        return record
+    def _template_hint(self, name: str) -> str:
+        spec = self.playbook.spec.queries.get(name)
+        if spec is None:
+            return ""
+        path = Path(self.playbook.path).parent / spec.file
+        return f"; the query is rendered from {path}"
 
-    def _assess(self, results: dict[str, QueryOutcome]) -> list[Finding]:
+    def _assess(self, results: dict[str, Ran]) -> list[Finding]:
         spec = self.playbook.spec
         sign_ins = [s for s in (sign_in_from_row(row) for row in results["hunt"].rows) if s]
         flows = group_flows(sign_ins)
         clicks = index_by_hit(results["url_clicks"].rows)
         emails = index_by_hit(results["emails"].rows)
         baselines = index_by_hit(results["baseline"].rows)
-        context = self._scoring_context()
+        intel = results.get("threat_intel")
+        context = self._scoring_context(intel.rows if intel else [])
         return [
             _finding(flow, self.playbook, context, clicks=clicks, emails=emails, baselines=baselines, days=spec.baseline.days)
             for flow in flows
         ]
 
-    def _scoring_context(self) -> ScoringContext:
+    def _scoring_context(self, intel_rows: list[dict[str, Any]]) -> ScoringContext:
         settings = self.settings
         return ScoringContext(
             threat_networks=settings.threat_networks(),
+            threat_ips=threat_ips(intel_rows),
             allowed_countries=settings.hunt.allowed_countries,
             sanctioned_use=self.playbook.spec.sanctioned_use + settings.guardrails.sanctioned_use,
         )
@@ -461,6 +578,37 @@ class Runner:
             {"status": report.status.value, "containment": containment.value, "actions": _status_counts(report.actions)},
         )
         return report
+
+
+def colocated(source: QuerySource, first: Sequence[str], second: Sequence[str]) -> bool:
+    """Whether *source* runs both table lists in one place (a plain source always does)."""
+    check = getattr(source, "colocated", None)
+    return True if check is None else bool(check(first, second))
+
+
+def threat_ips(rows: Sequence[dict[str, Any]]) -> frozenset[str]:
+    """The addresses the threat-intelligence query matched, in canonical form."""
+    found = set()
+    for row in rows:
+        try:
+            found.add(str(ipaddress.ip_address(text(row.get("IPAddress")).strip())))
+        except ValueError:
+            continue
+    return frozenset(found)
+
+
+def _reads(parameters: Mapping[str, ParamType], values: Mapping[str, Any]) -> Window:
+    """The widest time a query reads, from the parameters its template declares."""
+    start, end = values["start"], values["end"]
+    if "before" in parameters:
+        start = start - values["before"]
+    if "days" in parameters:
+        start = start - values["days"]
+    if "after" in parameters:
+        end = end + values["after"]
+    if "lookback" in parameters:
+        start = min(start, end - values["lookback"])
+    return Window(start=start, end=end)
 
 
 def _finding(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -148,8 +148,10 @@ def _literal(kind: ParamType, value: Any) -> str:
         return kql_int(value)
     if kind is ParamType.BOOL:
         return kql_bool(value)
+    if isinstance(value, HitsTable):
+        return value.render()
     if not isinstance(value, TrustedQuery):
-        raise TypeError("a query parameter needs another rendered playbook query")
+        raise TypeError("a query parameter needs another rendered playbook query or a HitsTable")
     # Not parenthesised: `let hits = <query>;` is valid KQL as it stands.
     return value.text.strip()
 
@@ -161,3 +163,63 @@ class TrustedQuery:
 
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+#: The hunt columns a query given the hunt's rows may read, with their types.
+HITS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("Id", "string"),
+    ("TimeGenerated", "datetime"),
+    ("UserPrincipalName", "string"),
+    ("UserId", "string"),
+    ("IPAddress", "string"),
+    ("CorrelationId", "string"),
+    ("SessionId", "string"),
+    ("UniqueTokenIdentifier", "string"),
+)
+
+
+class HitsTable:
+    """The hunt's rows as a ``datatable(...)[...]`` literal.
+
+    Used where a query runs in another service than the hunt (Defender has no
+    SigninLogs): it gets the hunt's rows instead of the hunt's text, and reads
+    them exactly as it would read ``let hits = <hunt>``. Every cell goes
+    through :func:`kql_string` or :func:`kql_datetime`; a row without an aware
+    ``TimeGenerated`` is refused.
+
+    The literal grows by about 250 characters a hit, and it is not chunked: a
+    hunt of thousands of hits makes a query of hundreds of kilobytes, which a
+    service's query size limit may refuse (the query then fails, visibly).
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.rows = tuple(_hit_cells(row) for row in rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def render(self) -> str:
+        header = ", ".join(f"{name}:{kind}" for name, kind in HITS_COLUMNS)
+        if not self.rows:
+            return f"datatable({header})[]"
+        lines = ",\n    ".join(", ".join(cells) for cells in self.rows)
+        return f"datatable({header})[\n    {lines}\n]"
+
+
+def _hit_cells(row: Mapping[str, Any]) -> tuple[str, ...]:
+    cells = []
+    for name, kind in HITS_COLUMNS:
+        value = row.get(name)
+        if kind == "datetime":
+            if isinstance(value, str):
+                value = as_utc(value)
+            if not isinstance(value, datetime):
+                raise ValueError(f"a hit needs {name} as a datetime, not {value!r}")
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            cells.append(kql_datetime(value))
+        else:
+            cells.append(kql_string("" if value is None else str(value)))
+    return tuple(cells)

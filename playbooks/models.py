@@ -190,6 +190,52 @@ class Evidence(Model):
     emails: tuple[EmailEvidence, ...] = ()
 
 
+# -- what the attacker did next (follow-on activity of high findings) --------
+
+
+class TouchedArea(Model):
+    """Graph requests of the stolen token that touched one area."""
+
+    # mail, files, directory or other
+    area: str
+    requests: int
+    methods: tuple[str, ...] = ()
+    first: UtcDatetime | None = None
+    last: UtcDatetime | None = None
+    ip_addresses: tuple[str, ...] = ()
+    # A few "METHOD /path" examples.
+    samples: tuple[str, ...] = ()
+
+
+class SessionActivity(Model):
+    """Non-interactive sign-ins of the same session after the phishing sign-in."""
+
+    sign_ins: int
+    apps: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    countries: tuple[str, ...] = ()
+    first: UtcDatetime | None = None
+    last: UtcDatetime | None = None
+
+
+class FollowOnActivity(Model):
+    """What the token of a high finding was used for, from the sign-in until the run."""
+
+    since: UtcDatetime
+    until: UtcDatetime
+    graph_activity: tuple[TouchedArea, ...] = ()
+    session: SessionActivity | None = None
+    # False when a follow-on query failed or came back partial: absence of
+    # activity then proves nothing.
+    complete: bool = True
+    notes: tuple[str, ...] = ()
+
+    @property
+    def touched(self) -> tuple[str, ...]:
+        return tuple(area.area for area in self.graph_activity)
+
+
 # -- what scoring decides -----------------------------------------------------
 
 
@@ -220,6 +266,7 @@ class Finding(Model):
     baseline: Baseline | None = None
     is_guest: bool = False
     allowlisted: bool = False
+    follow_on: FollowOnActivity | None = None
 
     @property
     def primary(self) -> SignIn:
@@ -427,6 +474,11 @@ class QueryRecord(Model):
     status: RunStatus
     duration_ms: int
     error: str | None = None
+    # Where it ran, in which step (hunt, correlate, follow_on), and anything a
+    # reader of a partial or re-run result needs to know.
+    source: str = ""
+    phase: str = ""
+    detail: str | None = None
 
 
 class Window(Model):

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ruamel.yaml import YAML
 
 from playbooks.errors import Location, PlaybookError
-from playbooks.kql import ParamType, TrustedQuery, kql_identifier, placeholders, render
+from playbooks.kql import (
+    HitsTable,
+    ParamType,
+    TrustedQuery,
+    kql_identifier,
+    placeholders,
+    render,
+)
 from playbooks.models import ActionKind, Tier
 from playbooks.scoring import SIGNALS, SignalConfig
 from playbooks.settings import SanctionedUse
@@ -63,6 +70,19 @@ class BaselineSpec(Strict):
     days: int = Field(default=30, ge=1, le=90)
 
 
+class ThreatIntelSpec(Strict):
+    lookback: timedelta = timedelta(days=30)
+
+    _parse = field_validator("lookback", mode="before")(_duration)
+
+
+class FollowOnSpec(Strict):
+    """Queries run after scoring, for findings of these tiers, given their sign-ins."""
+
+    tiers: tuple[Tier, ...] = (Tier.HIGH,)
+    queries: tuple[str, ...] = ()
+
+
 class Thresholds(Strict):
     high: int = Field(ge=1, le=100)
     medium: int = Field(ge=1, le=100)
@@ -91,6 +111,8 @@ class PlaybookSpec(Strict):
     queries: dict[str, QuerySpec]
     correlation: CorrelationSpec = CorrelationSpec()
     baseline: BaselineSpec = BaselineSpec()
+    threat_intel: ThreatIntelSpec = ThreatIntelSpec()
+    follow_on: FollowOnSpec = FollowOnSpec()
     scoring: ScoringSpec
     tiers: dict[Tier, TierSpec]
     sanctioned_use: tuple[SanctionedUse, ...] = ()
@@ -119,16 +141,24 @@ class Playbook:
         spec = self.spec.queries[name]
         return render(self.templates[name], spec.parameters, values)
 
+    @property
+    def correlation_queries(self) -> tuple[str, ...]:
+        """The queries run with the hunt: every one but the hunt and the follow-on ones."""
+        later = set(self.spec.follow_on.queries)
+        return tuple(name for name in self.spec.queries if name != "hunt" and name not in later)
+
+    def render_with_hits(self, name: str, values: Mapping[str, Any], hits: TrustedQuery | HitsTable) -> str:
+        """Query *name* given the hunt as ``hits``: its text, or its rows as a datatable."""
+        spec = self.spec.queries[name]
+        given = {**values, "hits": hits}
+        return self.render(name, {key: given[key] for key in spec.parameters if key in given})
+
     def render_all(self, values: Mapping[str, Any]) -> dict[str, str]:
-        """Every query, the hunt first, later ones given the hunt as ``hits``."""
+        """The hunt and every correlation query, each given the hunt as ``hits``."""
         hunt = self.render("hunt", values)
         texts = {"hunt": hunt}
-        trusted = {**values, "hits": TrustedQuery(hunt)}
-        for name, spec in self.spec.queries.items():
-            if name == "hunt":
-                continue
-            given = {key: trusted[key] for key in spec.parameters if key in trusted}
-            texts[name] = self.render(name, given)
+        for name in self.correlation_queries:
+            texts[name] = self.render_with_hits(name, values, TrustedQuery(hunt))
         return texts
 
 
@@ -161,6 +191,12 @@ def load_playbook(
             raise PlaybookError(
                 f"the playbook has no {name!r} query, which the engine runs",
                 source=document.location(("queries",)),
+            )
+    for name in spec.follow_on.queries:
+        if name not in spec.queries or name in REQUIRED_QUERIES:
+            raise PlaybookError(
+                f"follow_on names {name!r}, which is not one of the playbook's own queries",
+                source=document.location(("follow_on", "queries")),
             )
     return Playbook(
         spec=spec, signals=signals, templates=templates, path=str(source), overrides=applied

@@ -32,7 +32,13 @@ from pydantic import (
     model_validator,
 )
 
-from playbooks.clouds import AzureEndpoints, Cloud, EndpointConflict, derive_endpoints, parse_cloud
+from playbooks.clouds import (
+    AzureEndpoints,
+    Cloud,
+    EndpointConflict,
+    derive_endpoints,
+    parse_cloud,
+)
 from playbooks.errors import Location, SettingsError
 from playbooks.identities import is_guid, is_upn
 from playbooks.kql import kql_identifier
@@ -163,6 +169,12 @@ class HuntSettings(Section):
         description="Two-letter countries sign-ins are expected from; empty: not checked.",
     )
     default_since: str = Field(default="24h", description="Window of a hunt given no times.")
+    split_depth: int = Field(
+        default=1,
+        ge=0,
+        le=3,
+        description="Times a partial or timed-out query is re-run over halves of its window.",
+    )
 
     @field_validator("allowed_countries")
     @classmethod

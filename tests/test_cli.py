@@ -137,7 +137,9 @@ def test_audit_show_lists_the_run_records(tmp_path: Path, exports: Path) -> None
     shown = run(tmp_path, "audit", "show", "--json")
     kinds = [json.loads(line)["kind"] for line in shown.stdout.splitlines()]
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
-    assert kinds.count("query.completed") == 4
+    # Hunt, three correlations and threat intelligence; then, for the high
+    # finding, the token's Graph activity and the session's later sign-ins.
+    assert kinds.count("query.completed") == 7
     assert "action.dry_run" in kinds
 
 

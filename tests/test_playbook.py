@@ -34,7 +34,11 @@ def test_the_bundled_playbook_loads_and_uses_only_registered_signals() -> None:
     playbook = load_playbook()
     assert playbook.id == "device-code-phishing"
     assert set(playbook.signals) <= set(SIGNALS)
-    assert set(playbook.templates) == {"hunt", "url_clicks", "emails", "baseline"}
+    assert set(playbook.templates) == {
+        "hunt", "url_clicks", "emails", "baseline", "threat_intel", "graph_activity", "session_sign_ins",
+    }
+    assert playbook.correlation_queries == ("url_clicks", "emails", "baseline", "threat_intel")
+    assert playbook.spec.follow_on.queries == ("graph_activity", "session_sign_ins")
 
 
 def test_an_unknown_key_is_refused_with_its_line(copy: Path) -> None:
@@ -112,9 +116,10 @@ def test_rendering_puts_the_hunt_inside_each_correlation() -> None:
             "before": timedelta(minutes=60),
             "after": timedelta(minutes=5),
             "days": timedelta(days=30),
+            "lookback": timedelta(days=30),
         }
     )
     assert 'dynamic(["evil\\"@contoso.com"])' in texts["hunt"]
-    for name in ("url_clicks", "emails", "baseline"):
+    for name in ("url_clicks", "emails", "baseline", "threat_intel"):
         assert "let hits = " + texts["hunt"].strip() in texts[name]
         assert "{{" not in texts[name]

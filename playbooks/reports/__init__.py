@@ -15,7 +15,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from playbooks.models import ActionKind, ActionStatus, RunReport, ServiceRequest
+from playbooks.models import (
+    ActionKind,
+    ActionStatus,
+    FollowOnActivity,
+    RunReport,
+    ServiceRequest,
+)
 from playbooks.whatif import PlannedItem, Thresholds, WhatIf
 
 SCHEMA_PATH = Path(str(files("playbooks") / "reports" / "report.schema.json"))
@@ -184,6 +190,32 @@ def relative(minutes_before: float) -> str:
     shown = f"{amount:g}" if amount >= 1 else f"{round(amount * 60)} s"
     unit = "" if amount < 1 else " min"
     return f"{shown}{unit} {'before' if minutes_before >= 0 else 'after'}"
+
+
+def follow_on_lines(activity: FollowOnActivity | None) -> list[str]:
+    """What a stolen token did next, in sentences: one per area, one for the session."""
+    if activity is None:
+        return []
+    lines = []
+    for area in activity.graph_activity:
+        samples = "; ".join(area.samples[:3])
+        lines.append(
+            f"after the sign-in the token touched {area.area}: {area.requests} Graph "
+            f"request(s) ({', '.join(area.methods) or '?'}) from {', '.join(area.ip_addresses) or '?'}"
+            + (f", e.g. {samples}" if samples else "")
+        )
+    if not activity.graph_activity:
+        lines.append("no Graph requests with this sign-in's token were logged")
+    session = activity.session
+    if session is not None:
+        lines.append(
+            f"{session.sign_ins} later non-interactive sign-in(s) in the same session to "
+            f"{', '.join(session.resources) or '?'} via {', '.join(session.apps) or '?'} from "
+            f"{', '.join(session.ip_addresses) or '?'} ({', '.join(session.countries) or '??'})"
+        )
+    if not activity.complete:
+        lines.append("a follow-on query failed or was partial: more may have happened")
+    return lines
 
 
 def report_schema() -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from playbooks.models import Finding, RunReport, Tier
 from playbooks.reports import (
     ReportContext,
+    follow_on_lines,
     planned_words,
     relative,
     request_body,
@@ -102,6 +103,8 @@ def to_markdown(
         lines += [
             f"### {query.name} — {query.row_count} row(s), {query.duration_ms} ms, {query.status.value}",
             "",
+            *([f"Ran in {query.source} ({query.phase} step).", ""] if query.source and query.phase else []),
+            *([f"{query.detail}.", ""] if query.detail else []),
             "```kql",
             query.text.rstrip(),
             "```",
@@ -213,4 +216,7 @@ def _finding(finding: Finding, report: RunReport) -> list[str]:
                 f" via {click.workload or 'unknown'}"
             )
         lines.append("")
+    follow = follow_on_lines(finding.follow_on)
+    if follow:
+        lines += ["What happened next:", ""] + [f"- {line}" for line in follow] + [""]
     return lines

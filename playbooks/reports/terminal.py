@@ -12,6 +12,7 @@ from rich.text import Text
 from playbooks.models import ActionStatus, Finding, RunReport, RunStatus, Tier
 from playbooks.reports import (
     ReportContext,
+    follow_on_lines,
     planned_words,
     relative,
     request_body,
@@ -228,6 +229,8 @@ def _finding_panel(finding: Finding) -> Panel:
                 f"; {'reached' if click.reached else 'not reached'}]"
             )
         )
+    for line in follow_on_lines(finding.follow_on):
+        parts.append(Text(f"next  {line}", style="yellow"))
     title = Text.assemble(
         (finding.user_principal_name, "bold"),
         "  ",
