@@ -9,6 +9,7 @@ error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -18,13 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
-import duckdb_kql
 from rich.console import Console
 
-from connectors.exports.loader import ExportLoader, LoadSummary
+from connectors.exports.database import LoadedExports, load_exports
+from connectors.exports.loader import LoadSummary
 from connectors.exports.local import LocalKqlSource
 from playbooks import logs
 from playbooks.audit import AuditLog
@@ -98,6 +99,19 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as Markdown.")
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE.duckdb",
+    help="Keep the loaded tables in this DuckDB file; a later hunt over the same, "
+    "unchanged files reuses them instead of parsing the files again.",
+)
+@click.option(
+    "--skip-bad-records",
+    is_flag=True,
+    help="Leave out records that cannot be read (and files in no known shape), "
+    "count them and say so, instead of stopping.",
+)
 @pass_app
 def hunt(
     app: App,
@@ -111,6 +125,8 @@ def hunt(
     as_json: bool,
     output: Path | None,
     markdown: Path | None,
+    cache: Path | None,
+    skip_bad_records: bool,
 ) -> None:
     """Hunt a time window for device code phishing and show what would be done."""
     settings = app.settings()
@@ -126,13 +142,21 @@ def hunt(
     if kind != "files" or not argument:
         raise click.BadParameter("use files:DIR (a directory of exported logs)", param_hint="--source")
     directory = Path(argument)
-    with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
-        con, summary = _load(app, directory)
-    source = LocalKqlSource(con, now=now, origin=f"exported files in {directory}")
-    request = RunRequest(
-        trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=tuple(summary.warnings)
-    )
-    report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
+    with contextlib.ExitStack() as stack:
+        with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
+            loaded = stack.enter_context(
+                _load(app, directory, cache=cache, skip_bad_records=skip_bad_records)
+            )
+        source = LocalKqlSource(loaded.con, now=now, origin=f"exported files in {directory}")
+        request = RunRequest(
+            trigger="cli:hunt",
+            mode=run_mode,
+            window=window,
+            now=now,
+            users=scope,
+            warnings=tuple(loaded.summary.warnings),
+        )
+        report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
     _emit(app, report, as_json=as_json, output=output, markdown=markdown)
     _exit_for(report)
 
@@ -180,18 +204,21 @@ def exercise(
                 with (directory / f"{table}.jsonl").open("w", encoding="utf-8") as handle:
                     handle.writelines(json.dumps(row) + "\n" for row in rows)
         trigger = f"exercise:{scenario.name}"
-        with _failed_runs_audited(audit, trigger=trigger, mode=Mode.DRY_RUN):
-            con, summary = _load(app, directory)
-    clock = scenario.clock
-    source = LocalKqlSource(con, now=clock, origin=f"scenario {scenario.name} ({path.name})")
-    request = RunRequest(
-        trigger=trigger,
-        mode=Mode.DRY_RUN,
-        window=Window(start=clock - scenario.since, end=clock),
-        now=clock,
-        warnings=tuple(summary.warnings),
-    )
-    report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
+        with contextlib.ExitStack() as stack:
+            with _failed_runs_audited(audit, trigger=trigger, mode=Mode.DRY_RUN):
+                loaded = stack.enter_context(_load(app, directory))
+            clock = scenario.clock
+            source = LocalKqlSource(
+                loaded.con, now=clock, origin=f"scenario {scenario.name} ({path.name})"
+            )
+            request = RunRequest(
+                trigger=trigger,
+                mode=Mode.DRY_RUN,
+                window=Window(start=clock - scenario.since, end=clock),
+                now=clock,
+                warnings=tuple(loaded.summary.warnings),
+            )
+            report = asyncio.run(Runner(playbook, settings, source, audit).run(request))
     problems = check_expected(scenario, report)
 
     target = markdown or Path("reports") / f"{scenario.name}.md"
@@ -244,17 +271,43 @@ def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
 # -- helpers -------------------------------------------------------------------
 
 
-def _load(app: App, directory: Path) -> tuple[Any, LoadSummary]:
-    con = duckdb_kql.connect()
-    with app.err.status(f"loading exports from {directory}…") as status:
+@contextmanager
+def _load(
+    app: App, directory: Path, *, cache: Path | None = None, skip_bad_records: bool = False
+) -> Iterator[LoadedExports]:
+    with contextlib.ExitStack() as stack:
+        with app.err.status(f"loading exports from {directory}…") as status:
 
-        def progress(name: str, rows: int) -> None:
-            status.update(f"loaded {name} ({rows:,} rows)…")
+            def progress(name: str, rows: int) -> None:
+                status.update(f"loaded {name} ({rows:,} rows)…")
 
-        summary = ExportLoader(con, on_progress=progress).load_directory(directory)
-    loaded = ", ".join(f"{table} {rows:,}" for table, rows in sorted(summary.rows.items()))
-    app.err.print(f"loaded {len(summary.files)} file(s): {loaded or 'no rows'}", style="dim")
-    return con, summary
+            loaded = stack.enter_context(
+                load_exports(
+                    directory,
+                    cache=cache,
+                    skip_bad_records=skip_bad_records,
+                    on_progress=progress,
+                )
+            )
+        _print_load(app, loaded)
+        yield loaded
+
+
+def _print_load(app: App, loaded: LoadedExports) -> None:
+    summary: LoadSummary = loaded.summary
+    if loaded.reused:
+        app.err.print(f"reused the tables cached in {loaded.database}", style="dim")
+    for item in summary.files:
+        tables = ", ".join(f"{table} {rows:,}" for table, rows in sorted(item.tables.items()))
+        line = f"  {Path(item.path).name}: {item.shape} ({item.framing}): {tables or 'no rows'}"
+        if item.skipped:
+            skipped = ", ".join(f"{name} {count:,}" for name, count in sorted(item.skipped.items()))
+            line += f"; skipped, not read by tokenward: {skipped}"
+        if item.bad_records:
+            line += f"; {item.bad_records:,} bad record(s) left out, first: {item.problem}"
+        app.err.print(line, style="dim", markup=False, highlight=False)
+    totals = ", ".join(f"{table} {rows:,}" for table, rows in sorted(summary.rows.items()))
+    app.err.print(f"loaded {len(summary.files)} file(s): {totals or 'no rows'}", style="dim")
 
 
 def _playbook_with(settings: Settings, overrides: Sequence[str]) -> Playbook:

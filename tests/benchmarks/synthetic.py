@@ -92,9 +92,12 @@ class GeneratedExport:
     start: str
     end: str
 
-    def write_manifest(self) -> None:
-        path = Path(self.directory) / "manifest.json"
+    def write_manifest(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read_manifest(cls, path: Path) -> GeneratedExport:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
 def generate(directory: Path, *, sign_ins: int) -> GeneratedExport:
@@ -435,5 +438,4 @@ def generate(directory: Path, *, sign_ins: int) -> GeneratedExport:
         start=START.isoformat(),
         end=END.isoformat(),
     )
-    made.write_manifest()
     return made
