@@ -9,11 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncio
+from datetime import datetime
+
 import duckdb_kql
 import pytest
 
 from connectors.exports.loader import ExportLoader
+from connectors.exports.local import LocalKqlSource
 from playbooks.audit import AuditLog
+from playbooks.engine import RunRequest, Runner
+from playbooks.models import Mode, RunReport, Window
+from playbooks.playbook import load_playbook
+from playbooks.ports import RenderedQuery
+from playbooks.settings import Settings
 from playbooks.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,3 +88,38 @@ def requires_corpus() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         not CORPUS.is_dir(), reason=f"the public corpus is not beside the project ({CORPUS})"
     )
+
+
+def load_directory(directory: Path, **options: Any) -> tuple[Any, Any]:
+    """A fresh connection with *directory* loaded through the real loader."""
+    con = duckdb_kql.connect()
+    return con, ExportLoader(con, **options).load_directory(directory)
+
+
+def hunt_rows(con: Any, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The bundled hunt query's rows over *con*, as the engine receives them."""
+    playbook = load_playbook()
+    text = playbook.render("hunt", {"start": start, "end": end, "users": []})
+    source = LocalKqlSource(con, now=end, origin="test")
+    query = RenderedQuery(
+        name="hunt", tables=("SigninLogs",), text=text, window=Window(start=start, end=end)
+    )
+    (outcome,) = asyncio.run(source.run_queries([query]))
+    assert outcome.error is None, outcome.error
+    return outcome.rows
+
+
+def run_playbook(
+    con: Any,
+    audit_log: AuditLog,
+    start: datetime,
+    end: datetime,
+    settings: Settings | None = None,
+) -> RunReport:
+    """A dry run of the bundled playbook over *con*: hunt, correlate, score, plan."""
+    source = LocalKqlSource(con, now=end, origin="test")
+    request = RunRequest(
+        trigger="test", mode=Mode.DRY_RUN, window=Window(start=start, end=end), now=end
+    )
+    runner = Runner(load_playbook(), settings or Settings(), source, audit_log)
+    return asyncio.run(runner.run(request))

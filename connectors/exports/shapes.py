@@ -104,12 +104,17 @@ class Sniff:
 
     @property
     def named_table(self) -> TableSchema | None:
-        """The table the file, or the folder it is in, is named after."""
-        for name in (self.stem, self.path.parent.name.removeprefix("am-")):
-            table = table_named(name)
+        """The table the file, or a folder it is in, is named after.
+
+        Log Analytics data export writes ``am-<Table>/.../PT1H.json``.
+        """
+        table = table_named(self.stem)
+        for folder in self.path.parents:
             if table is not None:
-                return table
-        return None
+                break
+            name = folder.name
+            table = table_named(name.removeprefix("am-")) if name else None
+        return table
 
 
 def sniff(path: Path) -> Sniff:
@@ -875,7 +880,7 @@ class LogAnalyticsApi:
         )
         reader = _read_json(sniff, {"tables": shape}, json_format=head.duckdb_format)
         relation = (
-            "SELECT list_transform(result.columns, c -> c.name) AS __names, "
+            "SELECT list_transform(result.columns, lambda c: c.name) AS __names, "
             "unnest(result.rows) AS __row "
             f"FROM (SELECT unnest(tables) AS result FROM {reader})"
         )
