@@ -147,30 +147,50 @@ class ExportLoader:
             "SELECT current_setting('preserve_insertion_order')"
         ).fetchone()
         self._con.execute("SET preserve_insertion_order = false")
-        self._con.execute("BEGIN TRANSACTION")
         try:
-            for path in paths:
-                self._load_into(summary, path)
-            self._describe(summary)
-        except BaseException:
-            self._con.execute("ROLLBACK")
-            raise
+            if self._skip:
+                self._load_each(summary, paths)
+            else:
+                self._load_all(summary, paths)
         finally:
             keep = bool(ordered[0]) if ordered else True
             with contextlib.suppress(Exception):
                 self._con.execute(f"SET preserve_insertion_order = {str(keep).lower()}")
-        self._con.execute("COMMIT")
         return summary
 
-    def _load_into(self, summary: LoadSummary, path: Path) -> None:
+    def _load_all(self, summary: LoadSummary, paths: Iterable[Path]) -> None:
+        # One transaction: a file that cannot be read leaves nothing loaded.
+        self._con.execute("BEGIN TRANSACTION")
         try:
-            loaded = self._load_file(path)
-        except UnreadableExport as refused:
-            if not self._skip:
+            for path in paths:
+                self._add(summary, self._load_file(path))
+            self._describe(summary)
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
+
+    def _load_each(self, summary: LoadSummary, paths: Iterable[Path]) -> None:
+        # A transaction per file: one that cannot be read at all is left out
+        # whole, and said so, while the others load.
+        for path in paths:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                loaded = self._load_file(path)
+            except ExportError as refused:
+                self._con.execute("ROLLBACK")
+                logger.warning("left out %s: %s", path.name, refused.message)
+                summary.skipped_files.append(str(refused))
+                continue
+            except BaseException:
+                self._con.execute("ROLLBACK")
                 raise
-            logger.warning("skipped %s: %s", path.name, refused.message)
-            summary.skipped_files.append(str(refused))
-            return
+            self._con.execute("COMMIT")
+            self._add(summary, loaded)
+        self._describe(summary)
+
+    @staticmethod
+    def _add(summary: LoadSummary, loaded: FileLoad) -> None:
         summary.files.append(loaded)
         for table, count in loaded.tables.items():
             summary.rows[table] = summary.rows.get(table, 0) + count
@@ -362,12 +382,15 @@ class ExportLoader:
         if not options.skip_bad_records:
             return 0, None
         table = quote_identifier(options.rejects_table)
-        try:
-            found = self._con.execute(
-                f"SELECT count(DISTINCT line), min(line), min(error_message) FROM {table}"
-            ).fetchone()
-        except Exception:  # no rejects table: nothing was rejected
+        exists = self._con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+            [options.rejects_table],
+        ).fetchone()
+        if not exists or not exists[0]:
             return 0, None
+        found = self._con.execute(
+            f"SELECT count(DISTINCT line), min(line), min(error_message) FROM {table}"
+        ).fetchone()
         for name in (options.rejects_table, options.rejects_table + "_scan"):
             with contextlib.suppress(Exception):
                 self._con.execute(f"DROP TABLE IF EXISTS {quote_identifier(name)}")
