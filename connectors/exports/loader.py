@@ -559,8 +559,15 @@ def _is_document(path: Path) -> bool:
 
 
 def _first_line_holding(path: Path, value: str) -> int | None:
-    needle = value.lower()
+    # The value as DuckDB printed it may differ from the file in whitespace and
+    # in JSON escaping (a JSON text cell is a quoted string in the file).
+    needles = {_squeezed(value), _squeezed(json.dumps(value)[1:-1])} - {""}
     for number, text in _lines(path):
-        if needle in text.lower():
+        line = _squeezed(text)
+        if any(needle in line for needle in needles):
             return number
     return None
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text).lower()

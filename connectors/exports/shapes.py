@@ -335,7 +335,7 @@ def json_head(sniff: Sniff, *, lenient_lines: bool = False) -> JsonHead | None:
         rest = _skip_space(body, end)
         framing = "json-document"
         if rest < len(body):
-            if body[rest] != "{":
+            if body[rest] != "{" and not lenient_lines:
                 raise broken(json.JSONDecodeError("Extra data", body, rest))
             framing = "json-lines"
             if not lenient_lines:
