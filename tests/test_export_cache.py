@@ -94,11 +94,12 @@ def test_a_database_that_is_not_a_cache_is_never_overwritten(tmp_path: Path, exp
         assert con.execute("SELECT note FROM notes").fetchone() == ("keep me",)
 
 
-def test_without_a_cache_the_temporary_database_is_removed(export: Path) -> None:
+def test_without_a_cache_the_temporary_spill_folder_is_removed(export: Path) -> None:
     with load_exports(export) as loaded:
-        database = loaded.database
-        assert database.exists()
-    assert not database.parent.exists()
+        spill = loaded.database
+        assert spill.is_dir()
+        assert loaded.con.execute("SELECT current_setting('temp_directory')").fetchone() == (str(spill),)
+    assert not spill.exists()
 
 
 HUNT = ["hunt", "--start", "2026-01-15T00:00:00Z", "--end", "2026-01-16T00:00:00Z", "--now", "2026-01-16T00:00:00Z", "--json"]

@@ -1,12 +1,14 @@
 """The DuckDB database exports are loaded into, and the cache that keeps it.
 
-Loaded tables always live in a DuckDB *file*: DuckDB compresses each row group
-as it writes it and keeps no more than ``memory_limit`` in memory, so a month
-of a large tenant's sign-ins loads without holding it all in RAM. Without a
-cache the file is temporary; with one (``tokenward hunt --cache FILE``) it is
-kept, keyed by every export file's path, size and modification time and by
-tokenward's schema version, so a second hunt over the same export opens the
-tables instead of parsing the files again.
+DuckDB holds no more than ``memory_limit`` of the loaded tables in memory and
+spills the rest to temporary files, so a month of a large tenant's sign-ins
+loads without holding it all in RAM. Without a cache the tables live in an
+in-memory database (spilling to a temporary folder removed afterwards): the
+fastest way to load, hunt and forget. With one (``tokenward hunt --cache
+FILE``) they are written, compressed, to a DuckDB file keyed by every export
+file's path, size and modification time and by tokenward's schema version, so
+a second hunt over the same export opens the tables instead of parsing the
+files again.
 """
 
 from __future__ import annotations
@@ -44,14 +46,23 @@ class LoadedExports:
     con: Any
     summary: LoadSummary
     reused: bool
+    # The cache file, or the temporary folder an in-memory load spills to.
     database: Path
 
 
-def connect(path: Path, *, memory_limit: str = MEMORY_LIMIT) -> Any:
-    """A DuckDB connection to *path* set up for KQL and for bounded memory."""
-    con = duckdb_kql.connect(str(path))
+def connect(
+    path: Path | None, *, memory_limit: str = MEMORY_LIMIT, spill: Path | None = None
+) -> Any:
+    """A DuckDB connection to *path* (in memory if None), with bounded memory.
+
+    What does not fit in *memory_limit* goes to *spill*, by default a folder
+    beside the database file.
+    """
+    con = duckdb_kql.connect(str(path) if path else ":memory:")
+    folder = spill or (path.with_name(path.name + ".tmp") if path else None)
     con.execute(f"SET memory_limit = '{_checked_limit(memory_limit)}'")
-    con.execute(f"SET temp_directory = '{_sql_path(path.parent / (path.name + '.tmp'))}'")
+    if folder is not None:
+        con.execute(f"SET temp_directory = '{_sql_path(folder)}'")
     return con
 
 
@@ -90,10 +101,9 @@ def load_exports(
 
     if cache is None:
         folder = Path(tempfile.mkdtemp(prefix="tokenward-exports-"))
-        database = folder / "exports.duckdb"
-        con = connect(database, memory_limit=memory_limit)
+        con = connect(None, memory_limit=memory_limit, spill=folder)
         try:
-            yield LoadedExports(con, loader(con), reused=False, database=database)
+            yield LoadedExports(con, loader(con), reused=False, database=folder)
         finally:
             con.close()
             shutil.rmtree(folder, ignore_errors=True)
