@@ -24,7 +24,7 @@ from typing import NoReturn
 import click
 from rich.console import Console
 
-from connectors.exports.database import LoadedExports, load_exports
+from connectors.exports.database import MEMORY_LIMIT, LoadedExports, load_exports, memory_bytes
 from connectors.exports.loader import LoadSummary
 from connectors.exports.local import LocalKqlSource
 from playbooks import logs
@@ -107,6 +107,14 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
     "unchanged files reuses them instead of parsing the files again.",
 )
 @click.option(
+    "--memory-limit",
+    default="1GB",
+    show_default=True,
+    metavar="SIZE",
+    help="What DuckDB may hold in memory. Exports whose tables fit load in memory "
+    "(fastest); larger ones load into a compressed temporary file.",
+)
+@click.option(
     "--skip-bad-records",
     is_flag=True,
     help="Leave out records that cannot be read (and files in no known shape), "
@@ -126,6 +134,7 @@ def hunt(
     output: Path | None,
     markdown: Path | None,
     cache: Path | None,
+    memory_limit: str,
     skip_bad_records: bool,
 ) -> None:
     """Hunt a time window for device code phishing and show what would be done."""
@@ -145,7 +154,13 @@ def hunt(
     with contextlib.ExitStack() as stack:
         with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
             loaded = stack.enter_context(
-                _load(app, directory, cache=cache, skip_bad_records=skip_bad_records)
+                _load(
+                    app,
+                    directory,
+                    cache=cache,
+                    skip_bad_records=skip_bad_records,
+                    memory_limit=memory_limit,
+                )
             )
         source = LocalKqlSource(loaded.con, now=now, origin=f"exported files in {directory}")
         request = RunRequest(
@@ -273,8 +288,17 @@ def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
 
 @contextmanager
 def _load(
-    app: App, directory: Path, *, cache: Path | None = None, skip_bad_records: bool = False
+    app: App,
+    directory: Path,
+    *,
+    cache: Path | None = None,
+    skip_bad_records: bool = False,
+    memory_limit: str = MEMORY_LIMIT,
 ) -> Iterator[LoadedExports]:
+    try:
+        memory_bytes(memory_limit)
+    except ValueError as failure:
+        raise click.BadParameter(str(failure), param_hint="--memory-limit") from None
     with contextlib.ExitStack() as stack:
         with app.err.status(f"loading exports from {directory}…") as status:
 
@@ -287,6 +311,7 @@ def _load(
                     cache=cache,
                     skip_bad_records=skip_bad_records,
                     on_progress=progress,
+                    memory_limit=memory_limit,
                 )
             )
         _print_load(app, loaded)

@@ -10,6 +10,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from connectors.exports import database
 from connectors.exports.database import load_exports
 from playbooks.cli import cli
 from playbooks.errors import ExportError
@@ -94,12 +95,30 @@ def test_a_database_that_is_not_a_cache_is_never_overwritten(tmp_path: Path, exp
         assert con.execute("SELECT note FROM notes").fetchone() == ("keep me",)
 
 
-def test_without_a_cache_the_temporary_spill_folder_is_removed(export: Path) -> None:
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_without_a_cache_the_load_leaves_nothing_behind(
+    export: Path, in_memory: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "fits_in_memory", lambda files, limit: in_memory)
     with load_exports(export) as loaded:
-        spill = loaded.database
-        assert spill.is_dir()
-        assert loaded.con.execute("SELECT current_setting('temp_directory')").fetchone() == (str(spill),)
-    assert not spill.exists()
+        where = loaded.con.execute("SELECT path FROM duckdb_databases() WHERE NOT internal").fetchone()
+        assert (where == (None,)) is in_memory
+        assert rows(loaded.con) == 2
+        folder = loaded.database if in_memory else loaded.database.parent
+    assert not folder.exists()
+
+
+def test_tables_load_in_memory_only_when_they_fit_the_limit(export: Path) -> None:
+    files = list(export.iterdir())
+    size = sum(path.stat().st_size for path in files)
+    assert database.fits_in_memory(files, f"{size * 2}B")
+    assert not database.fits_in_memory(files, f"{size // 2}B")
+    assert database.memory_bytes("1.5GiB") == int(1.5 * 2**30)
+
+
+def test_a_memory_limit_that_is_no_size_is_refused(export: Path) -> None:
+    with pytest.raises(ValueError, match="not a memory size"), load_exports(export, memory_limit="lots"):
+        pass
 
 
 HUNT = ["hunt", "--start", "2026-01-15T00:00:00Z", "--end", "2026-01-16T00:00:00Z", "--now", "2026-01-16T00:00:00Z", "--json"]

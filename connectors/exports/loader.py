@@ -437,8 +437,9 @@ def _same_table(read: FileRead) -> str:
     name = read.table.name
     route = read.route
     return (
-        f"CASE WHEN nullif({route}, '') IS NULL OR lower({route}) = "
-        f"{sql_string(name.lower())} THEN true ELSE error('column Type holds ' || "
+        f"CASE WHEN {route} = {sql_string(name)} OR nullif({route}, '') IS NULL "
+        f"OR lower({route}) = {sql_string(name.lower())} THEN true "
+        "ELSE error('column Type holds ' || "
         f"{route} || ', which is not {name}: a file named after a table holds only "
         "its records (rename it to load each record by its Type)') END"
     )
@@ -456,16 +457,19 @@ def _route_filter(read: FileRead, names: list[str | None]) -> str:
 
 
 def _empty_columns(con: Any, table: TableSchema) -> list[str]:
-    checks = ", ".join(
-        (
-            f"count(*) FILTER (WHERE {quote_identifier(name)} <> '')"
+    # One probe per column that stops at its first value: a column with values
+    # costs a row or two to read, not a scan of the table.
+    probes = ", ".join(
+        f"EXISTS (SELECT 1 FROM {quote_identifier(table.name)} WHERE "
+        + (
+            f"{quote_identifier(name)} <> '')"
             if kind is Kind.STRING
-            else f"count({quote_identifier(name)})"
+            else f"{quote_identifier(name)} IS NOT NULL)"
         )
         for name, kind in table.columns.items()
     )
-    row = con.execute(f"SELECT {checks} FROM {quote_identifier(table.name)}").fetchone()
-    return [name for name, count in zip(table.columns, row or (), strict=False) if not count]
+    row = con.execute(f"SELECT {probes}").fetchone()
+    return [name for name, seen in zip(table.columns, row or (), strict=False) if not seen]
 
 
 # -- where a failure is --------------------------------------------------------------

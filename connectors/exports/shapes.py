@@ -140,6 +140,16 @@ def sniff(path: Path) -> Sniff:
         ) from None
 
 
+def exported_size(path: Path) -> int:
+    """The bytes of exported text in *path*, uncompressed."""
+    with path.open("rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    size = _gzip_size(path) if compressed else None
+    # A gzip member's recorded size wraps at 4 GiB; compressed text is rarely
+    # less than a tenth of the original.
+    return max(size or 0, path.stat().st_size * (10 if compressed else 1))
+
+
 def _gzip_size(path: Path) -> int | None:
     # The last four bytes of a gzip member hold its size modulo 2**32.
     with path.open("rb") as raw:
