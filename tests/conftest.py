@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import asyncio
-from datetime import datetime
 
 import duckdb_kql
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from connectors.exports.loader import ExportLoader
 from connectors.exports.local import LocalKqlSource
 from playbooks.audit import AuditLog
-from playbooks.engine import RunRequest, Runner
+from playbooks.engine import Runner, RunRequest
 from playbooks.models import Mode, RunReport, Window
 from playbooks.playbook import load_playbook
 from playbooks.ports import RenderedQuery
@@ -40,7 +39,11 @@ def no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
         try:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
-            loopback = host == "localhost" or isinstance(host, bytes | str) and str(host).startswith("/")
+            loopback = (
+                host == "localhost"
+                or isinstance(host, bytes | str)
+                and str(host).startswith("/")
+            )
         if not loopback:
             raise AssertionError(f"a test tried to reach {address!r}")
         return real_connect(self, address)
@@ -53,12 +56,16 @@ def audit_log(tmp_path: Path) -> AuditLog:
     return AuditLog(open_store(f"sqlite:///{tmp_path / 'state.db'}"))
 
 
-def write_table(directory: Path, table: str, rows: list[dict[str, Any]], *, lines: bool = True) -> Path:
+def write_table(
+    directory: Path, table: str, rows: list[dict[str, Any]], *, lines: bool = True
+) -> Path:
     """Rows as a Log Analytics export file named after the table."""
     directory.mkdir(parents=True, exist_ok=True)
     if lines:
         path = directory / f"{table}.jsonl"
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8"
+        )
     else:
         path = directory / f"{table}.json"
         path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
@@ -86,7 +93,8 @@ def load_tables(tmp_path: Path) -> Iterator[Any]:
 
 def requires_corpus() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
-        not CORPUS.is_dir(), reason=f"the public corpus is not beside the project ({CORPUS})"
+        not CORPUS.is_dir(),
+        reason=f"the public corpus is not beside the project ({CORPUS})",
     )
 
 
@@ -102,7 +110,10 @@ def hunt_rows(con: Any, start: datetime, end: datetime) -> list[dict[str, Any]]:
     text = playbook.render("hunt", {"start": start, "end": end, "users": []})
     source = LocalKqlSource(con, now=end, origin="test")
     query = RenderedQuery(
-        name="hunt", tables=("SigninLogs",), text=text, window=Window(start=start, end=end)
+        name="hunt",
+        tables=("SigninLogs",),
+        text=text,
+        window=Window(start=start, end=end),
     )
     (outcome,) = asyncio.run(source.run_queries([query]))
     assert outcome.error is None, outcome.error

@@ -90,13 +90,19 @@ def _write(path: Path, text: str, *, gz: bool) -> Path:
     return path
 
 
-def log_analytics_json(directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False) -> Path:
+def log_analytics_json(
+    directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False
+) -> Path:
     """JSON lines named after the table, each row carrying its ``Type``."""
-    lines = [json.dumps({**_as_text_columns(table, row), "Type": table}) for row in rows]
+    lines = [
+        json.dumps({**_as_text_columns(table, row), "Type": table}) for row in rows
+    ]
     return _write(directory / f"{table}.jsonl", "\n".join(lines) + "\n", gz=gz)
 
 
-def log_analytics_array(directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False) -> Path:
+def log_analytics_array(
+    directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False
+) -> Path:
     """A pretty-printed JSON array named after nothing: each row's Type says."""
     body = [{**_as_text_columns(table, row), "Type": table} for row in rows]
     return _write(directory / "query-results.json", json.dumps(body, indent=2), gz=gz)
@@ -113,7 +119,9 @@ _API_TYPES = {
 }
 
 
-def log_analytics_api(directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False) -> Path:
+def log_analytics_api(
+    directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False
+) -> Path:
     """Query API results; dynamic values are JSON text, as the API sends them."""
     schema = TABLES[table]
     names = sorted({column for row in rows for column in row} | {"Type"})
@@ -131,7 +139,9 @@ def log_analytics_api(directory: Path, table: str, rows: Sequence[Row], *, gz: b
                 value = json.dumps(value)
             cells.append(value)
         values.append(cells)
-    document = {"tables": [{"name": "PrimaryResult", "columns": columns, "rows": values}]}
+    document = {
+        "tables": [{"name": "PrimaryResult", "columns": columns, "rows": values}]
+    }
     return _write(directory / "api-response.json", json.dumps(document), gz=gz)
 
 
@@ -145,7 +155,9 @@ def portal_time(value: str) -> str:
     )
 
 
-def portal_csv(directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False) -> Path:
+def portal_csv(
+    directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False
+) -> Path:
     """The portal's "Export to CSV": [UTC] headers, _dynamic/_string pairs, TRUE."""
     schema = TABLES[table]
     names = sorted({column for row in rows for column in row} | {"Type"})
@@ -171,7 +183,14 @@ def portal_csv(directory: Path, table: str, rows: Sequence[Row], *, gz: bool = F
                 cells.append(portal_time(value) if value else "")
             elif kind is Kind.DYNAMIC:
                 # Pretty-printed, so the cell spans lines as in real exports.
-                cells.extend([json.dumps(_json_value(value), indent=2) if value is not None else "", ""])
+                cells.extend(
+                    [
+                        json.dumps(_json_value(value), indent=2)
+                        if value is not None
+                        else "",
+                        "",
+                    ]
+                )
             elif isinstance(value, bool):
                 cells.append("TRUE" if value else "FALSE")
             elif isinstance(value, dict | list):
@@ -188,7 +207,13 @@ def _camel(row: Row) -> Row:
         name = CAMEL.get(column)
         if name is None:
             continue
-        if column in ("DeviceDetail", "LocationDetails", "Status", "RiskEventTypes", "RiskEventTypes_V2"):
+        if column in (
+            "DeviceDetail",
+            "LocationDetails",
+            "Status",
+            "RiskEventTypes",
+            "RiskEventTypes_V2",
+        ):
             value = _json_value(value)
         properties[name] = value
     properties.setdefault("createdDateTime", row.get("TimeGenerated"))
@@ -223,12 +248,16 @@ def diagnostic_records(
         for row in rows
     ]
     if envelope:
-        return _write(directory / "PT1H.json", json.dumps({"records": records}, indent=1), gz=gz)
+        return _write(
+            directory / "PT1H.json", json.dumps({"records": records}, indent=1), gz=gz
+        )
     text = "\n".join(json.dumps(record) for record in records) + "\n"
     return _write(directory / "eventhub.log", text, gz=gz)
 
 
-def graph_sign_ins(directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False) -> Path:
+def graph_sign_ins(
+    directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False
+) -> Path:
     """Graph ``GET /auditLogs/signIns``; beta says which kind each sign-in is."""
     kind = "interactiveUser" if table == "SigninLogs" else "nonInteractiveUser"
     value = [{**_camel(row), "signInEventTypes": [kind]} for row in rows]
@@ -251,7 +280,9 @@ SIGN_IN_SHAPES: dict[str, Writer] = {
 }
 
 
-def defender_streaming(directory: Path, tables: dict[str, Sequence[Row]], *, envelope: bool = False) -> Path:
+def defender_streaming(
+    directory: Path, tables: dict[str, Sequence[Row]], *, envelope: bool = False
+) -> Path:
     """Defender XDR streaming records: AdvancedHunting-<Table>, PascalCase properties."""
     records = [
         {
@@ -265,5 +296,11 @@ def defender_streaming(directory: Path, tables: dict[str, Sequence[Row]], *, env
         for row in rows
     ]
     if envelope:
-        return _write(directory / "defender.json", json.dumps({"records": records}), gz=False)
-    return _write(directory / "defender.log", "\n".join(json.dumps(r) for r in records) + "\n", gz=False)
+        return _write(
+            directory / "defender.json", json.dumps({"records": records}), gz=False
+        )
+    return _write(
+        directory / "defender.log",
+        "\n".join(json.dumps(r) for r in records) + "\n",
+        gz=False,
+    )

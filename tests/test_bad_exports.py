@@ -37,8 +37,13 @@ def good_lines(count: int = PADDING) -> list[str]:
 
 
 def test_a_truncated_json_line_deep_in_a_file_names_its_line(tmp_path: Path) -> None:
-    lines(tmp_path / "SigninLogs.jsonl", [*good_lines(), '{"TimeGenerated": "2026-01-15', *good_lines(3)])
-    with pytest.raises(ExportError, match=rf"SigninLogs.jsonl:{PADDING + 1}: .*not valid JSON"):
+    lines(
+        tmp_path / "SigninLogs.jsonl",
+        [*good_lines(), '{"TimeGenerated": "2026-01-15', *good_lines(3)],
+    )
+    with pytest.raises(
+        ExportError, match=rf"SigninLogs.jsonl:{PADDING + 1}: .*not valid JSON"
+    ):
         load_directory(tmp_path)
 
 
@@ -48,45 +53,88 @@ def test_a_csv_with_a_broken_quote_names_its_line(tmp_path: Path) -> None:
         '"1/15/2026, 9:24:58.000 AM",a@contoso.com,deviceCode\n'
         '"1/15/2026, 9:25:58.000 AM","b@contoso.com,deviceCode\n'
     )
-    with pytest.raises(ExportError, match=r"SigninLogs.csv:3: cannot load it as SigninLogs: .*unterminated quote"):
+    with pytest.raises(
+        ExportError,
+        match=r"SigninLogs.csv:3: cannot load it as SigninLogs: .*unterminated quote",
+    ):
         load_directory(tmp_path)
 
 
 @pytest.mark.parametrize(
     ("column", "value", "expected"),
     [
-        ("TimeGenerated", "last tuesday", "column TimeGenerated holds last tuesday, which is not a time"),
+        (
+            "TimeGenerated",
+            "last tuesday",
+            "column TimeGenerated holds last tuesday, which is not a time",
+        ),
         ("TimeGenerated", "13/01/2026 09:24:58", ".*, which is not a time"),
-        ("IsInteractive", "maybe", "column IsInteractive holds maybe, which is not a bool"),
-        ("UserPrincipalName", {"upn": "a@contoso.com"}, "column UserPrincipalName holds .*, which is not a single value"),
-        ("DurationMs", "12 ms", "column DurationMs holds 12 ms, which is not an integer"),
-        ("DeviceDetail", '{"isCompliant": tru', "column DeviceDetail holds .*, which is not JSON"),
+        (
+            "IsInteractive",
+            "maybe",
+            "column IsInteractive holds maybe, which is not a bool",
+        ),
+        (
+            "UserPrincipalName",
+            {"upn": "a@contoso.com"},
+            "column UserPrincipalName holds .*, which is not a single value",
+        ),
+        (
+            "DurationMs",
+            "12 ms",
+            "column DurationMs holds 12 ms, which is not an integer",
+        ),
+        (
+            "DeviceDetail",
+            '{"isCompliant": tru',
+            "column DeviceDetail holds .*, which is not JSON",
+        ),
     ],
 )
 def test_a_wrong_type_in_a_column_the_hunt_uses_names_the_line_and_value(
     tmp_path: Path, column: str, value: object, expected: str
 ) -> None:
-    lines(tmp_path / "SigninLogs.jsonl", [*good_lines(5), json.dumps({**GOOD, column: value}), *good_lines(5)])
-    with pytest.raises(ExportError, match=rf"SigninLogs.jsonl:6: cannot load it as SigninLogs: {expected}"):
+    lines(
+        tmp_path / "SigninLogs.jsonl",
+        [*good_lines(5), json.dumps({**GOOD, column: value}), *good_lines(5)],
+    )
+    with pytest.raises(
+        ExportError,
+        match=rf"SigninLogs.jsonl:6: cannot load it as SigninLogs: {expected}",
+    ):
         load_directory(tmp_path)
 
 
 def test_a_record_without_its_time_is_refused(tmp_path: Path) -> None:
-    lines(tmp_path / "SigninLogs.jsonl", [json.dumps({"UserPrincipalName": "a@contoso.com"})])
+    lines(
+        tmp_path / "SigninLogs.jsonl",
+        [json.dumps({"UserPrincipalName": "a@contoso.com"})],
+    )
     with pytest.raises(ExportError, match="a record has no TimeGenerated"):
         load_directory(tmp_path)
 
 
 def test_a_file_in_no_known_shape_is_refused_at_its_first_line(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("incident notes\nnothing to load\n")
-    with pytest.raises(UnreadableExport, match=r"notes.txt:1: not an export tokenward can read"):
+    with pytest.raises(
+        UnreadableExport, match=r"notes.txt:1: not an export tokenward can read"
+    ):
         load_directory(tmp_path)
 
 
-def test_a_file_holding_only_tables_tokenward_does_not_read_is_refused(tmp_path: Path) -> None:
-    record = {"time": "2026-01-15T09:00:00Z", "category": "ServicePrincipalSignInLogs", "properties": {"appId": "x"}}
+def test_a_file_holding_only_tables_tokenward_does_not_read_is_refused(
+    tmp_path: Path,
+) -> None:
+    record = {
+        "time": "2026-01-15T09:00:00Z",
+        "category": "ServicePrincipalSignInLogs",
+        "properties": {"appId": "x"},
+    }
     lines(tmp_path / "PT1H.json", [json.dumps(record)] * 2)
-    with pytest.raises(UnreadableExport, match=r"holds only records of tables tokenward does not read: ServicePrincipalSignInLogs \(2\)"):
+    with pytest.raises(
+        UnreadableExport,
+        match=r"holds only records of tables tokenward does not read: ServicePrincipalSignInLogs \(2\)",
+    ):
         load_directory(tmp_path)
 
 
@@ -105,7 +153,9 @@ def test_skipping_leaves_out_bad_lines_and_counts_them(tmp_path: Path) -> None:
     assert summary.rows == {"SigninLogs": 5}
     assert summary.bad_records == 3
     assert con.execute("SELECT count(*) FROM SigninLogs").fetchone() == (5,)
-    assert any("3 bad record(s) were left out" in warning for warning in summary.warnings)
+    assert any(
+        "3 bad record(s) were left out" in warning for warning in summary.warnings
+    )
     (item,) = summary.files
     assert item.bad_records == 3 and item.problem
 
@@ -123,7 +173,9 @@ def test_skipping_leaves_out_a_broken_csv_row_and_counts_it(tmp_path: Path) -> N
     assert summary.bad_records == 2
 
 
-def test_skipping_leaves_out_a_file_in_no_known_shape_and_names_it(tmp_path: Path) -> None:
+def test_skipping_leaves_out_a_file_in_no_known_shape_and_names_it(
+    tmp_path: Path,
+) -> None:
     lines(tmp_path / "SigninLogs.jsonl", good_lines(2))
     (tmp_path / "notes.txt").write_text("incident notes\n")
     _, summary = load_directory(tmp_path, skip_bad_records=True)
@@ -134,7 +186,11 @@ def test_skipping_leaves_out_a_file_in_no_known_shape_and_names_it(tmp_path: Pat
 
 
 def test_skipping_counts_records_that_name_no_table(tmp_path: Path) -> None:
-    record = {"time": "2026-01-15T09:00:00Z", "category": "SignInLogs", "properties": {"userPrincipalName": "a@contoso.com"}}
+    record = {
+        "time": "2026-01-15T09:00:00Z",
+        "category": "SignInLogs",
+        "properties": {"userPrincipalName": "a@contoso.com"},
+    }
     lines(tmp_path / "PT1H.json", [json.dumps(record), "not json", json.dumps(record)])
     _, summary = load_directory(tmp_path, skip_bad_records=True)
     assert summary.rows == {"SigninLogs": 2}

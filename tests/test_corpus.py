@@ -103,7 +103,9 @@ def test_the_corpus_lists_no_file_this_test_does_not_know() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTS))
-def test_each_real_export_loads_its_tables_and_counts_what_it_skips(tmp_path: Path, name: str) -> None:
+def test_each_real_export_loads_its_tables_and_counts_what_it_skips(
+    tmp_path: Path, name: str
+) -> None:
     shape, tables, skipped = EXPORTS[name]
     _, summary = load_directory(copy(tmp_path, name))
     (item,) = summary.files
@@ -112,8 +114,17 @@ def test_each_real_export_loads_its_tables_and_counts_what_it_skips(tmp_path: Pa
 
 def test_real_sign_ins_load_with_their_field_types(tmp_path: Path) -> None:
     con, _ = load_directory(copy(tmp_path, *EXPORTS))
-    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE SigninLogs)").fetchall())
-    assert (types["TimeGenerated"], types["IsInteractive"], types["DeviceDetail"], types["ResultType"]) == (
+    types = dict(
+        con.execute(
+            "SELECT column_name, column_type FROM (DESCRIBE SigninLogs)"
+        ).fetchall()
+    )
+    assert (
+        types["TimeGenerated"],
+        types["IsInteractive"],
+        types["DeviceDetail"],
+        types["ResultType"],
+    ) == (
         "TIMESTAMP WITH TIME ZONE",
         "BOOLEAN",
         "JSON",
@@ -126,7 +137,14 @@ def test_real_sign_ins_load_with_their_field_types(tmp_path: Path) -> None:
         "Status->>'$.errorCode', Location FROM SigninLogs WHERE Category = 'SignInLogs' "
         "AND UserPrincipalName = 'adelev@m365x816222.onmicrosoft.com' ORDER BY TimeGenerated"
     ).fetchall()
-    assert csv_row[0] == (datetime(2021, 4, 28, 14, 8, 45, 221000, tzinfo=UTC), True, "0", "Edge 90.0.818", "0", "IL")
+    assert csv_row[0] == (
+        datetime(2021, 4, 28, 14, 8, 45, 221000, tzinfo=UTC),
+        True,
+        "0",
+        "Edge 90.0.818",
+        "0",
+        "IL",
+    )
     assert [row[2] for row in csv_row] == ["0", "0", "16000", "50058"]
 
     # Diagnostic settings: the 7-digit time with an offset, errorCode as an int,
@@ -136,7 +154,14 @@ def test_real_sign_ins_load_with_their_field_types(tmp_path: Path) -> None:
         "LocationDetails->>'$.countryOrRegion', IPAddress FROM SigninLogs "
         "WHERE UserPrincipalName = 'test@elastic.co'"
     ).fetchall()
-    assert raw == (datetime(2019, 10, 18, 9, 45, 48, 72989, tzinfo=UTC), "50140", "50140", False, "FR", "81.2.69.144")
+    assert raw == (
+        datetime(2019, 10, 18, 9, 45, 48, 72989, tzinfo=UTC),
+        "50140",
+        "50140",
+        False,
+        "FR",
+        "81.2.69.144",
+    )
 
     # The non-interactive table keeps its detail columns as JSON text.
     (compliant,) = con.execute(
@@ -146,8 +171,12 @@ def test_real_sign_ins_load_with_their_field_types(tmp_path: Path) -> None:
     assert json.loads(compliant[0])["isCompliant"] is True and compliant[1] is False
 
 
-def test_real_defender_streaming_records_load_with_their_field_types(tmp_path: Path) -> None:
-    con, _ = load_directory(copy(tmp_path, "elastic-integrations-m365_defender/test-email.log"))
+def test_real_defender_streaming_records_load_with_their_field_types(
+    tmp_path: Path,
+) -> None:
+    con, _ = load_directory(
+        copy(tmp_path, "elastic-integrations-m365_defender/test-email.log")
+    )
     assert con.execute(
         "SELECT Timestamp, NetworkMessageId, AuthenticationDetails, UrlCount, ThreatTypes FROM EmailEvents"
     ).fetchone() == (
@@ -157,7 +186,9 @@ def test_real_defender_streaming_records_load_with_their_field_types(tmp_path: P
         0,
         "",
     )
-    assert con.execute("SELECT IsClickedThrough, AccountUpn, NetworkMessageId FROM UrlClickEvents").fetchone() == (
+    assert con.execute(
+        "SELECT IsClickedThrough, AccountUpn, NetworkMessageId FROM UrlClickEvents"
+    ).fetchone() == (
         True,
         "",
         "a194a8a6-d97c-4be1-ae31-08dacc512345",
@@ -173,12 +204,16 @@ def test_the_graph_doc_example_is_refused_at_its_trailing_comma(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("name", sorted(NOT_EXPORTS))
-def test_api_bodies_that_are_not_logs_are_refused_saying_what_they_are(tmp_path: Path, name: str) -> None:
+def test_api_bodies_that_are_not_logs_are_refused_saying_what_they_are(
+    tmp_path: Path, name: str
+) -> None:
     with pytest.raises(UnreadableExport, match=NOT_EXPORTS[name].replace("$", r"\$")):
         load_directory(copy(tmp_path, name))
 
 
-def test_with_skip_bad_records_the_whole_corpus_loads_and_says_what_it_left_out(tmp_path: Path) -> None:
+def test_with_skip_bad_records_the_whole_corpus_loads_and_says_what_it_left_out(
+    tmp_path: Path,
+) -> None:
     shutil.copytree(CORPUS, tmp_path / "corpus", ignore=shutil.ignore_patterns("*.md"))
     con, summary = load_directory(tmp_path / "corpus", skip_bad_records=True)
     assert summary.rows == {
@@ -192,12 +227,16 @@ def test_with_skip_bad_records_the_whole_corpus_loads_and_says_what_it_left_out(
     # not valid JSON, each with its reason.
     assert len(summary.skipped_files) == len(NOT_EXPORTS) + 1
     assert any(
-        item.endswith("signin-list.v1.0.example1.response.json:63: not valid JSON: a trailing comma before ']'")
+        item.endswith(
+            "signin-list.v1.0.example1.response.json:63: not valid JSON: a trailing comma before ']'"
+        )
         for item in summary.skipped_files
     )
 
 
-def test_the_hunt_over_the_real_exports_finds_no_device_code_sign_in(tmp_path: Path) -> None:
+def test_the_hunt_over_the_real_exports_finds_no_device_code_sign_in(
+    tmp_path: Path,
+) -> None:
     con, _ = load_directory(copy(tmp_path, *EXPORTS))
     assert hunt_rows(con, *WHOLE_CORPUS) == []
 
@@ -207,15 +246,28 @@ def _fixed_graph_example() -> dict[str, Any]:
     return json.loads(text.replace("},\n              ]", "}\n              ]"))
 
 
-def test_a_real_record_set_to_device_code_is_found_in_each_of_its_shapes(tmp_path: Path) -> None:
+def test_a_real_record_set_to_device_code_is_found_in_each_of_its_shapes(
+    tmp_path: Path,
+) -> None:
     # Diagnostic settings: a real interactive record and a real token reuse.
-    lines = (CORPUS / "elastic-integrations-azure-signinlogs/test-signinlogs-sample.log").read_text().splitlines()
+    lines = (
+        (CORPUS / "elastic-integrations-azure-signinlogs/test-signinlogs-sample.log")
+        .read_text()
+        .splitlines()
+    )
     interactive = json.loads(lines[0])
     interactive["properties"]["authenticationProtocol"] = "deviceCode"
-    reuse = json.loads((CORPUS / "elastic-integrations-azure-signinlogs/test-non-interactive-user-signin.log").read_text())
+    reuse = json.loads(
+        (
+            CORPUS
+            / "elastic-integrations-azure-signinlogs/test-non-interactive-user-signin.log"
+        ).read_text()
+    )
     reuse["properties"]["originalTransferMethod"] = "deviceCodeFlow"
     (tmp_path / "diagnostic").mkdir()
-    (tmp_path / "diagnostic" / "eventhub.log").write_text(json.dumps(interactive) + "\n" + json.dumps(reuse) + "\n")
+    (tmp_path / "diagnostic" / "eventhub.log").write_text(
+        json.dumps(interactive) + "\n" + json.dumps(reuse) + "\n"
+    )
 
     # Graph: the doc example with its trailing comma mended.
     graph = _fixed_graph_example()
@@ -224,7 +276,13 @@ def test_a_real_record_set_to_device_code_is_found_in_each_of_its_shapes(tmp_pat
     (tmp_path / "graph" / "signins.json").write_text(json.dumps(graph, indent=4))
 
     # The portal CSV: the 2021 schema has no AuthenticationProtocol column; add it.
-    rows = list(csv.reader(io.StringIO((CORPUS / "azure-sentinel-training-lab/sign-in_adelete.csv").read_text())))
+    rows = list(
+        csv.reader(
+            io.StringIO(
+                (CORPUS / "azure-sentinel-training-lab/sign-in_adelete.csv").read_text()
+            )
+        )
+    )
     rows[0].append("AuthenticationProtocol")
     rows[1].append("deviceCode")
     for row in rows[2:]:
@@ -237,7 +295,12 @@ def test_a_real_record_set_to_device_code_is_found_in_each_of_its_shapes(tmp_pat
     expected = {
         "diagnostic": {
             ("mpliftrelastic20210901@outlook.com", "SigninLogs", "deviceCode", ""),
-            ("nikhita.sethi@cyberfortgroup.com", "AADNonInteractiveUserSignInLogs", "none", "deviceCodeFlow"),
+            (
+                "nikhita.sethi@cyberfortgroup.com",
+                "AADNonInteractiveUserSignInLogs",
+                "none",
+                "deviceCodeFlow",
+            ),
         },
         "graph": {("testaccount1@contoso.com", "SigninLogs", "", "")},
         "csv": {("adelev@m365x816222.onmicrosoft.com", "SigninLogs", "deviceCode", "")},
@@ -247,20 +310,42 @@ def test_a_real_record_set_to_device_code_is_found_in_each_of_its_shapes(tmp_pat
         con, _ = load_directory(tmp_path / folder)
         hits = hunt_rows(con, *WHOLE_CORPUS)
         assert {
-            (row["UserPrincipalName"], row["SourceTable"], row["AuthenticationProtocol"], row["OriginalTransferMethod"])
+            (
+                row["UserPrincipalName"],
+                row["SourceTable"],
+                row["AuthenticationProtocol"],
+                row["OriginalTransferMethod"],
+            )
             for row in hits
         } == wanted, folder
 
 
 def test_a_real_record_keeps_its_columns_through_every_shape(tmp_path: Path) -> None:
     # The real diagnostic record, as loaded, written out again in every shape.
-    con, _ = load_directory(copy(tmp_path, "elastic-integrations-azure-signinlogs/test-signinlogs-sample.log"))
+    con, _ = load_directory(
+        copy(
+            tmp_path, "elastic-integrations-azure-signinlogs/test-signinlogs-sample.log"
+        )
+    )
     columns = [
-        "TimeGenerated", "Id", "UserPrincipalName", "UserId", "AppId", "AppDisplayName",
-        "ResourceDisplayName", "IsInteractive", "ResultType", "IPAddress", "UserAgent",
-        "CorrelationId", "DeviceDetail", "LocationDetails",
+        "TimeGenerated",
+        "Id",
+        "UserPrincipalName",
+        "UserId",
+        "AppId",
+        "AppDisplayName",
+        "ResourceDisplayName",
+        "IsInteractive",
+        "ResultType",
+        "IPAddress",
+        "UserAgent",
+        "CorrelationId",
+        "DeviceDetail",
+        "LocationDetails",
     ]
-    cursor = con.execute(f"SELECT {', '.join(columns)} FROM SigninLogs ORDER BY TimeGenerated LIMIT 1")
+    cursor = con.execute(
+        f"SELECT {', '.join(columns)} FROM SigninLogs ORDER BY TimeGenerated LIMIT 1"
+    )
     values = dict(zip(columns, cursor.fetchone(), strict=True))
     record = {
         **values,
@@ -269,13 +354,28 @@ def test_a_real_record_keeps_its_columns_through_every_shape(tmp_path: Path) -> 
         "LocationDetails": json.loads(values["LocationDetails"]),
         "AuthenticationProtocol": "deviceCode",
     }
-    window = (values["TimeGenerated"] - timedelta(minutes=1), values["TimeGenerated"] + timedelta(minutes=1))
+    window = (
+        values["TimeGenerated"] - timedelta(minutes=1),
+        values["TimeGenerated"] + timedelta(minutes=1),
+    )
     for shape, write in shapes.SIGN_IN_SHAPES.items():
         folder = tmp_path / shape
         folder.mkdir()
         write(folder, "SigninLogs", [record])
         loaded, _ = load_directory(folder)
         (row,) = hunt_rows(loaded, *window)
-        for column in ("Id", "UserPrincipalName", "UserId", "AppId", "IPAddress", "UserAgent", "CorrelationId"):
+        for column in (
+            "Id",
+            "UserPrincipalName",
+            "UserId",
+            "AppId",
+            "IPAddress",
+            "UserAgent",
+            "CorrelationId",
+        ):
             assert row[column] == values[column], (shape, column)
-        assert (row["Country"], row["Browser"], row["OS"]) == ("IN", "Edge 97.0.1072", "Windows 10"), shape
+        assert (row["Country"], row["Browser"], row["OS"]) == (
+            "IN",
+            "Edge 97.0.1072",
+            "Windows 10",
+        ), shape

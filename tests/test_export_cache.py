@@ -30,7 +30,9 @@ DEVICE_CODE = {
 def export(tmp_path: Path) -> Path:
     folder = tmp_path / "export"
     folder.mkdir()
-    shapes.diagnostic_records(folder, "SigninLogs", [DEVICE_CODE, {**DEVICE_CODE, "Id": "si-2"}])
+    shapes.diagnostic_records(
+        folder, "SigninLogs", [DEVICE_CODE, {**DEVICE_CODE, "Id": "si-2"}]
+    )
     return folder
 
 
@@ -38,7 +40,9 @@ def rows(con: object) -> int:
     return int(con.execute("SELECT count(*) FROM SigninLogs").fetchone()[0])  # type: ignore[attr-defined]
 
 
-def test_a_second_load_of_unchanged_files_reuses_the_cache(tmp_path: Path, export: Path) -> None:
+def test_a_second_load_of_unchanged_files_reuses_the_cache(
+    tmp_path: Path, export: Path
+) -> None:
     cache = tmp_path / "cache.duckdb"
     with load_exports(export, cache=cache) as first:
         assert (first.reused, rows(first.con)) == (False, 2)
@@ -59,17 +63,30 @@ def test_a_changed_file_is_parsed_again(tmp_path: Path, export: Path) -> None:
         assert (again.reused, rows(again.con)) == (False, 3)
 
 
-def test_a_new_file_in_the_directory_is_parsed_again(tmp_path: Path, export: Path) -> None:
+def test_a_new_file_in_the_directory_is_parsed_again(
+    tmp_path: Path, export: Path
+) -> None:
     cache = tmp_path / "cache.duckdb"
     with load_exports(export, cache=cache):
         pass
-    shapes.log_analytics_json(export, "EmailEvents", [{"Timestamp": "2026-01-15T09:00:00Z", "RecipientEmailAddress": "a@contoso.com"}])
+    shapes.log_analytics_json(
+        export,
+        "EmailEvents",
+        [
+            {
+                "Timestamp": "2026-01-15T09:00:00Z",
+                "RecipientEmailAddress": "a@contoso.com",
+            }
+        ],
+    )
     with load_exports(export, cache=cache) as again:
         assert again.reused is False
         assert again.summary.rows == {"SigninLogs": 2, "EmailEvents": 1}
 
 
-def test_skipping_bad_records_is_part_of_what_the_cache_holds(tmp_path: Path, export: Path) -> None:
+def test_skipping_bad_records_is_part_of_what_the_cache_holds(
+    tmp_path: Path, export: Path
+) -> None:
     cache = tmp_path / "cache.duckdb"
     with load_exports(export, cache=cache):
         pass
@@ -79,17 +96,30 @@ def test_skipping_bad_records_is_part_of_what_the_cache_holds(tmp_path: Path, ex
 
 def test_a_failed_load_leaves_no_cache_behind(tmp_path: Path, export: Path) -> None:
     cache = tmp_path / "cache.duckdb"
-    (export / "broken.jsonl").write_text('{"TimeGenerated": "2026-01-15T09:00:00Z", "UserPrincipalName": "a@contoso.com", "Type": "SigninLogs", "IsInteractive": "maybe"}\n')
-    with pytest.raises(ExportError, match="IsInteractive holds maybe"), load_exports(export, cache=cache):
+    (export / "broken.jsonl").write_text(
+        '{"TimeGenerated": "2026-01-15T09:00:00Z", "UserPrincipalName": "a@contoso.com", "Type": "SigninLogs", "IsInteractive": "maybe"}\n'
+    )
+    with (
+        pytest.raises(ExportError, match="IsInteractive holds maybe"),
+        load_exports(export, cache=cache),
+    ):
         pass
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]
 
 
-def test_a_database_that_is_not_a_cache_is_never_overwritten(tmp_path: Path, export: Path) -> None:
+def test_a_database_that_is_not_a_cache_is_never_overwritten(
+    tmp_path: Path, export: Path
+) -> None:
     precious = tmp_path / "analysis.duckdb"
     with duckdb.connect(str(precious)) as con:
         con.execute("CREATE TABLE notes AS SELECT 'keep me' AS note")
-    with pytest.raises(ExportError, match="analysis.duckdb: a DuckDB database that is not a tokenward cache"), load_exports(export, cache=precious):
+    with (
+        pytest.raises(
+            ExportError,
+            match="analysis.duckdb: a DuckDB database that is not a tokenward cache",
+        ),
+        load_exports(export, cache=precious),
+    ):
         pass
     with duckdb.connect(str(precious)) as con:
         assert con.execute("SELECT note FROM notes").fetchone() == ("keep me",)
@@ -101,7 +131,9 @@ def test_without_a_cache_the_load_leaves_nothing_behind(
 ) -> None:
     monkeypatch.setattr(database, "fits_in_memory", lambda files, limit: in_memory)
     with load_exports(export) as loaded:
-        where = loaded.con.execute("SELECT path FROM duckdb_databases() WHERE NOT internal").fetchone()
+        where = loaded.con.execute(
+            "SELECT path FROM duckdb_databases() WHERE NOT internal"
+        ).fetchone()
         assert (where == (None,)) is in_memory
         assert rows(loaded.con) == 2
         folder = loaded.database if in_memory else loaded.database.parent
@@ -117,34 +149,64 @@ def test_tables_load_in_memory_only_when_they_fit_the_limit(export: Path) -> Non
 
 
 def test_a_memory_limit_that_is_no_size_is_refused(export: Path) -> None:
-    with pytest.raises(ValueError, match="not a memory size"), load_exports(export, memory_limit="lots"):
+    with (
+        pytest.raises(ValueError, match="not a memory size"),
+        load_exports(export, memory_limit="lots"),
+    ):
         pass
 
 
-HUNT = ["hunt", "--start", "2026-01-15T00:00:00Z", "--end", "2026-01-16T00:00:00Z", "--now", "2026-01-16T00:00:00Z", "--json"]
+HUNT = [
+    "hunt",
+    "--start",
+    "2026-01-15T00:00:00Z",
+    "--end",
+    "2026-01-16T00:00:00Z",
+    "--now",
+    "2026-01-16T00:00:00Z",
+    "--json",
+]
 
 
-def test_the_hunt_command_reuses_its_cache_and_finds_the_same(tmp_path: Path, export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hunt_command_reuses_its_cache_and_finds_the_same(
+    tmp_path: Path, export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     cache = tmp_path / "hunt.duckdb"
     runner = CliRunner()
-    first = runner.invoke(cli, [*HUNT, "--source", f"files:{export}", "--cache", str(cache)])
-    second = runner.invoke(cli, [*HUNT, "--source", f"files:{export}", "--cache", str(cache)])
+    first = runner.invoke(
+        cli, [*HUNT, "--source", f"files:{export}", "--cache", str(cache)]
+    )
+    second = runner.invoke(
+        cli, [*HUNT, "--source", f"files:{export}", "--cache", str(cache)]
+    )
     assert first.exit_code == 0, first.output
     assert second.exit_code == 0, second.output
-    assert "eventhub.log: entra-diagnostic-records (json-lines): SigninLogs 2" in first.stderr
+    assert (
+        "eventhub.log: entra-diagnostic-records (json-lines): SigninLogs 2"
+        in first.stderr
+    )
     assert "reused the tables cached in" in second.stderr
     found = [json.loads(result.stdout)["findings"] for result in (first, second)]
-    assert len(found[0]) == 1 and found[0][0]["user_principal_name"] == found[1][0]["user_principal_name"]
+    assert (
+        len(found[0]) == 1
+        and found[0][0]["user_principal_name"] == found[1][0]["user_principal_name"]
+    )
 
 
-def test_the_hunt_command_skips_bad_records_when_told_and_says_so(tmp_path: Path, export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hunt_command_skips_bad_records_when_told_and_says_so(
+    tmp_path: Path, export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     (export / "notes.txt").write_text("not an export\n")
     runner = CliRunner()
     refused = runner.invoke(cli, [*HUNT, "--source", f"files:{export}"])
     assert refused.exit_code != 0
     assert "notes.txt:1: not an export tokenward can read" in str(refused.exception)
-    skipped = runner.invoke(cli, [*HUNT, "--source", f"files:{export}", "--skip-bad-records"])
+    skipped = runner.invoke(
+        cli, [*HUNT, "--source", f"files:{export}", "--skip-bad-records"]
+    )
     assert skipped.exit_code == 0, skipped.output
-    assert any("left out" in warning for warning in json.loads(skipped.stdout)["warnings"])
+    assert any(
+        "left out" in warning for warning in json.loads(skipped.stdout)["warnings"]
+    )

@@ -30,22 +30,44 @@ def rendered() -> list[RenderedQuery]:
         }
     )
     window = Window(start=START, end=END)
-    return [RenderedQuery(name=name, tables=(), text=text, window=window) for name, text in texts.items()]
+    return [
+        RenderedQuery(name=name, tables=(), text=text, window=window)
+        for name, text in texts.items()
+    ]
 
 
-def test_a_batch_reuses_the_hunt_and_answers_as_each_query_alone(tmp_path: Path) -> None:
+def test_a_batch_reuses_the_hunt_and_answers_as_each_query_alone(
+    tmp_path: Path,
+) -> None:
     shapes.log_analytics_json(
         tmp_path,
         "SigninLogs",
         [
-            {"TimeGenerated": "2026-01-15T09:24:58Z", "Id": "s1", "UserPrincipalName": "A@contoso.com", "AuthenticationProtocol": "deviceCode"},
-            {"TimeGenerated": "2026-01-14T09:00:00Z", "Id": "s0", "UserPrincipalName": "a@contoso.com", "AuthenticationProtocol": "none"},
+            {
+                "TimeGenerated": "2026-01-15T09:24:58Z",
+                "Id": "s1",
+                "UserPrincipalName": "A@contoso.com",
+                "AuthenticationProtocol": "deviceCode",
+            },
+            {
+                "TimeGenerated": "2026-01-14T09:00:00Z",
+                "Id": "s0",
+                "UserPrincipalName": "a@contoso.com",
+                "AuthenticationProtocol": "none",
+            },
         ],
     )
     shapes.log_analytics_json(
         tmp_path,
         "UrlClickEvents",
-        [{"Timestamp": "2026-01-15T09:20:00Z", "AccountUpn": "a@CONTOSO.com", "Url": "https://x.example/", "ReportId": "r1"}],
+        [
+            {
+                "Timestamp": "2026-01-15T09:20:00Z",
+                "AccountUpn": "a@CONTOSO.com",
+                "Url": "https://x.example/",
+                "ReportId": "r1",
+            }
+        ],
     )
     con, _ = load_directory(tmp_path)
     source = LocalKqlSource(con, now=END, origin="test")

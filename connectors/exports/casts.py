@@ -156,8 +156,10 @@ def _string(column: str, raw: Raw, scalar: bool) -> Cast:
         column,
         Kind.STRING,
         strict,
-        lambda r: f"CASE WHEN {_nested(raw.over(r))} THEN NULL "
-        f"ELSE coalesce({raw.over(r)}, '') END",
+        lambda r: (
+            f"CASE WHEN {_nested(raw.over(r))} THEN NULL "
+            f"ELSE coalesce({raw.over(r)}, '') END"
+        ),
         lambda r, _v: _nested(raw.over(r)),
     )
 
@@ -178,8 +180,10 @@ def _datetime(column: str, raw: Raw, scalar: bool) -> Cast:
         column,
         Kind.DATETIME,
         strict,
-        lambda r: f"coalesce(TRY_CAST({raw.over(r)} AS TIMESTAMPTZ), "
-        f"{_parsed_time(raw.over(r))})",
+        lambda r: (
+            f"coalesce(TRY_CAST({raw.over(r)} AS TIMESTAMPTZ), "
+            f"{_parsed_time(raw.over(r))})"
+        ),
         lambda r, v: f"(nullif(trim({raw.over(r)}), '') IS NOT NULL AND ({v}) IS NULL)",
     )
 
@@ -222,8 +226,9 @@ def _number(kind: Kind) -> Callable[[str, Raw, bool], Cast]:
             kind,
             strict,
             lambda r: f"TRY_CAST({raw.over(r)} AS {target})",
-            lambda r, v: f"(nullif(trim({raw.over(r)}), '') IS NOT NULL "
-            f"AND ({v}) IS NULL)",
+            lambda r, v: (
+                f"(nullif(trim({raw.over(r)}), '') IS NOT NULL AND ({v}) IS NULL)"
+            ),
         )
 
     return make

@@ -107,7 +107,11 @@ def fits_in_memory(files: Sequence[Path], memory_limit: str) -> bool:
 def cache_key(files: Sequence[Path], *, skip_bad_records: bool) -> str:
     """What a cached load depends on: the files as they are now, and how they load."""
     described = [
-        {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        {
+            "path": str(path.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
         for path, stat in ((path, path.stat()) for path in files)
     ]
     basis = {
@@ -149,7 +153,9 @@ def load_exports(
             # The file is thrown away: writing it out in full on close is wasted.
             con.execute("PRAGMA disable_checkpoint_on_shutdown")
         logger.info(
-            "loading %d file(s) into %s", len(files), "memory" if database == folder else database
+            "loading %d file(s) into %s",
+            len(files),
+            "memory" if database == folder else database,
         )
         try:
             yield LoadedExports(con, loader(con), reused=False, database=database)
@@ -208,7 +214,9 @@ def _rebuild(
     try:
         summary = loader(con)
         con.execute(f"CREATE TABLE {_CACHE_TABLE} (key VARCHAR, summary VARCHAR)")
-        con.execute(f"INSERT INTO {_CACHE_TABLE} VALUES (?, ?)", [key, summary.to_json()])
+        con.execute(
+            f"INSERT INTO {_CACHE_TABLE} VALUES (?, ?)", [key, summary.to_json()]
+        )
         con.execute("CHECKPOINT")
     except BaseException:
         con.close()

@@ -108,7 +108,9 @@ def create_tables(con: Any, tables: Iterable[TableSchema] = TABLES.values()) -> 
 def export_files(directory: Path) -> list[Path]:
     """Every file under *directory*, in a stable order; hidden ones left out."""
     if not directory.is_dir():
-        raise ExportError("not a directory of exports", source=Location(file=str(directory)))
+        raise ExportError(
+            "not a directory of exports", source=Location(file=str(directory))
+        )
     files = sorted(
         path
         for path in directory.rglob("*")
@@ -200,7 +202,8 @@ class ExportLoader:
 
     def _load_file(self, path: Path) -> FileLoad:
         options = ReadOptions(
-            skip_bad_records=self._skip, rejects_table=f"tokenward_rejects_{next(_tags)}"
+            skip_bad_records=self._skip,
+            rejects_table=f"tokenward_rejects_{next(_tags)}",
         )
         read = detect(sniff(path), options)
 
@@ -277,17 +280,23 @@ class ExportLoader:
                 source=Location(file=str(path)),
             )
         if not wanted and not self._skip:
-            held = ", ".join(f"{name} ({count})" for name, count in sorted(skipped.items()))
+            held = ", ".join(
+                f"{name} ({count})" for name, count in sorted(skipped.items())
+            )
             raise UnreadableExport(
                 f"holds only records of tables tokenward does not read: {held}",
                 source=Location(file=str(path)),
             )
-        plan = [(table, _route_filter(read, names)) for table, names in wanted.values()]
+        plan: list[tuple[TableSchema, str | None]] = [
+            (table, _route_filter(read, names)) for table, names in wanted.values()
+        ]
         return plan, skipped, unnamed
 
     # -- loading one table ---------------------------------------------------------
 
-    def _casts(self, read: FileRead, table: TableSchema) -> list[tuple[Cast, Raw | None]]:
+    def _casts(
+        self, read: FileRead, table: TableSchema
+    ) -> list[tuple[Cast, Raw | None]]:
         raws = read.columns_for(table)
         made = []
         for name, kind in table.columns.items():
@@ -342,14 +351,16 @@ class ExportLoader:
             if made.failure is None:
                 continue
             if raw is None:
-                checks.append(f"WHEN true THEN {sql_string(f'a record has no {made.column}')}")
+                checks.append(
+                    f"WHEN true THEN {sql_string(f'a record has no {made.column}')}"
+                )
                 continue
             inner.append(f"{raw.sql} AS {held}")
-            reason = made.message(Raw(held, raw.json).text)
+            why = made.message(Raw(held, raw.json).text)
             if made.column in table.required:
                 absent = sql_string(f"a record has no {made.column}")
-                reason = f"CASE WHEN {held} IS NULL THEN {absent} ELSE {reason} END"
-            checks.append(f"WHEN {made.failure(held, column)} THEN {reason}")
+                why = f"CASE WHEN {held} IS NULL THEN {absent} ELSE {why} END"
+            checks.append(f"WHEN {made.failure(held, column)} THEN {why}")
         problem = f"CASE {' '.join(checks)} END" if checks else "NULL::VARCHAR"
         stage = quote_identifier(f"tokenward_stage_{next(_tags)}")
         self._run(
@@ -370,7 +381,7 @@ class ExportLoader:
         finally:
             self._con.execute(f"DROP TABLE {stage}")
         left_out = int(bad[0]) if bad else 0
-        reason = str(bad[1]) if bad and bad[1] else None
+        reason: str | None = str(bad[1]) if bad and bad[1] else None
         if reason:
             value = _offending_value(reason)
             line = _first_line_holding(path, value) if value else None
@@ -399,7 +410,11 @@ class ExportLoader:
         return int(found[0]), f"line {found[1]}: {found[2]}"
 
     def _run(
-        self, path: Path, table: TableSchema | None, sql: str, read: FileRead | None = None
+        self,
+        path: Path,
+        table: TableSchema | None,
+        sql: str,
+        read: FileRead | None = None,
     ) -> Any:
         try:
             return self._con.execute(sql)
@@ -469,7 +484,9 @@ def _empty_columns(con: Any, table: TableSchema) -> list[str]:
         for name, kind in table.columns.items()
     )
     row = con.execute(f"SELECT {probes}").fetchone()
-    return [name for name, seen in zip(table.columns, row or (), strict=False) if not seen]
+    return [
+        name for name, seen in zip(table.columns, row or (), strict=False) if not seen
+    ]
 
 
 # -- where a failure is --------------------------------------------------------------

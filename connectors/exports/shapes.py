@@ -234,7 +234,9 @@ def read_type(kind: Kind) -> str:
 
 
 def _struct(fields: Mapping[str, str]) -> str:
-    inner = ", ".join(f"{quote_identifier(name)} {kind}" for name, kind in fields.items())
+    inner = ", ".join(
+        f"{quote_identifier(name)} {kind}" for name, kind in fields.items()
+    )
     return f"STRUCT({inner})"
 
 
@@ -362,14 +364,18 @@ def json_head(sniff: Sniff, *, lenient_lines: bool = False) -> JsonHead | None:
     envelope = match.group(1)
     if envelope in ("schema", "tables"):
         # The column list comes before the rows; the rows may not fit the head.
-        columns = _list_after(body, '"columns"' if envelope == "tables" else None, match)
+        columns = _list_after(
+            body, '"columns"' if envelope == "tables" else None, match
+        )
         key = "tables" if envelope == "tables" else "results"
         listed = {"columns": columns} if envelope == "tables" else None
         document = {"schema": columns} if envelope == "schema" else None
         return JsonHead("json-document", key, listed, document)
     found = decode(_skip_space(body, match.end()))
     first = found[0] if found else None
-    return JsonHead("json-document", envelope, first if isinstance(first, dict) else None)
+    return JsonHead(
+        "json-document", envelope, first if isinstance(first, dict) else None
+    )
 
 
 def _list_after(body: str, key: str | None, match: re.Match[str]) -> list[Any]:
@@ -587,7 +593,9 @@ def _sign_in_columns(table: TableSchema) -> dict[str, Raw]:
             "Category": _top("category"),
             "TenantId": _top("tenantId"),
             "AADTenantId": _top("tenantId"),
-            "ResultType": _first_of(_top("resultType"), _text_in(status, "$.errorCode")),
+            "ResultType": _first_of(
+                _top("resultType"), _text_in(status, "$.errorCode")
+            ),
             "ResultSignature": _top("resultSignature"),
             "ResultDescription": _first_of(
                 _top("resultDescription"), _text_in(status, "$.failureReason")
@@ -745,7 +753,9 @@ class GraphSignIns:
                 f"{quote_identifier(name)} := {quote_identifier(name)}"
                 for name in _SIGN_IN_PROPERTIES
             )
-            relation = f"SELECT {nothing}, struct_pack({packed}) AS properties FROM {reader}"
+            relation = (
+                f"SELECT {nothing}, struct_pack({packed}) AS properties FROM {reader}"
+            )
             framing = head.framing
         # v1.0 returns interactive sign-ins; beta says which kind each one is.
         events = "CAST(src.properties.signInEventTypes AS VARCHAR)"
@@ -774,9 +784,7 @@ class GraphSignIns:
 # -- tables with Log Analytics column names ----------------------------------------
 
 
-def _table_of(
-    sniff: Sniff, columns: set[str], what: str
-) -> tuple[TableSchema, str]:
+def _table_of(sniff: Sniff, columns: set[str], what: str) -> tuple[TableSchema, str]:
     """The one table a file without per-record names holds, and how it was told."""
     named = sniff.named_table
     if named is not None:
@@ -897,7 +905,8 @@ class LogAnalyticsApi:
 
         def cell(column: str) -> Raw:
             return Raw(
-                f"src.__row[list_position(src.__names, {sql_string(column)})]", json=True
+                f"src.__row[list_position(src.__names, {sql_string(column)})]",
+                json=True,
             )
 
         def columns_for(table: TableSchema) -> dict[str, Raw]:
@@ -991,7 +1000,9 @@ def csv_header(sniff: Sniff) -> CsvHeader | None:
         sources.setdefault(name, []).append(cell)
     if not set(sources) & known:
         return None
-    return CsvHeader(tuple(cells), {name: tuple(found) for name, found in sources.items()})
+    return CsvHeader(
+        tuple(cells), {name: tuple(found) for name, found in sources.items()}
+    )
 
 
 class LogAnalyticsCsv:
@@ -1095,22 +1106,24 @@ def _resniff(sniffed: Sniff) -> Sniff | None:
     with opener(sniffed.path, "rb") as handle:
         head = handle.read(wanted + 1)
     complete = len(head) <= wanted
-    return Sniff(sniffed.path, head[:wanted], sniffed.compressed, complete, sniffed.size)
+    return Sniff(
+        sniffed.path, head[:wanted], sniffed.compressed, complete, sniffed.size
+    )
 
 
 def _looks_like(sniffed: Sniff, head: JsonHead | None) -> str:
     if head is None:
         if sniffed.first_char in ("", "\x00"):
             return "the file is empty or binary"
-        return (
-            "it is neither JSON nor a CSV whose header names Log Analytics columns"
-        )
+        return "it is neither JSON nor a CSV whose header names Log Analytics columns"
     record = head.first or head.document or {}
     if "error" in record:
         return "it is an API error response, not exported logs"
     context = record.get("@odata.context")
     if isinstance(context, str):
-        return f"it is a Graph response ({context.rsplit('#', 1)[-1]}), not exported logs"
+        return (
+            f"it is a Graph response ({context.rsplit('#', 1)[-1]}), not exported logs"
+        )
     if {"parameters", "responses"} <= set(record):
         return "it is an API example (parameters and responses), not exported logs"
     if "requests" in record:

@@ -46,7 +46,12 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 from synthetic import END, START, GeneratedExport, generate  # noqa: E402
 
-TABLE_FILES = ("SigninLogs", "AADNonInteractiveUserSignInLogs", "EmailEvents", "UrlClickEvents")
+TABLE_FILES = (
+    "SigninLogs",
+    "AADNonInteractiveUserSignInLogs",
+    "EmailEvents",
+    "UrlClickEvents",
+)
 QUERIES = ("hunt", "url_clicks", "emails", "baseline")
 BEFORE = timedelta(minutes=60)
 AFTER = timedelta(minutes=5)
@@ -101,11 +106,23 @@ def run_tokenward(data: Path, cache: Path | None, memory_limit: str) -> dict[str
 
     playbook = load_playbook()
     texts = playbook.render_all(
-        {"start": START, "end": END, "users": [], "before": BEFORE, "after": AFTER, "days": DAYS}
+        {
+            "start": START,
+            "end": END,
+            "users": [],
+            "before": BEFORE,
+            "after": AFTER,
+            "days": DAYS,
+        }
     )
     window = Window(start=START - DAYS, end=END + AFTER)
     queries = [
-        RenderedQuery(name=name, tables=playbook.spec.queries[name].tables, text=text, window=window)
+        RenderedQuery(
+            name=name,
+            tables=playbook.spec.queries[name].tables,
+            text=text,
+            window=window,
+        )
         for name, text in texts.items()
     ]
     clock = Clock()
@@ -165,7 +182,11 @@ _CLICK_TEXT = "AccountUpn Url UrlChain ActionType ReportId Workload NetworkMessa
 
 def _hunt_select(table: str, dynamic: bool) -> str:
     def detail(column: str, key: str) -> str:
-        value = f"{column}->>'$.{key}'" if dynamic else f"json_extract_string({column}, '$.{key}')"
+        value = (
+            f"{column}->>'$.{key}'"
+            if dynamic
+            else f"json_extract_string({column}, '$.{key}')"
+        )
         return f"coalesce({value}, '')"
 
     return f"""
@@ -198,11 +219,18 @@ def run_baseline(data: Path) -> dict[str, Any]:
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    sign_in = {"TimeGenerated": "TIMESTAMPTZ", "IsInteractive": "BOOLEAN", **dict.fromkeys(_SIGN_IN_TEXT, "VARCHAR")}
+    sign_in = {
+        "TimeGenerated": "TIMESTAMPTZ",
+        "IsInteractive": "BOOLEAN",
+        **dict.fromkeys(_SIGN_IN_TEXT, "VARCHAR"),
+    }
     clock = Clock()
     con.execute(
         "CREATE TABLE SigninLogs AS "
-        + _read(data / "SigninLogs.jsonl", {**sign_in, "LocationDetails": "JSON", "DeviceDetail": "JSON"})
+        + _read(
+            data / "SigninLogs.jsonl",
+            {**sign_in, "LocationDetails": "JSON", "DeviceDetail": "JSON"},
+        )
     )
     con.execute(
         "CREATE TABLE AADNonInteractiveUserSignInLogs AS "
@@ -215,18 +243,32 @@ def run_baseline(data: Path) -> dict[str, Any]:
         "CREATE TABLE EmailEvents AS "
         + _read(
             data / "EmailEvents.jsonl",
-            {"Timestamp": "TIMESTAMPTZ", "UrlCount": "INTEGER", **dict.fromkeys(_MAIL_TEXT, "VARCHAR")},
+            {
+                "Timestamp": "TIMESTAMPTZ",
+                "UrlCount": "INTEGER",
+                **dict.fromkeys(_MAIL_TEXT, "VARCHAR"),
+            },
         )
     )
     con.execute(
         "CREATE TABLE UrlClickEvents AS "
         + _read(
             data / "UrlClickEvents.jsonl",
-            {"Timestamp": "TIMESTAMPTZ", "IsClickedThrough": "BOOLEAN", **dict.fromkeys(_CLICK_TEXT, "VARCHAR")},
+            {
+                "Timestamp": "TIMESTAMPTZ",
+                "IsClickedThrough": "BOOLEAN",
+                **dict.fromkeys(_CLICK_TEXT, "VARCHAR"),
+            },
         )
     )
     clock.lap("load")
-    params = {"start": START, "end": END, "before": BEFORE, "after": AFTER, "days": DAYS}
+    params = {
+        "start": START,
+        "end": END,
+        "before": BEFORE,
+        "after": AFTER,
+        "days": DAYS,
+    }
 
     con.execute(
         "CREATE TEMP TABLE hunt AS "
@@ -308,7 +350,12 @@ def run_baseline(data: Path) -> dict[str, Any]:
     return {
         "timings": clock.wall,
         "cpu": clock.cpu,
-        "rows": {"hunt": len(hunt), "url_clicks": len(clicks), "emails": len(emails), "baseline": len(baseline)},
+        "rows": {
+            "hunt": len(hunt),
+            "url_clicks": len(clicks),
+            "emails": len(emails),
+            "baseline": len(baseline),
+        },
         "peak_rss": _peak_rss_bytes(),
     }
 
@@ -448,19 +495,30 @@ def main() -> None:
             f"{cpu:10.2f}s"
         )
     print("* rows to scored findings in Python; not part of the totals or the ratios")
-    print("  CPU total: user and system time of all threads for load, hunt and correlation")
+    print(
+        "  CPU total: user and system time of all threads for load, hunt and correlation"
+    )
 
     baseline = statistics.median(_total(result) for result in results["baseline"])
     first = statistics.median(_total(result) for result in results["tokenward"])
-    built = statistics.median(_total(result) for result in results["tokenward, cache built"])
-    reused = statistics.median(_total(result) for result in results["tokenward, cache reused"])
-    peak = max(result["peak_rss"] for kind in kinds[1:] if kind != kinds[2] for result in results[kind])
+    built = statistics.median(
+        _total(result) for result in results["tokenward, cache built"]
+    )
+    reused = statistics.median(
+        _total(result) for result in results["tokenward, cache reused"]
+    )
+    peak = max(
+        result["peak_rss"]
+        for kind in kinds[1:]
+        if kind != kinds[2]
+        for result in results[kind]
+    )
     roomy_total = statistics.median(_total(result) for result in results[kinds[2]])
     roomy_peak = max(result["peak_rss"] for result in results[kinds[2]])
     print()
-    cpu_ratio = statistics.median(_total(r, "cpu") for r in results["tokenward"]) / statistics.median(
-        _total(r, "cpu") for r in results["baseline"]
-    )
+    cpu_ratio = statistics.median(
+        _total(r, "cpu") for r in results["tokenward"]
+    ) / statistics.median(_total(r, "cpu") for r in results["baseline"])
     print(f"tokenward / baseline:             {first / baseline:5.2f}  (target <= 1.5)")
     print(f"  in CPU time:                    {cpu_ratio:5.2f}")
     print(f"tokenward building its cache / baseline: {built / baseline:5.2f}")
@@ -474,7 +532,9 @@ def main() -> None:
 
     ours = results["tokenward"][0]["rows"]
     theirs = results["baseline"][0]["rows"]
-    print(f"rows, tokenward = baseline:       {', '.join(f'{q} {ours[q]:,} = {theirs[q]:,}' for q in QUERIES)}")
+    print(
+        f"rows, tokenward = baseline:       {', '.join(f'{q} {ours[q]:,} = {theirs[q]:,}' for q in QUERIES)}"
+    )
     print(f"findings (device code flows):     {results['tokenward'][0]['findings']:,}")
     if ours != theirs:
         raise SystemExit("tokenward and the baseline disagree: the comparison is void")

@@ -312,7 +312,7 @@ def generate(directory: Path, *, sign_ins: int) -> GeneratedExport:
     # another case; the rest is ordinary mail spread over the week.
     emails = sign_ins // 2
     con.execute(
-        f"""
+        """
         CREATE TABLE mail AS
         SELECT 5000000000 + flow AS i, u, sec - 300 - hash(flow, 'lure-lead') % 3000 AS sec,
                true AS lure
@@ -370,7 +370,7 @@ def generate(directory: Path, *, sign_ins: int) -> GeneratedExport:
     # lure host whose chain ends on the device login page.
     clicks = sign_ins // 5
     con.execute(
-        f"""
+        """
         CREATE TABLE click AS
         SELECT i, u, sec + 60 + hash(i, 'click-lag') % 180 AS sec, true AS lure
         FROM mail WHERE lure AND hash(i, 'clicked') % 5 <> 0
