@@ -494,3 +494,14 @@ def test_b29_every_time_format_loads_as_the_same_utc_instant_in_every_shape(
         value.tzinfo is not None and abs(value - B29_INSTANT) < timedelta(seconds=1)
         for value in times
     )
+
+
+def test_b29_times_without_a_zone_are_taken_as_utc_and_said_so(tmp_path: Path) -> None:
+    rows = [{"TimeGenerated": "2024-06-21 01:06:41", "UserPrincipalName": "a@contoso.com"}]
+    shapes.log_analytics_json(tmp_path, "SigninLogs", rows)
+    con, summary = load_directory(tmp_path)
+    assert con.execute("SELECT TimeGenerated FROM SigninLogs").fetchone() == (B29_INSTANT,)
+    assert (
+        "SigninLogs.jsonl: times such as TimeGenerated '2024-06-21 01:06:41' "
+        "carry no zone and were taken as UTC"
+    ) in summary.warnings

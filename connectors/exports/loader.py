@@ -60,6 +60,8 @@ class FileLoad:
     # Records left out because they could not be read (skip_bad_records only).
     bad_records: int = 0
     problem: str | None = None
+    # What a person should know about how the file was read.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -86,7 +88,10 @@ class LoadSummary:
     @classmethod
     def from_json(cls, text: str) -> LoadSummary:
         data = json.loads(text)
-        data["files"] = [FileLoad(**item) for item in data.get("files", [])]
+        data["files"] = [
+            FileLoad(**{**item, "notes": tuple(item.get("notes", ()))})
+            for item in data.get("files", [])
+        ]
         return cls(**data)
 
 
@@ -242,6 +247,7 @@ class ExportLoader:
             skipped=skipped,
             bad_records=bad,
             problem=problem,
+            notes=read.notes,
         )
 
     # -- which records go where --------------------------------------------------
@@ -444,6 +450,8 @@ class ExportLoader:
             )
         for refused in summary.skipped_files:
             summary.warnings.append(f"left out {refused}")
+        for item in summary.files:
+            summary.warnings.extend(f"{Path(item.path).name}: {note}" for note in item.notes)
 
 
 def _same_table(read: FileRead) -> str:

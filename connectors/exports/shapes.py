@@ -52,6 +52,7 @@ from connectors.exports.schemas import (
     table_named,
 )
 from playbooks.errors import ExportError, Location
+from playbooks.times import parse_time
 
 SNIFF_BYTES = 64 * 1024
 # A first record larger than this is not looked at whole; its shape is still
@@ -156,6 +157,22 @@ def _gzip_size(path: Path) -> int | None:
         raw.seek(-4, 2)
         (size,) = struct.unpack("<I", raw.read(4))
     return int(size) or None
+
+
+def _zone_notes(record: Mapping[str, Any] | None, *keys: str) -> tuple[str, ...]:
+    """A note when the first record's time has no zone (it is taken as UTC)."""
+    for key in keys:
+        value = (record or {}).get(key)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        try:
+            assumed = parse_time(value).assumed_utc
+        except ValueError:
+            return ()
+        if assumed:
+            return (f"times such as {key} {value!r} carry no zone and were taken as UTC",)
+        return ()
+    return ()
 
 
 class UnreadableExport(ExportError):
@@ -709,6 +726,7 @@ class DiagnosticRecords:
             route="src.category",
             route_table=table_for_category,
             lines=head.framing == "json-lines" and head.envelope is None,
+            notes=_zone_notes(record, "time"),
         )
 
 
@@ -778,6 +796,7 @@ class GraphSignIns:
             route=route,
             route_table=table_for_category,
             lines=head.framing == "json-lines" and head.envelope is None,
+            notes=_zone_notes(record, "createdDateTime"),
         )
 
 
@@ -870,6 +889,7 @@ class LogAnalyticsJson:
             table=table,
             route=route,
             lines=head.framing == "json-lines",
+            notes=_zone_notes(record, "TimeGenerated", "Timestamp", "CreatedDateTime"),
         )
 
 
