@@ -52,6 +52,14 @@ def test_a_second_load_of_unchanged_files_reuses_the_cache(
         assert second.summary.rows == {"SigninLogs": 2}
 
 
+def test_a_cache_kept_among_the_exports_is_not_read_as_one(export: Path) -> None:
+    cache = export / "exports.duckdb"
+    with load_exports(export, cache=cache) as first:
+        assert [Path(item.path).name for item in first.summary.files] == ["eventhub.log"]
+    with load_exports(export, cache=cache) as second:
+        assert second.reused is True
+
+
 def test_a_changed_file_is_parsed_again(tmp_path: Path, export: Path) -> None:
     cache = tmp_path / "cache.duckdb"
     with load_exports(export, cache=cache):

@@ -110,8 +110,16 @@ def create_tables(con: Any, tables: Iterable[TableSchema] = TABLES.values()) -> 
         )
 
 
+# DuckDB databases (a --cache kept beside the exports) and their working files.
+_DATABASE_SUFFIXES = (".duckdb", ".duckdb.wal", ".duckdb.building", ".duckdb.building.wal")
+
+
 def export_files(directory: Path) -> list[Path]:
-    """Every file under *directory*, in a stable order; hidden ones left out."""
+    """Every file under *directory*, in a stable order.
+
+    Hidden files and DuckDB databases (a cache kept among the exports) are
+    left out.
+    """
     if not directory.is_dir():
         raise ExportError(
             "not a directory of exports", source=Location(file=str(directory))
@@ -121,6 +129,8 @@ def export_files(directory: Path) -> list[Path]:
         for path in directory.rglob("*")
         if path.is_file()
         and not any(part.startswith(".") for part in path.relative_to(directory).parts)
+        and not path.name.lower().endswith(_DATABASE_SUFFIXES)
+        and not any(part.endswith(".duckdb.tmp") for part in path.parts)
     )
     if not files:
         raise ExportError(
