@@ -9,6 +9,7 @@ error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
@@ -23,14 +24,14 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import duckdb_kql
 from rich.console import Console
 from rich.table import Table
 
 from connectors.clients import Clients
 from connectors.credentials import build_credential
 from connectors.doctor import Check, run_doctor
-from connectors.exports.loader import ExportLoader, LoadSummary
+from connectors.exports.database import MEMORY_LIMIT, LoadedExports, load_exports, memory_bytes
+from connectors.exports.loader import LoadSummary
 from connectors.exports.local import LocalKqlSource
 from connectors.graph import GraphOptions, GraphResponder
 from connectors.live import LiveMode, live_source
@@ -121,6 +122,27 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as Markdown.")
 @click.option("--report", "html_report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as one self-contained HTML file.")
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE.duckdb",
+    help="Keep the loaded tables in this DuckDB file; a later hunt over the same, "
+    "unchanged files reuses them instead of parsing the files again.",
+)
+@click.option(
+    "--memory-limit",
+    default="1GB",
+    show_default=True,
+    metavar="SIZE",
+    help="What DuckDB may hold in memory. Exports whose tables fit load in memory "
+    "(fastest); larger ones load into a compressed temporary file.",
+)
+@click.option(
+    "--skip-bad-records",
+    is_flag=True,
+    help="Leave out records that cannot be read (and files in no known shape), "
+    "count them and say so, instead of stopping.",
+)
 @pass_app
 def hunt(
     app: App,
@@ -136,39 +158,51 @@ def hunt(
     output: Path | None,
     markdown: Path | None,
     html_report: Path | None,
+    cache: Path | None,
+    memory_limit: str,
+    skip_bad_records: bool,
 ) -> None:
     """Hunt a time window for device code phishing; contain it in approve or auto mode."""
     settings = app.settings()
     audit = app.audit(settings)
     run_mode = Mode(mode)
     live = LIVE_SOURCES.get(source_spec)
-    with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
-        playbook = load_playbook(settings.playbook.path)
-        now = _instant(now_text, "--now") if now_text else utcnow()
-        window = _window(start, end, since or settings.hunt.default_since, now)
-        scope = tuple(_user(value) for value in users)
-        local: LocalKqlSource | None = None
-        warnings: tuple[str, ...] = ()
-        if live is None:
-            kind, _, argument = source_spec.partition(":")
-            if kind != "files" or not argument:
-                raise click.BadParameter(
-                    "use files:DIR (a directory of exported logs), loganalytics, "
-                    "defender or live",
-                    param_hint="--source",
+    with contextlib.ExitStack() as stack:
+        with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
+            playbook = load_playbook(settings.playbook.path)
+            now = _instant(now_text, "--now") if now_text else utcnow()
+            window = _window(start, end, since or settings.hunt.default_since, now)
+            scope = tuple(_user(value) for value in users)
+            local: LocalKqlSource | None = None
+            warnings: tuple[str, ...] = ()
+            if live is None:
+                kind, _, argument = source_spec.partition(":")
+                if kind != "files" or not argument:
+                    raise click.BadParameter(
+                        "use files:DIR (a directory of exported logs), loganalytics, "
+                        "defender or live",
+                        param_hint="--source",
+                    )
+                directory = Path(argument)
+                loaded = stack.enter_context(
+                    _load(
+                        app,
+                        directory,
+                        cache=cache,
+                        skip_bad_records=skip_bad_records,
+                        memory_limit=memory_limit,
+                    )
                 )
-            directory = Path(argument)
-            con, summary = _load(app, directory)
-            local = LocalKqlSource(con, now=now, origin=f"exported files in {directory}")
-            warnings = tuple(summary.warnings)
-    request = RunRequest(
-        trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=warnings
-    )
-    if run_mode is Mode.DRY_RUN:
-        _warn_unless_permitted(app, settings, playbook)
-    report = asyncio.run(
-        _hunt(settings, playbook, audit, request, local=local, live=live, requester=requested_by or _login_name())
-    )
+                local = LocalKqlSource(loaded.con, now=now, origin=f"exported files in {directory}")
+                warnings = tuple(loaded.summary.warnings)
+        request = RunRequest(
+            trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=warnings
+        )
+        if run_mode is Mode.DRY_RUN:
+            _warn_unless_permitted(app, settings, playbook)
+        report = asyncio.run(
+            _hunt(settings, playbook, audit, request, local=local, live=live, requester=requested_by or _login_name())
+        )
     context = ReportContext(thresholds=_thresholds(playbook), correlation=_correlation(playbook))
     _emit(app, report, as_json=as_json, output=output, markdown=markdown, context=context)
     if html_report is not None:
@@ -454,36 +488,41 @@ def exercise(
 
     # Load the case once, through the same loader as real exports.
     trigger = f"exercise:{scenario.name}"
-    with tempfile.TemporaryDirectory(prefix="tokenward-exercise-") as folder:
+    with (
+        tempfile.TemporaryDirectory(prefix="tokenward-exercise-") as folder,
+        contextlib.ExitStack() as stack,
+    ):
         directory = Path(folder)
         _write_tables(directory, scenario.tables())
         with _failed_runs_audited(audit, trigger=trigger, mode=Mode.DRY_RUN):
-            con, summary = _load(app, directory)
-    source = LocalKqlSource(con, now=scenario.clock, origin=f"scenario {scenario.name} ({path.name})")
-    request = RunRequest(
-        trigger=trigger,
-        mode=Mode.DRY_RUN,
-        window=Window(start=scenario.clock - scenario.since, end=scenario.clock),
-        now=scenario.clock,
-        warnings=tuple(summary.warnings),
-    )
-
-    # The playbook as it is; then, for a what-if, with the changes.
-    baseline = asyncio.run(Runner(playbook, settings, source, audit).run(request))
-    problems = check_expected(scenario, baseline)
-    report, what_if = baseline, None
-    if changed is not None:
-        what_if_request = replace(request, trigger=f"{trigger}:what-if")
-        report = asyncio.run(Runner(changed, settings, source, audit).run(what_if_request))
-        what_if = compare_runs(
-            baseline,
-            report,
-            overrides=changed.overrides,
-            thresholds_before=_thresholds(playbook),
-            thresholds_after=_thresholds(changed),
-            expected_before=problems,
-            expected_after=check_expected(scenario, report),
+            loaded = stack.enter_context(_load(app, directory))
+        source = LocalKqlSource(
+            loaded.con, now=scenario.clock, origin=f"scenario {scenario.name} ({path.name})"
         )
+        request = RunRequest(
+            trigger=trigger,
+            mode=Mode.DRY_RUN,
+            window=Window(start=scenario.clock - scenario.since, end=scenario.clock),
+            now=scenario.clock,
+            warnings=tuple(loaded.summary.warnings),
+        )
+
+        # The playbook as it is; then, for a what-if, with the changes.
+        baseline = asyncio.run(Runner(playbook, settings, source, audit).run(request))
+        problems = check_expected(scenario, baseline)
+        report, what_if = baseline, None
+        if changed is not None:
+            what_if_request = replace(request, trigger=f"{trigger}:what-if")
+            report = asyncio.run(Runner(changed, settings, source, audit).run(what_if_request))
+            what_if = compare_runs(
+                baseline,
+                report,
+                overrides=changed.overrides,
+                thresholds_before=_thresholds(playbook),
+                thresholds_after=_thresholds(changed),
+                expected_before=problems,
+                expected_after=check_expected(scenario, report),
+            )
 
     # Hand it round: the terminal, and the documents the team looks at.
     context = ReportContext(
@@ -583,17 +622,53 @@ def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
 # -- helpers -------------------------------------------------------------------
 
 
-def _load(app: App, directory: Path) -> tuple[Any, LoadSummary]:
-    con = duckdb_kql.connect()
-    with app.err.status(f"loading exports from {directory}…") as status:
+@contextmanager
+def _load(
+    app: App,
+    directory: Path,
+    *,
+    cache: Path | None = None,
+    skip_bad_records: bool = False,
+    memory_limit: str = MEMORY_LIMIT,
+) -> Iterator[LoadedExports]:
+    try:
+        memory_bytes(memory_limit)
+    except ValueError as failure:
+        raise click.BadParameter(str(failure), param_hint="--memory-limit") from None
+    with contextlib.ExitStack() as stack:
+        with app.err.status(f"loading exports from {directory}…") as status:
 
-        def progress(name: str, rows: int) -> None:
-            status.update(f"loaded {name} ({rows:,} rows)…")
+            def progress(name: str, rows: int) -> None:
+                status.update(f"loaded {name} ({rows:,} rows)…")
 
-        summary = ExportLoader(con, on_progress=progress).load_directory(directory)
-    loaded = ", ".join(f"{table} {rows:,}" for table, rows in sorted(summary.rows.items()))
-    app.err.print(f"loaded {len(summary.files)} file(s): {loaded or 'no rows'}", style="dim")
-    return con, summary
+            loaded = stack.enter_context(
+                load_exports(
+                    directory,
+                    cache=cache,
+                    skip_bad_records=skip_bad_records,
+                    on_progress=progress,
+                    memory_limit=memory_limit,
+                )
+            )
+        _print_load(app, loaded)
+        yield loaded
+
+
+def _print_load(app: App, loaded: LoadedExports) -> None:
+    summary: LoadSummary = loaded.summary
+    if loaded.reused:
+        app.err.print(f"reused the tables cached in {loaded.database}", style="dim")
+    for item in summary.files:
+        tables = ", ".join(f"{table} {rows:,}" for table, rows in sorted(item.tables.items()))
+        line = f"  {Path(item.path).name}: {item.shape} ({item.framing}): {tables or 'no rows'}"
+        if item.skipped:
+            skipped = ", ".join(f"{name} {count:,}" for name, count in sorted(item.skipped.items()))
+            line += f"; skipped, not read by tokenward: {skipped}"
+        if item.bad_records:
+            line += f"; {item.bad_records:,} bad record(s) left out, first: {item.problem}"
+        app.err.print(line, style="dim", markup=False, highlight=False)
+    totals = ", ".join(f"{table} {rows:,}" for table, rows in sorted(summary.rows.items()))
+    app.err.print(f"loaded {len(summary.files)} file(s): {totals or 'no rows'}", style="dim")
 
 
 def _instant(text: str, option: str) -> datetime:

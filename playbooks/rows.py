@@ -30,6 +30,13 @@ Row = dict[str, Any]
 DEVICE_CODE_PROTOCOL = "devicecode"
 DEVICE_CODE_TRANSFER_METHODS = frozenset({"devicecodeflow", "device code flow"})
 
+# The values Entra documents for AuthenticationProtocol; anything else, its own
+# ``unknownFutureValue`` included, is "other" and never an error.
+KNOWN_PROTOCOLS = {
+    name.lower(): name
+    for name in ("none", "oAuth2", "ropc", "wsFederation", "saml20", "deviceCode")
+}
+
 # Codes where the sign-in paused for the user (MFA, a device code being typed,
 # a password change): no token was issued, but the flow may still complete.
 INTERRUPT_CODES = frozenset(
@@ -110,6 +117,14 @@ def string_list(value: Any) -> tuple[str, ...]:
     return (raw,)
 
 
+def protocol_kind(value: Any) -> str:
+    """``AuthenticationProtocol`` as its documented spelling, ``none`` when empty, else ``other``."""
+    lowered = text(value).strip().lower()
+    if not lowered:
+        return "none"
+    return KNOWN_PROTOCOLS.get(lowered, "other")
+
+
 def flow_evidence(protocol: str, transfer_method: str) -> FlowEvidence | None:
     """How a row shows it belongs to a device code flow; ``None`` if it does not."""
     if protocol.strip().lower() == DEVICE_CODE_PROTOCOL:
@@ -131,7 +146,11 @@ def sign_in_from_row(row: Row) -> SignIn | None:
     transfer = text(row.get("OriginalTransferMethod"))
     evidence = flow_evidence(protocol, transfer)
     if evidence is None:
-        logger.info("skipped a sign-in row with protocol %r: not device code", protocol)
+        logger.info(
+            "skipped a sign-in row with protocol %r (%s): not device code",
+            protocol,
+            protocol_kind(protocol),
+        )
         return None
     code = result_code(row.get("ResultType"))
     signature = text(row.get("ResultSignature"))

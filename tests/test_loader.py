@@ -93,13 +93,13 @@ def test_a_bad_timestamp_names_the_file_and_line(tmp_path: Path) -> None:
 
 def test_a_truncated_json_line_names_the_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "SigninLogs.jsonl").write_text(json.dumps(SIGN_IN) + "\n" + '{"TimeGenerated": "2026-01-15T09:24:58Z", "User\n')
-    with pytest.raises(ExportError, match=r"SigninLogs.jsonl:2.*Malformed JSON"):
+    with pytest.raises(ExportError, match=r"SigninLogs.jsonl:2: not valid JSON"):
         load(tmp_path)
 
 
-def test_a_file_named_after_no_known_table_is_refused(tmp_path: Path) -> None:
+def test_a_file_of_rows_of_no_known_table_is_refused(tmp_path: Path) -> None:
     write_table(tmp_path, "SecurityEvent", [{"TimeGenerated": "2026-01-15T09:24:58Z"}])
-    with pytest.raises(ExportError, match="SecurityEvent.jsonl: not an export tokenward can read"):
+    with pytest.raises(ExportError, match="SecurityEvent.jsonl: .*neither its name nor its columns say which table"):
         load(tmp_path)
 
 
@@ -140,3 +140,22 @@ def test_the_non_interactive_table_keeps_detail_columns_as_json_text(tmp_path: P
     described = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE AADNonInteractiveUserSignInLogs)").fetchall())
     assert described["DeviceDetail"] == "VARCHAR"
     assert con.execute("SELECT DeviceDetail FROM AADNonInteractiveUserSignInLogs").fetchone() == ('{"isCompliant": true}',)
+
+
+def test_a_typed_user_name_that_looks_like_json_loads_as_the_string_it_is(tmp_path: Path) -> None:
+    # A failed sign-in records what was typed; an attacker must not be able to
+    # stop the hunt by typing a brace.
+    typed = {**SIGN_IN, "UserPrincipalName": '{"json": 1}', "ResultType": "50034"}
+    write_table(tmp_path, "SigninLogs", [SIGN_IN, typed])
+    con, summary = load(tmp_path)
+    assert summary.rows == {"SigninLogs": 2}
+    assert con.execute("SELECT UserPrincipalName FROM SigninLogs ORDER BY ResultType").fetchall() == [
+        ("target.user@contoso.com",),
+        ('{"json": 1}',),
+    ]
+
+
+def test_an_object_where_a_user_name_belongs_is_refused_with_its_line(tmp_path: Path) -> None:
+    write_table(tmp_path, "SigninLogs", [SIGN_IN, {**SIGN_IN, "UserPrincipalName": {"upn": "x"}}])
+    with pytest.raises(ExportError, match=r"SigninLogs.jsonl:2: .*UserPrincipalName"):
+        load(tmp_path)

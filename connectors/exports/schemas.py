@@ -17,6 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+#: Changes whenever a schema, a shape's mapping or a cast changes what a loaded
+#: table holds; a cached load made under another version is not reused.
+SCHEMA_VERSION = "2"
+
 
 class Kind(StrEnum):
     """Log Analytics column types."""
@@ -57,6 +61,12 @@ class TableSchema:
     required: tuple[str, ...] = ()
     # Columns that, when no record carries them, make the hunt blind (a warning).
     signals: tuple[str, ...] = ()
+    # Columns the queries match or join on: an object or array there is a wrong
+    # type, refused rather than loaded as its JSON text.
+    scalars: tuple[str, ...] = ()
+    # Columns that tell this table from the others when neither the file nor
+    # its records name it (a CSV or JSON export of one table).
+    identifying: tuple[str, ...] = ()
 
 
 STR, DYN, TIME, BOOL, INT, LONG = (
@@ -123,7 +133,18 @@ _SIGN_IN_COMMON: dict[str, Kind] = {
 }
 
 _SIGN_IN_SIGNALS = ("AuthenticationProtocol", "OriginalTransferMethod")
-_SIGN_IN_REQUIRED = ("TimeGenerated", "UserPrincipalName")
+_SIGN_IN_REQUIRED = ("TimeGenerated",)
+_SIGN_IN_SCALARS = (
+    "Id",
+    "UserPrincipalName",
+    "UserId",
+    "AppId",
+    "AuthenticationProtocol",
+    "OriginalTransferMethod",
+    "IPAddress",
+    "CorrelationId",
+    "SessionId",
+)
 
 SIGNIN_LOGS = TableSchema(
     name="SigninLogs",
@@ -140,6 +161,9 @@ SIGNIN_LOGS = TableSchema(
     fill_from={"TimeGenerated": "CreatedDateTime", "CreatedDateTime": "TimeGenerated"},
     required=_SIGN_IN_REQUIRED,
     signals=_SIGN_IN_SIGNALS,
+    scalars=_SIGN_IN_SCALARS,
+    # Only the processing-time column's name tells the two sign-in tables apart.
+    identifying=("UserPrincipalName", "AppId", "ProcessingTimeInMilliseconds"),
 )
 
 AAD_NON_INTERACTIVE_USER_SIGN_IN_LOGS = TableSchema(
@@ -158,6 +182,8 @@ AAD_NON_INTERACTIVE_USER_SIGN_IN_LOGS = TableSchema(
     fill_from={"TimeGenerated": "CreatedDateTime", "CreatedDateTime": "TimeGenerated"},
     required=_SIGN_IN_REQUIRED,
     signals=_SIGN_IN_SIGNALS,
+    scalars=_SIGN_IN_SCALARS,
+    identifying=("UserPrincipalName", "AppId", "ProcessingTimeInMs"),
 )
 
 _DEFENDER_TIME = {"Timestamp": "TimeGenerated", "TimeGenerated": "Timestamp"}
@@ -208,7 +234,14 @@ EMAIL_EVENTS = TableSchema(
     },
     time_column="Timestamp",
     fill_from=_DEFENDER_TIME,
-    required=("Timestamp", "RecipientEmailAddress"),
+    required=("Timestamp",),
+    scalars=(
+        "NetworkMessageId",
+        "RecipientEmailAddress",
+        "RecipientObjectId",
+        "SenderFromAddress",
+    ),
+    identifying=("NetworkMessageId", "RecipientEmailAddress", "Subject"),
 )
 
 URL_CLICK_EVENTS = TableSchema(
@@ -231,7 +264,9 @@ URL_CLICK_EVENTS = TableSchema(
     },
     time_column="Timestamp",
     fill_from=_DEFENDER_TIME,
-    required=("Timestamp", "AccountUpn"),
+    required=("Timestamp",),
+    scalars=("AccountUpn", "Url", "NetworkMessageId", "ReportId"),
+    identifying=("Url", "ActionType", "AccountUpn", "IsClickedThrough"),
 )
 
 EMAIL_URL_INFO = TableSchema(
@@ -248,6 +283,9 @@ EMAIL_URL_INFO = TableSchema(
     },
     time_column="Timestamp",
     fill_from=_DEFENDER_TIME,
+    required=("Timestamp",),
+    scalars=("NetworkMessageId", "Url"),
+    identifying=("NetworkMessageId", "Url", "UrlLocation"),
 )
 
 MICROSOFT_GRAPH_ACTIVITY_LOGS = TableSchema(
@@ -276,6 +314,7 @@ MICROSOFT_GRAPH_ACTIVITY_LOGS = TableSchema(
         "Type": STR,
     },
     time_column="TimeGenerated",
+    identifying=("RequestUri", "RequestMethod", "ResponseStatusCode"),
 )
 
 THREAT_INTELLIGENCE_INDICATOR = TableSchema(
@@ -297,6 +336,7 @@ THREAT_INTELLIGENCE_INDICATOR = TableSchema(
         "Type": STR,
     },
     time_column="TimeGenerated",
+    identifying=("IndicatorId", "ThreatType", "ConfidenceScore"),
 )
 
 TABLES: dict[str, TableSchema] = {
@@ -314,8 +354,40 @@ TABLES: dict[str, TableSchema] = {
 
 _BY_LOWER = {name.lower(): name for name in TABLES}
 
+# Entra diagnostic-settings categories (Event Hub, storage) of the tables read.
+_CATEGORIES = {
+    "signinlogs": SIGNIN_LOGS.name,
+    "noninteractiveusersigninlogs": AAD_NON_INTERACTIVE_USER_SIGN_IN_LOGS.name,
+}
+# Defender XDR streaming records name their table after this prefix.
+DEFENDER_CATEGORY_PREFIX = "advancedhunting-"
+
 
 def table_named(name: str) -> TableSchema | None:
     """The schema of a table by its name in any case, or ``None``."""
-    canonical = _BY_LOWER.get(name.lower())
+    canonical = _BY_LOWER.get(name.strip().lower())
     return TABLES[canonical] if canonical else None
+
+
+def table_for_category(category: str) -> TableSchema | None:
+    """The table a diagnostic or streaming record's ``category`` belongs to.
+
+    ``SignInLogs`` and ``NonInteractiveUserSignInLogs`` are Entra's names for
+    the two sign-in tables; ``AdvancedHunting-EmailEvents`` is Defender XDR's
+    for ``EmailEvents``. ``None`` for every table tokenward does not read.
+    """
+    lowered = category.strip().lower()
+    if lowered.startswith(DEFENDER_CATEGORY_PREFIX):
+        return table_named(lowered.removeprefix(DEFENDER_CATEGORY_PREFIX))
+    canonical = _CATEGORIES.get(lowered)
+    return TABLES[canonical] if canonical else None
+
+
+def table_by_columns(columns: set[str]) -> TableSchema | None:
+    """The one table whose identifying columns all appear, or ``None``."""
+    matches = [
+        table
+        for table in TABLES.values()
+        if table.identifying and set(table.identifying) <= columns
+    ]
+    return matches[0] if len(matches) == 1 else None
