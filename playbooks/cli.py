@@ -33,6 +33,7 @@ from connectors.doctor import Check, run_doctor
 from connectors.exports.database import MEMORY_LIMIT, LoadedExports, load_exports, memory_bytes
 from connectors.exports.loader import LoadSummary
 from connectors.exports.local import LocalKqlSource
+from connectors.exports.schemas import columns_used
 from connectors.graph import GraphOptions, GraphResponder
 from connectors.live import LiveMode, live_source
 from connectors.permissions import check_graph_permissions
@@ -188,6 +189,7 @@ def hunt(
                     _load(
                         app,
                         directory,
+                        playbook,
                         cache=cache,
                         skip_bad_records=skip_bad_records,
                         memory_limit=memory_limit,
@@ -495,7 +497,7 @@ def exercise(
         directory = Path(folder)
         _write_tables(directory, scenario.tables())
         with _failed_runs_audited(audit, trigger=trigger, mode=Mode.DRY_RUN):
-            loaded = stack.enter_context(_load(app, directory))
+            loaded = stack.enter_context(_load(app, directory, playbook))
         source = LocalKqlSource(
             loaded.con, now=scenario.clock, origin=f"scenario {scenario.name} ({path.name})"
         )
@@ -626,11 +628,13 @@ def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
 def _load(
     app: App,
     directory: Path,
+    playbook: Playbook,
     *,
     cache: Path | None = None,
     skip_bad_records: bool = False,
     memory_limit: str = MEMORY_LIMIT,
 ) -> Iterator[LoadedExports]:
+    """The exports loaded with the columns the playbook's queries name."""
     try:
         memory_bytes(memory_limit)
     except ValueError as failure:
@@ -648,6 +652,7 @@ def _load(
                     skip_bad_records=skip_bad_records,
                     on_progress=progress,
                     memory_limit=memory_limit,
+                    columns=columns_used(playbook.templates.values()),
                 )
             )
         _print_load(app, loaded)

@@ -12,8 +12,10 @@ from click.testing import CliRunner
 
 from connectors.exports import database
 from connectors.exports.database import load_exports
+from connectors.exports.schemas import columns_used
 from playbooks.cli import cli
 from playbooks.errors import ExportError
+from playbooks.playbook import load_playbook
 from tests import export_shapes as shapes
 
 DEVICE_CODE = {
@@ -137,7 +139,7 @@ def test_a_database_that_is_not_a_cache_is_never_overwritten(
 def test_without_a_cache_the_load_leaves_nothing_behind(
     export: Path, in_memory: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(database, "fits_in_memory", lambda files, limit: in_memory)
+    monkeypatch.setattr(database, "fits_in_memory", lambda files, limit, columns: in_memory)
     with load_exports(export) as loaded:
         where = loaded.con.execute(
             "SELECT path FROM duckdb_databases() WHERE NOT internal"
@@ -218,3 +220,29 @@ def test_the_hunt_command_skips_bad_records_when_told_and_says_so(
     assert any(
         "left out" in warning for warning in json.loads(skipped.stdout)["warnings"]
     )
+
+
+def test_a_load_for_a_playbook_keeps_only_the_columns_its_queries_name(export: Path) -> None:
+    columns = columns_used(load_playbook().templates.values())
+    with load_exports(export, columns=columns) as loaded:
+        stored = {
+            name
+            for (name,) in loaded.con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'SigninLogs'"
+            ).fetchall()
+        }
+    assert stored == set(columns["SigninLogs"])
+    assert {"TimeGenerated", "UserPrincipalName", "AuthenticationProtocol", "DeviceDetail"} <= stored
+    # Never named by a query, so never parsed, stored or held in memory.
+    assert "AuthenticationDetails" not in stored
+
+
+def test_a_cache_built_for_other_columns_is_not_reused(export: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "exports.duckdb"
+    columns = columns_used(load_playbook().templates.values())
+    with load_exports(export, cache=cache, columns=columns) as loaded:
+        assert not loaded.reused
+    with load_exports(export, cache=cache) as loaded:
+        assert not loaded.reused
+    with load_exports(export, cache=cache) as loaded:
+        assert loaded.reused

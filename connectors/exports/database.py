@@ -24,7 +24,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import duckdb
 import duckdb_kql
 
 from connectors.exports.loader import ExportLoader, LoadSummary, Progress, export_files
-from connectors.exports.schemas import SCHEMA_VERSION
+from connectors.exports.schemas import SCHEMA_VERSION, TABLES
 from connectors.exports.shapes import exported_size
 from playbooks.errors import ExportError, Location
 
@@ -97,14 +97,32 @@ def memory_bytes(limit: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def fits_in_memory(files: Sequence[Path], memory_limit: str) -> bool:
+def fits_in_memory(
+    files: Sequence[Path],
+    memory_limit: str,
+    columns: Mapping[str, Collection[str]] | None = None,
+) -> bool:
     """Whether the tables loaded from *files* take no more than the limit allows."""
     exported = sum(exported_size(path) for path in files)
-    estimate = exported * _IN_MEMORY_PER_EXPORTED_BYTE
+    estimate = exported * _IN_MEMORY_PER_EXPORTED_BYTE * _kept_share(columns)
     return estimate <= memory_bytes(memory_limit) * _IN_MEMORY_SHARE
 
 
-def cache_key(files: Sequence[Path], *, skip_bad_records: bool) -> str:
+def _kept_share(columns: Mapping[str, Collection[str]] | None) -> float:
+    """The share of the schema's columns a load keeps (all: 1.0)."""
+    if columns is None:
+        return 1.0
+    total = sum(len(table.columns) for table in TABLES.values())
+    kept = sum(len(columns.get(name, table.columns)) for name, table in TABLES.items())
+    return kept / total
+
+
+def cache_key(
+    files: Sequence[Path],
+    *,
+    skip_bad_records: bool,
+    columns: Mapping[str, Collection[str]] | None = None,
+) -> str:
     """What a cached load depends on: the files as they are now, and how they load."""
     described = [
         {
@@ -118,6 +136,11 @@ def cache_key(files: Sequence[Path], *, skip_bad_records: bool) -> str:
         "schema_version": SCHEMA_VERSION,
         "skip_bad_records": skip_bad_records,
         "files": described,
+        "columns": (
+            None
+            if columns is None
+            else {table: sorted(names) for table, names in sorted(columns.items())}
+        ),
     }
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
 
@@ -130,21 +153,27 @@ def load_exports(
     skip_bad_records: bool = False,
     on_progress: Progress | None = None,
     memory_limit: str = MEMORY_LIMIT,
+    columns: Mapping[str, Collection[str]] | None = None,
 ) -> Iterator[LoadedExports]:
     """The exports under *directory* loaded, from *cache* when it is current.
 
     Without *cache* the tables live in a temporary database removed on exit.
+    With *columns*, only those columns of each table are stored (the ones the
+    playbook's queries name); the cache remembers which.
     """
     files = export_files(directory)
     memory_bytes(memory_limit)
-    key = cache_key(files, skip_bad_records=skip_bad_records)
-    loader: Callable[[Any], LoadSummary] = lambda con: ExportLoader(  # noqa: E731
-        con, on_progress=on_progress, skip_bad_records=skip_bad_records
-    ).load_files(files)
+    key = cache_key(files, skip_bad_records=skip_bad_records, columns=columns)
+
+    def loader(con: Any) -> LoadSummary:
+        return ExportLoader(
+            con, on_progress=on_progress, skip_bad_records=skip_bad_records, columns=columns
+        ).load_files(files)
+
 
     if cache is None:
         folder = Path(tempfile.mkdtemp(prefix="tokenward-exports-"))
-        if fits_in_memory(files, memory_limit):
+        if fits_in_memory(files, memory_limit, columns):
             database = folder
             con = connect(None, memory_limit=memory_limit, spill=folder)
         else:

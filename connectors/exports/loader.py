@@ -20,7 +20,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,12 +98,22 @@ class LoadSummary:
 Progress = Callable[[str, int], None]
 
 
-def create_tables(con: Any, tables: Iterable[TableSchema] = TABLES.values()) -> None:
-    """Create every table tokenward reads, empty, with its schema types."""
+def create_tables(
+    con: Any,
+    tables: Iterable[TableSchema] = TABLES.values(),
+    *,
+    keep: Mapping[str, Collection[str]] | None = None,
+) -> None:
+    """Create every table tokenward reads, empty, with its schema types.
+
+    With *keep*, a table has only the columns listed for it (see
+    :func:`connectors.exports.schemas.columns_used`).
+    """
     for table in tables:
         columns = ", ".join(
             f"{quote_identifier(name)} {kind.duckdb_type}"
             for name, kind in table.columns.items()
+            if _kept(table, name, keep)
         )
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {quote_identifier(table.name)} ({columns})"
@@ -148,17 +158,20 @@ class ExportLoader:
         *,
         on_progress: Progress | None = None,
         skip_bad_records: bool = False,
+        columns: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self._con = con
         self._on_progress = on_progress
         self._skip = skip_bad_records
+        # The columns worth storing, by table; None stores every schema column.
+        self._keep = columns
 
     def load_directory(self, directory: Path) -> LoadSummary:
         return self.load_files(export_files(directory))
 
     def load_files(self, paths: Iterable[Path]) -> LoadSummary:
         summary = LoadSummary()
-        create_tables(self._con)
+        create_tables(self._con, keep=self._keep)
         # Rows keep no order in Kusto; not keeping it lets DuckDB load in parallel.
         ordered = self._con.execute(
             "SELECT current_setting('preserve_insertion_order')"
@@ -316,6 +329,8 @@ class ExportLoader:
         raws = read.columns_for(table)
         made = []
         for name, kind in table.columns.items():
+            if not _kept(table, name, self._keep):
+                continue
             fallback = table.fill_from.get(name)
             raw = filled(raws.get(name), raws.get(fallback) if fallback else None)
             made.append(
@@ -337,7 +352,9 @@ class ExportLoader:
     ) -> tuple[int, int, str | None]:
         """Rows loaded, rows left out as bad, and the first bad one's reason."""
         casts = self._casts(read, table)
-        targets = ", ".join(quote_identifier(name) for name in table.columns)
+        targets = ", ".join(
+            quote_identifier(name) for name in table.columns if _kept(table, name, self._keep)
+        )
         relation = read.relation_for(table) if read.relation_for else read.relation
         source = f"FROM ({relation}) AS src" + (f" WHERE {where}" if where else "")
         if not self._skip:
@@ -445,7 +462,7 @@ class ExportLoader:
             if not rows:
                 continue
             table = TABLES[name]
-            empty = _empty_columns(self._con, table)
+            empty = _empty_columns(self._con, table, self._keep)
             summary.empty_columns[name] = empty
             if table.signals and all(column in empty for column in table.signals):
                 summary.warnings.append(
@@ -489,9 +506,16 @@ def _route_filter(read: FileRead, names: list[str | None]) -> str:
     return " OR ".join(parts)
 
 
-def _empty_columns(con: Any, table: TableSchema) -> list[str]:
+def _kept(table: TableSchema, column: str, keep: Mapping[str, Collection[str]] | None) -> bool:
+    return keep is None or table.name not in keep or column in keep[table.name]
+
+
+def _empty_columns(
+    con: Any, table: TableSchema, keep: Mapping[str, Collection[str]] | None = None
+) -> list[str]:
     # One probe per column that stops at its first value: a column with values
     # costs a row or two to read, not a scan of the table.
+    stored = {name: kind for name, kind in table.columns.items() if _kept(table, name, keep)}
     probes = ", ".join(
         f"EXISTS (SELECT 1 FROM {quote_identifier(table.name)} WHERE "
         + (
@@ -499,12 +523,10 @@ def _empty_columns(con: Any, table: TableSchema) -> list[str]:
             if kind is Kind.STRING
             else f"{quote_identifier(name)} IS NOT NULL)"
         )
-        for name, kind in table.columns.items()
+        for name, kind in stored.items()
     )
     row = con.execute(f"SELECT {probes}").fetchone()
-    return [
-        name for name, seen in zip(table.columns, row or (), strict=False) if not seen
-    ]
+    return [name for name, seen in zip(stored, row or (), strict=False) if not seen]
 
 
 # -- where a failure is --------------------------------------------------------------

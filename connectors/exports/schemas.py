@@ -13,7 +13,9 @@ would in Sentinel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -391,3 +393,27 @@ def table_by_columns(columns: set[str]) -> TableSchema | None:
         if table.identifying and set(table.identifying) <= columns
     ]
     return matches[0] if len(matches) == 1 else None
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def columns_used(texts: Iterable[str]) -> dict[str, frozenset[str]]:
+    """The columns of each table that the KQL *texts* name, as a loader keeps them.
+
+    A column counts when its name appears as an identifier anywhere in the
+    texts, so the set can only be wider than what the queries read. The
+    columns a table cannot be loaded without, and those that tell a device
+    code flow, are always kept.
+    """
+    named: set[str] = set()
+    for text in texts:
+        named.update(_IDENTIFIER.findall(text))
+    return {
+        table.name: frozenset(
+            column
+            for column in table.columns
+            if column in named or column in table.required or column in table.signals
+        )
+        for table in TABLES.values()
+    }

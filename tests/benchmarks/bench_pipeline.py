@@ -99,6 +99,7 @@ def run_tokenward(data: Path, cache: Path | None, memory_limit: str) -> dict[str
     from playbooks.audit import AuditLog
     from playbooks.engine import Runner
     from playbooks.models import Window
+    from connectors.exports.schemas import columns_used
     from playbooks.playbook import load_playbook
     from playbooks.ports import RenderedQuery
     from playbooks.settings import Settings
@@ -113,20 +114,26 @@ def run_tokenward(data: Path, cache: Path | None, memory_limit: str) -> dict[str
             "before": BEFORE,
             "after": AFTER,
             "days": DAYS,
+            "lookback": DAYS,
         }
     )
     window = Window(start=START - DAYS, end=END + AFTER)
+    # The hunt and the correlation the baseline writes by hand, nothing more.
     queries = [
         RenderedQuery(
             name=name,
             tables=playbook.spec.queries[name].tables,
-            text=text,
+            text=texts[name],
             window=window,
         )
-        for name, text in texts.items()
+        for name in QUERIES
     ]
     clock = Clock()
-    with load_exports(data, cache=cache, memory_limit=memory_limit) as loaded:
+    # As ``tokenward hunt`` loads: the columns the playbook's queries name.
+    columns = columns_used(playbook.templates.values())
+    with load_exports(
+        data, cache=cache, memory_limit=memory_limit, columns=columns
+    ) as loaded:
         clock.lap("load")
         source = LocalKqlSource(loaded.con, now=END, origin="benchmark")
 
