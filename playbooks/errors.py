@@ -18,6 +18,7 @@ map classes, not strings, to exit codes and HTTP statuses::
     │   ├── BadRequest             the request was refused as invalid (400)
     │   ├── Throttled              429 past the retry budget
     │   └── ServiceUnavailable     5xx, timeouts and transport failures
+    │       └── TimedOut           the service or the client stopped waiting
     ├── GuardrailRefused        an action a guardrail forbids at execution time
     └── AuditError              the audit log cannot be written or does not verify
 """
@@ -152,6 +153,14 @@ class ServiceUnavailable(ConnectorError):
     retryable = True
 
 
+class TimedOut(ServiceUnavailable):
+    """The service (504, GatewayTimeout) or the client (read timeout) stopped waiting.
+
+    Retrying the same heavy query as it stands usually times out again; query
+    sources therefore re-run it over a narrower window instead.
+    """
+
+
 class GuardrailRefused(TokenwardError):
     """A guardrail forbids this action at execution time."""
 
@@ -167,4 +176,5 @@ _ERROR_CLASSES: dict[type[ConnectorError], str] = {
     BadRequest: "bad_request",
     Throttled: "throttled",
     ServiceUnavailable: "transient",
+    TimedOut: "timeout",
 }

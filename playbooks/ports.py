@@ -7,9 +7,11 @@ a vendor exception and never ``None`` for a failure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
 
 from playbooks.errors import (
     AuthenticationFailed,
@@ -20,11 +22,14 @@ from playbooks.errors import (
     QueryError,
     ServiceUnavailable,
     Throttled,
+    TimedOut,
 )
 from playbooks.models import ActionResult, PlannedAction, RunStatus, Window
 
 __all__ = [
+    "AttemptListener",
     "AuthenticationFailed",
+    "CallAttempt",
     "BadRequest",
     "ConnectorError",
     "ExecutionContext",
@@ -38,6 +43,9 @@ __all__ = [
     "Responder",
     "ServiceUnavailable",
     "Throttled",
+    "TimedOut",
+    "listening_for_attempts",
+    "report_attempt",
 ]
 
 Row = dict[str, Any]
@@ -117,3 +125,68 @@ class IncidentWriter(Protocol):
     async def comment(self, *, incident_id: str, comment_id: str, message: str) -> None: ...
 
     async def label(self, *, incident_id: str, labels: Sequence[str]) -> None: ...
+
+
+# -- attempts at outside calls ------------------------------------------------
+
+AttemptOutcome = Literal["succeeded", "retrying", "failed"]
+
+
+@dataclass(frozen=True)
+class CallAttempt:
+    """One attempt at one call to an outside service, as the audit keeps it.
+
+    Nothing here may hold a token, a secret or a response body: the service's
+    status, error code and request id are what a person needs to follow up.
+    """
+
+    # log_analytics, defender, graph, arm
+    service: str
+    # What was called, e.g. "query_batch" or "runHuntingQuery".
+    operation: str
+    # What the call was for: query names, user ids.
+    subjects: tuple[str, ...]
+    number: int
+    outcome: AttemptOutcome
+    elapsed_ms: int
+    status: int | None = None
+    code: str | None = None
+    error_class: str | None = None
+    message: str | None = None
+    request_id: str | None = None
+    # What the service asked for, in seconds, and what tokenward then waited.
+    retry_after: float | None = None
+    wait: float | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["subjects"] = list(self.subjects)
+        return {key: value for key, value in record.items() if value is not None}
+
+
+AttemptListener = Callable[[CallAttempt], None]
+
+_listener: ContextVar[AttemptListener | None] = ContextVar(
+    "tokenward_attempt_listener", default=None
+)
+
+
+def report_attempt(attempt: CallAttempt) -> None:
+    """Hand an attempt to whoever the current run listens with (the audit)."""
+    listener = _listener.get()
+    if listener is not None:
+        listener(attempt)
+
+
+@contextmanager
+def listening_for_attempts(listener: AttemptListener) -> Iterator[None]:
+    """Every attempt reported inside the block goes to *listener*.
+
+    The runner wraps a run in this, so each connector's retries land in the
+    run's audit without the connector knowing about runs or the store.
+    """
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)

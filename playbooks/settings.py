@@ -17,6 +17,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,13 +32,28 @@ from pydantic import (
     model_validator,
 )
 
+from playbooks.clouds import AzureEndpoints, Cloud, EndpointConflict, derive_endpoints, parse_cloud
 from playbooks.errors import Location, SettingsError
 from playbooks.identities import is_guid, is_upn
+from playbooks.kql import kql_identifier
 from playbooks.yamlsource import describe, dotted
 
 DEFAULT_PATH = Path("config/tokenward.toml")
 ENV_CONFIG = "TOKENWARD_CONFIG"
 ENV_AUDIT_KEY = "TOKENWARD_AUDIT_HMAC_KEY"
+ENV_CLIENT_SECRET = "TOKENWARD_CLIENT_SECRET"
+ENV_CERTIFICATE_PASSWORD = "TOKENWARD_CLIENT_CERTIFICATE_PASSWORD"
+# Set by the AKS workload identity webhook; used when the settings leave them out.
+ENV_WORKLOAD_IDENTITY = {
+    "tenant_id": "AZURE_TENANT_ID",
+    "client_id": "AZURE_CLIENT_ID",
+    "federated_token_file": "AZURE_FEDERATED_TOKEN_FILE",
+}
+# Secrets: settings key under [azure.credential] -> the only variable it may come from.
+_CREDENTIAL_SECRETS = {
+    "client_secret": ENV_CLIENT_SECRET,
+    "certificate_password": ENV_CERTIFICATE_PASSWORD,
+}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -142,6 +158,161 @@ class PlaybookSettings(Section):
     )
 
 
+# -- Azure: clouds, credentials and the services tokenward calls ----------------
+
+
+class CredentialKind(StrEnum):
+    """How tokenward proves who it is; chosen explicitly, never by a fallback chain."""
+
+    MANAGED_IDENTITY = "managed_identity"
+    WORKLOAD_IDENTITY = "workload_identity"
+    CLIENT_CERTIFICATE = "client_certificate"
+    CLIENT_SECRET = "client_secret"
+
+
+class CredentialSettings(Section):
+    kind: CredentialKind | None = Field(
+        default=None, description="managed_identity, workload_identity, client_certificate or client_secret."
+    )
+    client_id: str = Field(
+        default="",
+        description="The app registration's client id; for a managed identity, the "
+        "user-assigned identity's client id (empty: the system-assigned one).",
+    )
+    certificate_path: Path | None = Field(
+        default=None, description="PEM or PKCS#12 file with the certificate and its private key."
+    )
+    send_certificate_chain: bool = Field(
+        default=False, description="Send the certificate chain (subject name/issuer auth)."
+    )
+    federated_token_file: Path | None = Field(
+        default=None, description="Workload identity token file (default: $AZURE_FEDERATED_TOKEN_FILE)."
+    )
+    client_secret: SecretStr | None = Field(
+        default=None, description=f"From {ENV_CLIENT_SECRET} only."
+    )
+    certificate_password: SecretStr | None = Field(
+        default=None, description=f"From {ENV_CERTIFICATE_PASSWORD} only."
+    )
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str) -> str:
+        if value and not is_guid(value):
+            raise ValueError(f"client_id {value!r} is not a GUID")
+        return value.lower()
+
+
+def _cloud(value: Any) -> Any:
+    return parse_cloud(value) if isinstance(value, str) else value
+
+
+class AzureSettings(Section):
+    cloud: Annotated[Cloud, BeforeValidator(_cloud)] = Field(
+        default=Cloud.PUBLIC, description="The cloud every endpoint and scope is derived from."
+    )
+    tenant_id: str = Field(default="", description="The Entra tenant id (GUID) or its primary domain.")
+    authority_host: str = Field(default="", description="Override of the sign-in authority.")
+    graph_endpoint: str = Field(default="", description="Override of the Microsoft Graph host.")
+    log_analytics_endpoint: str = Field(default="", description="Override of the Log Analytics host.")
+    arm_endpoint: str = Field(default="", description="Override of the Resource Manager host.")
+    ca_bundle: Path | None = Field(
+        default=None, description="PEM file of CAs trusted instead of the system's."
+    )
+    connect_timeout: float = Field(default=10, gt=0, le=120)
+    read_timeout: float = Field(default=300, gt=0, le=900)
+    credential: CredentialSettings = CredentialSettings()
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        if value and not (is_guid(value) or re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", value)):
+            raise ValueError(f"tenant_id {value!r} is neither a GUID nor a domain name")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AzureSettings:
+        self.endpoints()
+        return self
+
+    def endpoints(self) -> AzureEndpoints:
+        """The cloud's endpoints and scopes with the overrides applied."""
+        return derive_endpoints(
+            self.cloud,
+            authority_host=self.authority_host,
+            graph_endpoint=self.graph_endpoint,
+            log_analytics_endpoint=self.log_analytics_endpoint,
+            arm_endpoint=self.arm_endpoint,
+        )
+
+
+class LogAnalyticsSettings(Section):
+    workspace_id: str = Field(default="", description="The Sentinel workspace's id (a GUID).")
+    server_timeout: int = Field(
+        default=180, ge=1, le=600, description="Seconds the service may run one query (Prefer: wait)."
+    )
+
+    @field_validator("workspace_id")
+    @classmethod
+    def _workspace(cls, value: str) -> str:
+        if value and not is_guid(value):
+            raise ValueError(f"workspace_id {value!r} is not a GUID (the workspace id, not its name)")
+        return value.lower()
+
+
+class DefenderSettings(Section):
+    concurrency: int = Field(
+        default=4, ge=1, le=10, description="Advanced hunting queries in flight at once."
+    )
+
+
+class SourceKind(StrEnum):
+    """Where a table's rows are read live."""
+
+    LOG_ANALYTICS = "log_analytics"
+    DEFENDER = "defender"
+
+
+class SourceSettings(Section):
+    default: SourceKind = Field(
+        default=SourceKind.LOG_ANALYTICS, description="Where tables not listed below are read."
+    )
+    tables: dict[str, SourceKind] = Field(
+        default_factory=dict, description="Table name to source, e.g. EmailEvents = \"defender\"."
+    )
+
+    @field_validator("tables")
+    @classmethod
+    def _table_names(cls, value: dict[str, SourceKind]) -> dict[str, SourceKind]:
+        for name in value:
+            kql_identifier(name)
+        return value
+
+    def source_for(self, table: str) -> SourceKind:
+        return self.tables.get(table, self.default)
+
+
+class RetrySettings(Section):
+    max_attempts: int = Field(default=4, ge=1, le=10, description="Attempts per call, the first included.")
+    wait_initial: float = Field(
+        default=0.5, ge=0, le=60, description="First backoff in seconds when no Retry-After is sent."
+    )
+    wait_max: float = Field(
+        default=30, ge=0, le=600, description="Longest single wait; a longer Retry-After stops the call."
+    )
+    deadline: float = Field(
+        default=120, gt=0, le=3600, description="Seconds one call may take, waits included."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySettings:
+        if self.wait_initial > self.wait_max:
+            raise ValueError(f"wait_initial ({self.wait_initial}) is above wait_max ({self.wait_max})")
+        if self.wait_max > self.deadline:
+            raise ValueError(f"wait_max ({self.wait_max}) is above the deadline ({self.deadline})")
+        return self
+
+
 class Settings(Section):
     store: StoreSettings = StoreSettings()
     audit: AuditSettings = AuditSettings()
@@ -149,6 +320,24 @@ class Settings(Section):
     threat_intel: ThreatIntelSettings = ThreatIntelSettings()
     hunt: HuntSettings = HuntSettings()
     playbook: PlaybookSettings = PlaybookSettings()
+    azure: AzureSettings = AzureSettings()
+    log_analytics: LogAnalyticsSettings = LogAnalyticsSettings()
+    defender: DefenderSettings = DefenderSettings()
+    sources: SourceSettings = SourceSettings()
+    retry: RetrySettings = RetrySettings()
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> Settings:
+        # B18: a client that stops reading first makes the service's work wasted,
+        # and a retry then starts the same heavy query again.
+        if self.log_analytics.server_timeout >= self.azure.read_timeout:
+            raise _KeyedError(
+                "log_analytics.server_timeout",
+                f"server_timeout ({self.log_analytics.server_timeout} s) must be below "
+                f"azure.read_timeout ({self.azure.read_timeout:g} s), or the client gives "
+                "up while the workspace is still running the query",
+            )
+        return self
 
     def threat_networks(self) -> tuple[Network, ...]:
         """The configured hostile ranges, with the listed files read."""
@@ -187,19 +376,79 @@ def settings_from_dict(
             f"audit.hmac_key belongs in the {ENV_AUDIT_KEY} variable, not in a file",
             source=Location(file=file, key="audit.hmac_key"),
         )
+    merged = _with_credential_environment(merged, env, file=file)
     base = Path(file).parent if file else Path.cwd()
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as failure:
-        first = failure.errors()[0]
-        raise SettingsError(
-            describe(first), source=Location(file=file, key=dotted(tuple(first["loc"])))
-        ) from None
+        raise _settings_error(failure, file) from None
     files = tuple(item if item.is_absolute() else base / item for item in settings.threat_intel.files)
     threat_intel = settings.threat_intel.model_copy(update={"files": files})
     for item in files:
         read_network_file(item)
-    return settings.model_copy(update={"threat_intel": threat_intel})
+    return settings.model_copy(
+        update={"threat_intel": threat_intel, "azure": _azure_paths(settings.azure, base)}
+    )
+
+
+class _KeyedError(ValueError):
+    """A whole-settings check that knows which key to blame."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _settings_error(failure: ValidationError, file: str | None) -> SettingsError:
+    first = failure.errors()[0]
+    key = dotted(tuple(first["loc"]))
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, EndpointConflict | _KeyedError):
+        prefix = "azure." if isinstance(cause, EndpointConflict) else ""
+        return SettingsError(str(cause), source=Location(file=file, key=prefix + cause.key))
+    return SettingsError(describe(first), source=Location(file=file, key=key or None))
+
+
+def _with_credential_environment(
+    data: dict[str, Any], env: Mapping[str, str], *, file: str | None
+) -> dict[str, Any]:
+    """Secrets from their variables (refused in files); workload identity defaults."""
+    azure = dict(data.get("azure") or {})
+    credential = dict(azure.get("credential") or {})
+    for key, variable in _CREDENTIAL_SECRETS.items():
+        if key in credential:
+            raise SettingsError(
+                f"azure.credential.{key} belongs in the {variable} variable, not in a file",
+                source=Location(file=file, key=f"azure.credential.{key}"),
+            )
+        if env.get(variable):
+            credential[key] = env[variable]
+    if credential.get("kind") == CredentialKind.WORKLOAD_IDENTITY.value:
+        for key, variable in ENV_WORKLOAD_IDENTITY.items():
+            target = credential if key != "tenant_id" else azure
+            if not target.get(key) and env.get(variable):
+                target[key] = env[variable]
+    if not credential and "credential" not in azure:
+        return data
+    azure["credential"] = credential
+    return {**data, "azure": azure}
+
+
+def _azure_paths(azure: AzureSettings, base: Path) -> AzureSettings:
+    """Relative file settings are relative to the settings file, as elsewhere."""
+
+    def resolved(path: Path | None) -> Path | None:
+        return path if path is None or path.is_absolute() else base / path
+
+    credential = azure.credential.model_copy(
+        update={
+            "certificate_path": resolved(azure.credential.certificate_path),
+            "federated_token_file": resolved(azure.credential.federated_token_file),
+        }
+    )
+    return azure.model_copy(
+        update={"ca_bundle": resolved(azure.ca_bundle), "credential": credential}
+    )
 
 
 def read_network_file(path: Path) -> list[Network]:

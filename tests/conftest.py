@@ -79,3 +79,20 @@ def requires_corpus() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         not CORPUS.is_dir(), reason=f"the public corpus is not beside the project ({CORPUS})"
     )
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Any]:
+    """The Microsoft APIs on 127.0.0.1 over HTTPS, for the whole session."""
+    from tests.emulator import start_emulator
+
+    started = start_emulator()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def emu(emulator: Any) -> Any:
+    """The emulator with an empty request log, no faults and fresh service state."""
+    emulator.reset()
+    return emulator
