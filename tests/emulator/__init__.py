@@ -5,11 +5,11 @@ See README.md beside this file for what it serves and how to extend it.
 
 from __future__ import annotations
 
-from tests.emulator import arm, identity
+from tests.emulator import arm, identity, sentinel
 from tests.emulator.server import AUDIENCES, Emulator, Fault, RecordedRequest
 
 #: The route modules mounted, in order: specific routes before catch-alls.
-MODULES = [identity, arm]
+MODULES = [identity, sentinel, arm]
 
 
 def start_emulator() -> Emulator:
