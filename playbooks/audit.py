@@ -133,6 +133,54 @@ class AuditLog:
             connection.execute(insert(audit_head).values(id=1, seq=seq, hash=digest))
         return AuditRecord(seq, run_id, at, kind, actor, clean, prev, digest)
 
+    def record_many_in(
+        self,
+        connection: Connection,
+        entries: list[tuple[str, str, dict[str, Any], str]],
+    ) -> list[AuditRecord]:
+        """Append ``(run_id, kind, data, actor)`` entries inside the caller's transaction.
+
+        One read of the head, one insert of every record and one head update,
+        however many entries: the webhook stores a burst of deliveries this way.
+        """
+        if not entries:
+            return []
+        head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+        seq = head.seq if head else 0
+        prev = head.hash if head else GENESIS
+        at = isoformat_z(utcnow())
+        written: list[AuditRecord] = []
+        for run_id, kind, data, actor in entries:
+            seq += 1
+            clean = redact(data)
+            digest = self._digest(seq, run_id, at, kind, actor, clean, prev)
+            written.append(AuditRecord(seq, run_id, at, kind, actor, clean, prev, digest))
+            prev = digest
+        connection.execute(
+            insert(audit_records),
+            [
+                {
+                    "seq": r.seq,
+                    "run_id": r.run_id,
+                    "at": r.at,
+                    "kind": r.kind,
+                    "actor": r.actor,
+                    "data": _canonical(r.data),
+                    "prev_hash": r.prev_hash,
+                    "hash": r.hash,
+                }
+                for r in written
+            ],
+        )
+        last = written[-1]
+        if head:
+            connection.execute(
+                update(audit_head).where(audit_head.c.id == 1).values(seq=last.seq, hash=last.hash)
+            )
+        else:
+            connection.execute(insert(audit_head).values(id=1, seq=last.seq, hash=last.hash))
+        return written
+
     def records(self, *, run_id: str | None = None, limit: int | None = None) -> list[AuditRecord]:
         query = select(audit_records).order_by(audit_records.c.seq)
         if run_id is not None:

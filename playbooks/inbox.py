@@ -119,10 +119,9 @@ class Inbox:
         now_ms = self._now_ms()
         try:
             with self._store.engine.begin() as connection:
-                accepted = [self._store_one(connection, item, now_ms) for item in deliveries]
-                for refusal in refusals:
-                    self._audit.record_in(
-                        connection,
+                accepted, entries = self._store_all(connection, deliveries, now_ms)
+                entries += [
+                    (
                         SERVICE_RUN,
                         "request.refused",
                         {
@@ -134,14 +133,21 @@ class Inbox:
                             "size": refusal.size,
                             "body_sha256": refusal.body_sha256,
                         },
+                        refusal.caller or "unauthenticated",
                     )
+                    for refusal in refusals
+                ]
+                self._audit.record_many_in(connection, entries)
         except SQLAlchemyError as failure:
             raise AuditError(f"the inbox could not store the deliveries: {failure}") from None
         return accepted
 
-    def _store_one(self, connection: Connection, item: Delivery, now_ms: int) -> Accepted:
-        inserted = _insert_unless_present(
-            connection,
+    def _store_all(
+        self, connection: Connection, deliveries: Sequence[Delivery], now_ms: int
+    ) -> tuple[list[Accepted], list[tuple[str, str, dict[str, Any], str]]]:
+        # Insert every delivery whose run is new; a unique key refuses the rest,
+        # however the deliveries race (in this group or another process's).
+        rows = [
             {
                 "id": item.id,
                 "run_id": item.run_id,
@@ -157,31 +163,44 @@ class Inbox:
                 "status": PENDING,
                 "attempts": 0,
                 "available_at": now_ms,
-            },
-        )
-        record = {"delivery": item.id, "caller": item.caller, "scheme": item.scheme, **item.summary}
-        if inserted:
-            self._audit.record_in(connection, item.run_id, "delivery.accepted", record, actor=item.caller)
-            return Accepted(item.id, item.run_id, duplicate=False)
+            }
+            for item in deliveries
+        ]
+        if rows:
+            _insert_ignoring_conflicts(connection, rows)
 
-        first = connection.execute(
-            select(inbox.c.id, inbox.c.run_id, inbox.c.revision).where(inbox.c.run_key == item.run_key)
-        ).one()
-        if first.revision == item.revision:
-            reason = f"the same incident revision was delivered before (delivery {first.id})"
-        else:
-            reason = (
-                f"the incident's accounts, addresses and window are unchanged since delivery "
-                f"{first.id}; nothing to hunt again"
+        # Read back who holds each run: this delivery, or an earlier one.
+        keys = sorted({item.run_key for item in deliveries})
+        holders = {
+            row.run_key: row
+            for row in connection.execute(
+                select(inbox.c.id, inbox.c.run_id, inbox.c.run_key, inbox.c.revision).where(
+                    inbox.c.run_key.in_(keys)
+                )
             )
-        self._audit.record_in(
-            connection,
-            first.run_id,
-            "delivery.duplicate",
-            {**record, "delivery": item.id, "same_as": first.id, "reason": reason},
-            actor=item.caller,
-        )
-        return Accepted(first.id, first.run_id, duplicate=True, reason=reason)
+        } if keys else {}
+
+        accepted: list[Accepted] = []
+        entries: list[tuple[str, str, dict[str, Any], str]] = []
+        for item in deliveries:
+            record = {"delivery": item.id, "caller": item.caller, "scheme": item.scheme, **item.summary}
+            first = holders[item.run_key]
+            if first.id == item.id:
+                entries.append((item.run_id, "delivery.accepted", record, item.caller))
+                accepted.append(Accepted(item.id, item.run_id, duplicate=False))
+                continue
+            if first.revision == item.revision:
+                reason = f"the same incident revision was delivered before (delivery {first.id})"
+            else:
+                reason = (
+                    "the incident's accounts, addresses and window are unchanged since "
+                    f"delivery {first.id}; nothing to hunt again"
+                )
+            entries.append(
+                (first.run_id, "delivery.duplicate", {**record, "same_as": first.id, "reason": reason}, item.caller)
+            )
+            accepted.append(Accepted(first.id, first.run_id, duplicate=True, reason=reason))
+        return accepted, entries
 
     # -- the worker side ------------------------------------------------------------
 
@@ -371,23 +390,23 @@ class Inbox:
         return int(self._clock() * 1000)
 
 
-def _insert_unless_present(connection: Connection, values: dict[str, Any]) -> bool:
-    """Insert a row unless its unique keys are taken; True if it was inserted."""
+def _insert_ignoring_conflicts(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert *rows*, skipping each whose unique keys are taken."""
     dialect = connection.dialect.name
     if dialect in ("sqlite", "postgresql"):
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        statement = dialect_insert(inbox).values(**values).on_conflict_do_nothing()
-        return connection.execute(statement).rowcount == 1
-    # Other databases: a savepoint around a plain insert.
-    try:
-        with connection.begin_nested():
-            connection.execute(insert(inbox).values(**values))
-    except IntegrityError:
-        return False
-    return True
+        connection.execute(dialect_insert(inbox).on_conflict_do_nothing(), rows)
+        return
+    # Other databases: one savepoint per row around a plain insert.
+    for row in rows:
+        try:
+            with connection.begin_nested():
+                connection.execute(insert(inbox), row)
+        except IntegrityError:
+            continue
 
 
 __all__ = ["Accepted", "Claimed", "Delivery", "Inbox", "Refusal"]

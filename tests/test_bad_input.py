@@ -18,6 +18,7 @@ from tests.service import Service, incident, running_service
 
 @pytest.fixture(scope="module")
 def service(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    emulator.reset()
     with running_service(emulator, tmp_path_factory.mktemp("bad-input")) as running:
         yield running
 

@@ -17,6 +17,7 @@ GENERIC_401 = {"error": "unauthorized", "message": "authentication required"}
 
 @pytest.fixture(scope="module")
 def service(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    emulator.reset()
     with running_service(emulator, tmp_path_factory.mktemp("service")) as running:
         yield running
 
