@@ -28,7 +28,13 @@ from azure.core import AsyncPipelineClient
 from azure.core.exceptions import HttpResponseError
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 
-from connectors.retry import REQUEST_ID_HEADERS, RetryPolicy, azure_error, call_with_retries, header
+from connectors.retry import (
+    REQUEST_ID_HEADERS,
+    RetryPolicy,
+    azure_error,
+    call_with_retries,
+    header,
+)
 from playbooks.errors import BadRequest, ConnectorError, ServiceUnavailable
 from playbooks.identities import is_guid
 from playbooks.incidents import INCIDENT_ID
@@ -76,7 +82,9 @@ class SentinelIncidents:
         self._prefix = label_prefix
         self._max_conflicts = max_conflicts
 
-    async def comment(self, *, incident_id: str, comment_id: str, message: str) -> IncidentWrite:
+    async def comment(
+        self, *, incident_id: str, comment_id: str, message: str
+    ) -> IncidentWrite:
         path = f"{_incident_path(incident_id)}/comments/{_comment_id(comment_id)}"
         if len(message) > MAX_COMMENT:
             raise BadRequest(
@@ -85,20 +93,29 @@ class SentinelIncidents:
             )
         what = f"the comment on incident {_name(incident_id)}"
         response, attempts = await self._send(
-            "PUT", path, {"properties": {"message": message}},
-            what=what, operation="comment", subject=_name(incident_id),
+            "PUT",
+            path,
+            {"properties": {"message": message}},
+            what=what,
+            operation="comment",
+            subject=_name(incident_id),
         )
         created = response.status_code == 201
         logger.info(
             "%s comment %s on incident %s (%d)",
-            "created" if created else "updated", comment_id, _name(incident_id), response.status_code,
+            "created" if created else "updated",
+            comment_id,
+            _name(incident_id),
+            response.status_code,
         )
         return IncidentWrite(
             http_status=response.status_code,
             attempts=attempts,
             request_id=header(dict(response.headers), *REQUEST_ID_HEADERS),
             created=created,
-            detail="comment created" if created else "comment updated (same id, no duplicate)",
+            detail="comment created"
+            if created
+            else "comment updated (same id, no duplicate)",
         )
 
     async def label(self, *, incident_id: str, labels: Sequence[str]) -> IncidentWrite:
@@ -113,36 +130,59 @@ class SentinelIncidents:
         for _conflict in range(self._max_conflicts):
             # Read the incident and its etag; change only tokenward's labels.
             current, tries = await self._send(
-                "GET", path, what=f"incident {name}", operation="get_incident", subject=name
+                "GET",
+                path,
+                what=f"incident {name}",
+                operation="get_incident",
+                subject=name,
             )
             attempts += tries
             incident = _json(current, what=f"incident {name}")
             properties = incident.get("properties") or {}
-            existing = [label for label in properties.get("labels") or [] if isinstance(label, dict)]
-            kept = [label for label in existing if not str(label.get("labelName", "")).startswith(self._prefix)]
-            ours = {str(label.get("labelName")) for label in existing} - {str(k.get("labelName")) for k in kept}
+            existing = [
+                label
+                for label in properties.get("labels") or []
+                if isinstance(label, dict)
+            ]
+            kept = [
+                label
+                for label in existing
+                if not str(label.get("labelName", "")).startswith(self._prefix)
+            ]
+            ours = {str(label.get("labelName")) for label in existing} - {
+                str(k.get("labelName")) for k in kept
+            }
             if ours == set(wanted):
                 return IncidentWrite(
-                    http_status=current.status_code, attempts=attempts, detail="labels already set"
+                    http_status=current.status_code,
+                    attempts=attempts,
+                    detail="labels already set",
                 )
             body = {
                 "etag": incident.get("etag"),
                 "properties": {
                     **{key: properties[key] for key in WRITABLE if key in properties},
-                    "labels": kept + [{"labelName": label, "labelType": "User"} for label in wanted],
+                    "labels": kept
+                    + [{"labelName": label, "labelType": "User"} for label in wanted],
                 },
             }
 
             # Write them back under the etag; a change in between means read again.
             try:
                 written, tries = await self._send(
-                    "PUT", path, body,
-                    what=f"the labels of incident {name}", operation="label", subject=name,
+                    "PUT",
+                    path,
+                    body,
+                    what=f"the labels of incident {name}",
+                    operation="label",
+                    subject=name,
                 )
             except ConnectorError as failure:
                 attempts += 1
                 if failure.status in (409, 412):
-                    logger.info("incident %s changed while labelling it; reading it again", name)
+                    logger.info(
+                        "incident %s changed while labelling it; reading it again", name
+                    )
                     continue
                 raise
             attempts += tries
@@ -204,7 +244,9 @@ def _incident_path(incident_id: str) -> str:
     # The id came from a webhook body: it is used as a URL path only in the
     # shape that is safe as one.
     if not INCIDENT_ID.match(incident_id):
-        raise BadRequest(f"{incident_id[:200]!r} is not a Sentinel incident resource id")
+        raise BadRequest(
+            f"{incident_id[:200]!r} is not a Sentinel incident resource id"
+        )
     return incident_id
 
 
@@ -224,5 +266,7 @@ def _json(response: AsyncHttpResponse, *, what: str) -> dict[str, Any]:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise ServiceUnavailable(f"{SERVICE} answered {what} with something that is not an incident")
+        raise ServiceUnavailable(
+            f"{SERVICE} answered {what} with something that is not an incident"
+        )
     return value

@@ -277,21 +277,20 @@ def worker(app: App, source_spec: str, now_text: str | None) -> None:
     """Process stored webhook deliveries (for workers apart from tokenward serve)."""
     import signal
 
-    from playbooks.server import SourceSpec, build_parts
+    from playbooks.server import SourceSpec, build_worker
 
     settings = app.settings()
     spec = SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
-    parts = build_parts(settings, spec=spec, with_worker=True)
-    assert parts.worker is not None
+    processing = build_worker(settings, spec)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await parts.worker.run_forever(stop)  # type: ignore[union-attr]
+        await processing.run_forever(stop)
 
-    app.err.print(f"tokenward worker {parts.worker.owner} processing the inbox", style="dim")
+    app.err.print(f"tokenward worker {processing.owner} processing the inbox", style="dim")
     asyncio.run(run())
 
 

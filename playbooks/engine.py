@@ -222,19 +222,32 @@ class Runner:
             }
         )
 
-    async def _nobody_to_hunt(self, run_id: str, request: RunRequest, report: RunReport) -> RunReport:
+    async def _nobody_to_hunt(
+        self, run_id: str, request: RunRequest, report: RunReport
+    ) -> RunReport:
         self.audit.record(
             run_id,
             "incident.unresolvable_identity",
-            {"incident": request.incident.resource_id if request.incident else None, "reasons": list(request.warnings)},
+            {
+                "incident": request.incident.resource_id if request.incident else None,
+                "reasons": list(request.warnings),
+            },
         )
-        plan = plan_actions((), self.playbook, self._guardrails(request, evidence_complete=True), run_id=run_id, created_at=utcnow())
+        plan = plan_actions(
+            (),
+            self.playbook,
+            self._guardrails(request, evidence_complete=True),
+            run_id=run_id,
+            created_at=utcnow(),
+        )
         results = await self._gate_and_act(run_id, request, plan, ())
         return report.model_copy(
             update={
                 "plan_id": plan.id,
                 "plan_hash": plan.content_hash,
-                "actions": tuple(_action_report(a, results[a.id]) for a in plan.actions),
+                "actions": tuple(
+                    _action_report(a, results[a.id]) for a in plan.actions
+                ),
                 "warnings": (
                     *report.warnings,
                     "no account of the incident could be resolved to an Entra ID user; nothing was hunted",
@@ -242,7 +255,9 @@ class Runner:
             }
         )
 
-    async def _write_back(self, run_id: str, request: RunRequest, report: RunReport) -> RunReport:
+    async def _write_back(
+        self, run_id: str, request: RunRequest, report: RunReport
+    ) -> RunReport:
         """Report: label the incident and write the run's one comment on it.
 
         Labels go first so the comment can say which were set. Both writes are
@@ -259,28 +274,74 @@ class Runner:
 
         with listening_for_attempts(audited):
             labels = labels_for(report, prefix=self.settings.sentinel.label_prefix)
-            self.audit.record(run_id, "incident.labels.intent", {"incident": incident.resource_id, "labels": list(labels)})
+            self.audit.record(
+                run_id,
+                "incident.labels.intent",
+                {"incident": incident.resource_id, "labels": list(labels)},
+            )
             try:
-                labelled = await self.writer.label(incident_id=incident.resource_id, labels=labels)
+                labelled = await self.writer.label(
+                    incident_id=incident.resource_id, labels=labels
+                )
                 labels_outcome = labelled.detail
-                self.audit.record(run_id, "incident.labels.outcome", {"status": "succeeded", "detail": labelled.detail, "http_status": labelled.http_status})
+                self.audit.record(
+                    run_id,
+                    "incident.labels.outcome",
+                    {
+                        "status": "succeeded",
+                        "detail": labelled.detail,
+                        "http_status": labelled.http_status,
+                    },
+                )
             except ConnectorError as failure:
                 labels_outcome = f"labels not set: {failure}"
-                logger.warning("run %s could not label incident %s: %s", run_id, incident.resource_id, failure)
-                self.audit.record(run_id, "incident.labels.outcome", {"status": "failed", "error": str(failure), "http_status": failure.status})
+                logger.warning(
+                    "run %s could not label incident %s: %s",
+                    run_id,
+                    incident.resource_id,
+                    failure,
+                )
+                self.audit.record(
+                    run_id,
+                    "incident.labels.outcome",
+                    {
+                        "status": "failed",
+                        "error": str(failure),
+                        "http_status": failure.status,
+                    },
+                )
 
-            action = next((a for a in report.actions if a.action is ActionKind.COMMENT_ON_INCIDENT), None)
+            action = next(
+                (
+                    a
+                    for a in report.actions
+                    if a.action is ActionKind.COMMENT_ON_INCIDENT
+                ),
+                None,
+            )
             if action is None:
-                action = _comment_report(incident, run_id, self.settings.sentinel.api_version)
+                action = _comment_report(
+                    incident, run_id, self.settings.sentinel.api_version
+                )
             comment_id = requests_for.comment_id(run_id)
             message = comment_message(report, labels=labels_outcome)
             self.audit.record(
                 run_id,
                 "action.intent",
-                {"action": action.id, "kind": action.action.value, "path": action.request.path, "comment_id": comment_id, "characters": len(message)},
+                {
+                    "action": action.id,
+                    "kind": action.action.value,
+                    "path": action.request.path,
+                    "comment_id": comment_id,
+                    "characters": len(message),
+                },
             )
             try:
-                written = await self.writer.comment(incident_id=incident.resource_id, comment_id=comment_id, message=message)
+                written = await self.writer.comment(
+                    incident_id=incident.resource_id,
+                    comment_id=comment_id,
+                    message=message,
+                )
                 result = ActionResult(
                     action_id=action.id,
                     status=ActionStatus.SUCCEEDED,
@@ -290,7 +351,12 @@ class Runner:
                     attempts=written.attempts,
                 )
             except ConnectorError as failure:
-                logger.warning("run %s could not comment on incident %s: %s", run_id, incident.resource_id, failure)
+                logger.warning(
+                    "run %s could not comment on incident %s: %s",
+                    run_id,
+                    incident.resource_id,
+                    failure,
+                )
                 result = ActionResult(
                     action_id=action.id,
                     status=ActionStatus.FAILED,
@@ -299,7 +365,14 @@ class Runner:
                     error_code=failure.code,
                     request_id=failure.request_id,
                 )
-            self.audit.record(run_id, "action.outcome", {"action": action.id, **result.model_dump(mode="json", exclude={"action_id"})})
+            self.audit.record(
+                run_id,
+                "action.outcome",
+                {
+                    "action": action.id,
+                    **result.model_dump(mode="json", exclude={"action_id"}),
+                },
+            )
 
         done = action.model_copy(
             update={
@@ -463,9 +536,13 @@ def _action_report(action: PlannedAction, result: ActionResult) -> ActionReport:
     )
 
 
-def _comment_report(incident: IncidentRef, run_id: str, api_version: str) -> ActionReport:
-    """The comment of a run that failed before it planned (it is reported all the same)."""
-    request = requests_for.incident_comment(incident, run_id=run_id, api_version=api_version)
+def _comment_report(
+    incident: IncidentRef, run_id: str, api_version: str
+) -> ActionReport:
+    """The comment of a run that failed before it planned: it is written all the same."""
+    request = requests_for.incident_comment(
+        incident, run_id=run_id, api_version=api_version
+    )
     return ActionReport(
         id=f"a-comment-{requests_for.comment_id(run_id)[:8]}",
         action=ActionKind.COMMENT_ON_INCIDENT,

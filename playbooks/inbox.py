@@ -100,10 +100,13 @@ class Inbox:
         audit: AuditLog,
         *,
         clock: Callable[[], float] = time.time,
+        mode: str = "dry-run",
     ) -> None:
         self._store = store
         self._audit = audit
         self._clock = clock
+        # The mode the runs of this inbox are started in, for the runs table.
+        self._mode = mode
 
     # -- the request side ---------------------------------------------------------
 
@@ -139,7 +142,9 @@ class Inbox:
                 ]
                 self._audit.record_many_in(connection, entries)
         except SQLAlchemyError as failure:
-            raise AuditError(f"the inbox could not store the deliveries: {failure}") from None
+            raise AuditError(
+                f"the inbox could not store the deliveries: {failure}"
+            ) from None
         return accepted
 
     def _store_all(
@@ -171,19 +176,28 @@ class Inbox:
 
         # Read back who holds each run: this delivery, or an earlier one.
         keys = sorted({item.run_key for item in deliveries})
-        holders = {
-            row.run_key: row
-            for row in connection.execute(
-                select(inbox.c.id, inbox.c.run_id, inbox.c.run_key, inbox.c.revision).where(
-                    inbox.c.run_key.in_(keys)
+        holders = (
+            {
+                row.run_key: row
+                for row in connection.execute(
+                    select(
+                        inbox.c.id, inbox.c.run_id, inbox.c.run_key, inbox.c.revision
+                    ).where(inbox.c.run_key.in_(keys))
                 )
-            )
-        } if keys else {}
+            }
+            if keys
+            else {}
+        )
 
         accepted: list[Accepted] = []
         entries: list[tuple[str, str, dict[str, Any], str]] = []
         for item in deliveries:
-            record = {"delivery": item.id, "caller": item.caller, "scheme": item.scheme, **item.summary}
+            record = {
+                "delivery": item.id,
+                "caller": item.caller,
+                "scheme": item.scheme,
+                **item.summary,
+            }
             first = holders[item.run_key]
             if first.id == item.id:
                 entries.append((item.run_id, "delivery.accepted", record, item.caller))
@@ -197,9 +211,16 @@ class Inbox:
                     f"delivery {first.id}; nothing to hunt again"
                 )
             entries.append(
-                (first.run_id, "delivery.duplicate", {**record, "same_as": first.id, "reason": reason}, item.caller)
+                (
+                    first.run_id,
+                    "delivery.duplicate",
+                    {**record, "same_as": first.id, "reason": reason},
+                    item.caller,
+                )
             )
-            accepted.append(Accepted(first.id, first.run_id, duplicate=True, reason=reason))
+            accepted.append(
+                Accepted(first.id, first.run_id, duplicate=True, reason=reason)
+            )
         return accepted, entries
 
     # -- the worker side ------------------------------------------------------------
@@ -224,7 +245,13 @@ class Inbox:
             ).all()
             for candidate in candidates:
                 if candidate.attempts >= max_attempts:
-                    self._give_up(connection, candidate.id, candidate.run_id, candidate.attempts, candidate.status)
+                    self._give_up(
+                        connection,
+                        candidate.id,
+                        candidate.run_id,
+                        candidate.attempts,
+                        candidate.status,
+                    )
                     continue
                 taken = connection.execute(
                     update(inbox)
@@ -238,7 +265,9 @@ class Inbox:
                 )
                 if taken.rowcount != 1:
                     continue
-                row = connection.execute(select(inbox).where(inbox.c.id == candidate.id)).one()
+                row = connection.execute(
+                    select(inbox).where(inbox.c.id == candidate.id)
+                ).one()
                 self._start_run(connection, row)
                 self._audit.record_in(
                     connection,
@@ -267,7 +296,11 @@ class Inbox:
         with self._store.engine.begin() as connection:
             result = connection.execute(
                 update(inbox)
-                .where(inbox.c.id == delivery_id, inbox.c.lease_owner == owner, inbox.c.status == RUNNING)
+                .where(
+                    inbox.c.id == delivery_id,
+                    inbox.c.lease_owner == owner,
+                    inbox.c.status == RUNNING,
+                )
                 .values(lease_expires_at=self._now_ms() + int(lease_s * 1000))
             )
         return result.rowcount == 1
@@ -279,7 +312,11 @@ class Inbox:
         with self._store.engine.begin() as connection:
             result = connection.execute(
                 update(inbox)
-                .where(inbox.c.id == delivery_id, inbox.c.lease_owner == owner, inbox.c.status == RUNNING)
+                .where(
+                    inbox.c.id == delivery_id,
+                    inbox.c.lease_owner == owner,
+                    inbox.c.status == RUNNING,
+                )
                 .values(
                     status=status,
                     lease_owner=None,
@@ -290,7 +327,9 @@ class Inbox:
             )
             if result.rowcount != 1:
                 return False
-            row = connection.execute(select(inbox.c.run_id).where(inbox.c.id == delivery_id)).one()
+            row = connection.execute(
+                select(inbox.c.run_id).where(inbox.c.id == delivery_id)
+            ).one()
             connection.execute(
                 update(runs)
                 .where(runs.c.id == row.run_id)
@@ -301,16 +340,25 @@ class Inbox:
                 )
             )
             self._audit.record_in(
-                connection, row.run_id, f"delivery.{status}", {"delivery": delivery_id, **outcome}
+                connection,
+                row.run_id,
+                f"delivery.{status}",
+                {"delivery": delivery_id, **outcome},
             )
         return True
 
-    def retry_later(self, delivery_id: str, owner: str, *, after_s: float, error: str) -> bool:
+    def retry_later(
+        self, delivery_id: str, owner: str, *, after_s: float, error: str
+    ) -> bool:
         """Hand the delivery back to be tried again in *after_s* seconds."""
         with self._store.engine.begin() as connection:
             result = connection.execute(
                 update(inbox)
-                .where(inbox.c.id == delivery_id, inbox.c.lease_owner == owner, inbox.c.status == RUNNING)
+                .where(
+                    inbox.c.id == delivery_id,
+                    inbox.c.lease_owner == owner,
+                    inbox.c.status == RUNNING,
+                )
                 .values(
                     status=PENDING,
                     lease_owner=None,
@@ -321,12 +369,21 @@ class Inbox:
             )
             if result.rowcount != 1:
                 return False
-            row = connection.execute(select(inbox.c.run_id, inbox.c.attempts).where(inbox.c.id == delivery_id)).one()
+            row = connection.execute(
+                select(inbox.c.run_id, inbox.c.attempts).where(
+                    inbox.c.id == delivery_id
+                )
+            ).one()
             self._audit.record_in(
                 connection,
                 row.run_id,
                 "delivery.retry_scheduled",
-                {"delivery": delivery_id, "attempt": row.attempts, "after_s": after_s, "error": error},
+                {
+                    "delivery": delivery_id,
+                    "attempt": row.attempts,
+                    "after_s": after_s,
+                    "error": error,
+                },
             )
         return True
 
@@ -334,7 +391,11 @@ class Inbox:
 
     def get(self, delivery_id: str) -> dict[str, Any] | None:
         with self._store.engine.connect() as connection:
-            row = connection.execute(select(inbox).where(inbox.c.id == delivery_id)).mappings().first()
+            row = (
+                connection.execute(select(inbox).where(inbox.c.id == delivery_id))
+                .mappings()
+                .first()
+            )
         return dict(row) if row else None
 
     def counts(self) -> dict[str, int]:
@@ -347,10 +408,17 @@ class Inbox:
     def ping(self) -> None:
         """Raise unless the store answers a read."""
         with self._store.engine.connect() as connection:
-            connection.execute(select(func.count()).select_from(inbox).where(inbox.c.id == ""))
+            connection.execute(
+                select(func.count()).select_from(inbox).where(inbox.c.id == "")
+            )
 
     def _give_up(
-        self, connection: Connection, delivery_id: str, run_id: str, attempts: int, status: str
+        self,
+        connection: Connection,
+        delivery_id: str,
+        run_id: str,
+        attempts: int,
+        status: str,
     ) -> None:
         reason = (
             f"{attempts} attempts used up: the worker holding it stopped before finishing"
@@ -368,20 +436,35 @@ class Inbox:
                 outcome=json.dumps({"error": reason}),
             )
         )
-        connection.execute(update(runs).where(runs.c.id == run_id).values(status=FAILED, ended_at=isoformat_z(utcnow())))
-        self._audit.record_in(connection, run_id, "delivery.failed", {"delivery": delivery_id, "error": reason})
+        connection.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(status=FAILED, ended_at=isoformat_z(utcnow()))
+        )
+        self._audit.record_in(
+            connection,
+            run_id,
+            "delivery.failed",
+            {"delivery": delivery_id, "error": reason},
+        )
 
     def _start_run(self, connection: Connection, row: Any) -> None:
-        known = connection.execute(select(runs.c.id).where(runs.c.id == row.run_id)).first()
+        known = connection.execute(
+            select(runs.c.id).where(runs.c.id == row.run_id)
+        ).first()
         if known:
-            connection.execute(update(runs).where(runs.c.id == row.run_id).values(status=RUNNING, ended_at=None))
+            connection.execute(
+                update(runs)
+                .where(runs.c.id == row.run_id)
+                .values(status=RUNNING, ended_at=None)
+            )
             return
         connection.execute(
             insert(runs).values(
                 id=row.run_id,
                 started_at=isoformat_z(utcnow()),
                 trigger=f"sentinel:{row.event}"[:64],
-                mode="webhook",
+                mode=self._mode,
                 status=RUNNING,
             )
         )
@@ -390,7 +473,9 @@ class Inbox:
         return int(self._clock() * 1000)
 
 
-def _insert_ignoring_conflicts(connection: Connection, rows: list[dict[str, Any]]) -> None:
+def _insert_ignoring_conflicts(
+    connection: Connection, rows: list[dict[str, Any]]
+) -> None:
     """Insert *rows*, skipping each whose unique keys are taken."""
     dialect = connection.dialect.name
     if dialect in ("sqlite", "postgresql"):

@@ -40,7 +40,9 @@ _KIND = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 class PayloadError(InputError):
     """The body is not a Sentinel incident delivery; ``status`` is the HTTP answer."""
 
-    def __init__(self, message: str, *, status: int = 422, problems: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, message: str, *, status: int = 422, problems: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.problems = problems
@@ -51,18 +53,27 @@ def parse_body(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as failure:
-        raise PayloadError(f"the body is not UTF-8 (byte {failure.start})", status=400) from None
+        raise PayloadError(
+            f"the body is not UTF-8 (byte {failure.start})", status=400
+        ) from None
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        value = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
     except _Duplicate as duplicate:
-        raise PayloadError(f"the body repeats the key {duplicate.key!r} in one object", status=400) from None
+        raise PayloadError(
+            f"the body repeats the key {duplicate.key!r} in one object", status=400
+        ) from None
     except json.JSONDecodeError as failure:
         raise PayloadError(
             f"the body is not JSON: {failure.msg} at line {failure.lineno}, column {failure.colno}",
             status=400,
         ) from None
     except (RecursionError, ValueError) as failure:
-        raise PayloadError(f"the body is not JSON tokenward can read ({type(failure).__name__})", status=400) from None
+        raise PayloadError(
+            f"the body is not JSON tokenward can read ({type(failure).__name__})",
+            status=400,
+        ) from None
     _check_text(value, "", 0)
     return value
 
@@ -70,7 +81,9 @@ def parse_body(body: bytes) -> Any:
 def check_delivery(payload: Any) -> str:
     """Check *payload* against the delivery schema; returns which shape it is."""
     if not isinstance(payload, dict):
-        raise PayloadError(f"the body is a JSON {type(payload).__name__}, not an object")
+        raise PayloadError(
+            f"the body is a JSON {type(payload).__name__}, not an object"
+        )
     if "object" in payload:
         shape, model = "trigger", TriggerBody
     elif "responses" in payload:
@@ -85,10 +98,14 @@ def check_delivery(payload: Any) -> str:
     try:
         model.model_validate(payload)
     except ValidationError as failure:
-        problems = tuple(_problem(error) for error in failure.errors(include_input=False)[:10])
+        problems = tuple(
+            _problem(error) for error in failure.errors(include_input=False)[:10]
+        )
         more = len(failure.errors()) - len(problems)
         message = "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
-        raise PayloadError(f"the {shape} body does not match the schema: {message}", problems=problems) from None
+        raise PayloadError(
+            f"the {shape} body does not match the schema: {message}", problems=problems
+        ) from None
     return shape
 
 
@@ -99,13 +116,17 @@ def _timestamp(value: str) -> str:
     try:
         parse_time(value)
     except ValueError:
-        raise ValueError("is not a timestamp (ISO 8601, e.g. 2026-01-15T09:24:58Z)") from None
+        raise ValueError(
+            "is not a timestamp (ISO 8601, e.g. 2026-01-15T09:24:58Z)"
+        ) from None
     return value
 
 
 def _kind(value: str) -> str:
     if not _KIND.match(value):
-        raise ValueError("is not an entity kind (letters, digits and hyphens, e.g. Account)")
+        raise ValueError(
+            "is not an entity kind (letters, digits and hyphens, e.g. Account)"
+        )
     return value
 
 
@@ -155,7 +176,9 @@ class IncidentProperties(Loose):
     lastModifiedTimeUtc: Timestamp | None = None
     labels: list[Label] | None = None
     relatedAnalyticRuleIds: list[StrictStr] | None = None
-    relatedEntities: list[RelatedEntity] | None = Field(default=None, max_length=MAX_ENTITIES)
+    relatedEntities: list[RelatedEntity] | None = Field(
+        default=None, max_length=MAX_ENTITIES
+    )
     alerts: list[Alert] | None = Field(default=None, max_length=MAX_ENTITIES)
 
 
@@ -220,7 +243,10 @@ def _no_constant(name: str) -> Any:
 
 def _check_text(value: Any, where: str, depth: int) -> None:
     if depth > MAX_DEPTH:
-        raise PayloadError(f"the body nests deeper than {MAX_DEPTH} levels (at {where or 'the top'})", status=400)
+        raise PayloadError(
+            f"the body nests deeper than {MAX_DEPTH} levels (at {where or 'the top'})",
+            status=400,
+        )
     if isinstance(value, str):
         _check_string(value, where)
     elif isinstance(value, dict):
@@ -238,13 +264,20 @@ def _check_string(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise PayloadError(f"{where or 'the body'} holds a lone surrogate (invalid Unicode)", status=400) from None
+        raise PayloadError(
+            f"{where or 'the body'} holds a lone surrogate (invalid Unicode)",
+            status=400,
+        ) from None
 
 
 def _problem(error: Any) -> str:
     place = ""
     for part in error["loc"]:
-        place += f"[{part}]" if isinstance(part, int) else (f".{part}" if place else str(part))
+        place += (
+            f"[{part}]"
+            if isinstance(part, int)
+            else (f".{part}" if place else str(part))
+        )
     message = str(error["msg"])
     if error["type"] == "missing":
         message = "is missing"

@@ -11,8 +11,8 @@
 4. stores it in the inbox with its audit record, and answers ``202`` with the
    run id once that transaction has committed.
 
-It never calls a connector: a worker (a thread of this process, or ``tokenward
-worker`` elsewhere) runs the playbook for each stored delivery. Stores are
+It never calls a connector: a worker (a child process that serve starts, or
+``tokenward worker`` elsewhere) runs the playbook for each stored delivery. Stores are
 grouped: deliveries arriving together are committed in one transaction, so
 acknowledging stays fast under a burst while every ``202`` still means
 "written to disk". Refusals answer with a fixed, generic message per status;
@@ -29,6 +29,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import multiprocessing
+import os
 import secrets
 import ssl
 import threading
@@ -87,9 +89,15 @@ _PUBLIC = {
     409: ("conflict", "the decision cannot be taken"),
     413: ("too_large", "the body is larger than tokenward accepts"),
     415: ("unsupported_media_type", "send application/json"),
-    422: ("invalid_payload", "the body is not a Sentinel incident delivery tokenward accepts"),
+    422: (
+        "invalid_payload",
+        "the body is not a Sentinel incident delivery tokenward accepts",
+    ),
     501: ("not_implemented", "plan approval storage is not configured in this build"),
-    503: ("unavailable", "tokenward cannot accept this now; nothing was stored, send it again"),
+    503: (
+        "unavailable",
+        "tokenward cannot accept this now; nothing was stored, send it again",
+    ),
 }
 
 
@@ -101,7 +109,9 @@ class Refused(Exception):
     never repeats a value from the request.
     """
 
-    def __init__(self, status: int, reason: str, *, detail: str = "", caller: str = "") -> None:
+    def __init__(
+        self, status: int, reason: str, *, detail: str = "", caller: str = ""
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -168,11 +178,25 @@ class Gate:
         try:
             if authorization and AuthScheme.BEARER in self.schemes:
                 return self._bearer(authorization, self.policy)
-            if headers.get(SIGNATURE_HEADER) and AuthScheme.HMAC in self.schemes and self.secret:
+            if (
+                headers.get(SIGNATURE_HEADER)
+                and AuthScheme.HMAC in self.schemes
+                and self.secret
+            ):
                 verify_signature(
-                    body, headers, secret=self.secret, now=self.clock(), tolerance_s=self.replay_window
+                    body,
+                    headers,
+                    secret=self.secret,
+                    now=self.clock(),
+                    tolerance_s=self.replay_window,
                 )
-                return Caller(principal_id="", app_id="", tenant_id="", name="hmac-sender", scheme="hmac")
+                return Caller(
+                    principal_id="",
+                    app_id="",
+                    tenant_id="",
+                    name="hmac-sender",
+                    scheme="hmac",
+                )
         except Unauthorized as refusal:
             raise Refused(401, refusal.reason) from None
         raise Refused(401, "no credentials of an enabled scheme")
@@ -187,12 +211,18 @@ class Gate:
         except Unauthorized as refusal:
             raise Refused(401, refusal.reason) from None
         if not caller.is_user:
-            raise Refused(403, f"{caller.label} is an application, not a person", caller=caller.label)
+            raise Refused(
+                403,
+                f"{caller.label} is an application, not a person",
+                caller=caller.label,
+            )
         allowed = caller.principal_id.lower() in self.approvers or (
             bool(self.approver_role) and self.approver_role in caller.roles
         )
         if not allowed:
-            raise Refused(403, f"{caller.label} is not an approver", caller=caller.label)
+            raise Refused(
+                403, f"{caller.label} is not an approver", caller=caller.label
+            )
         return caller
 
     def _bearer(self, authorization: str, policy: TokenPolicy | None) -> Caller:
@@ -200,11 +230,15 @@ class Gate:
             raise Unauthorized("bearer tokens are not configured")
         if not self.keys.loaded:
             raise Refused(503, "the tenant's signing keys are not loaded yet")
-        return validate_bearer(authorization, policy=policy, key_for=self.keys.key_for, now=self.clock())
+        return validate_bearer(
+            authorization, policy=policy, key_for=self.keys.key_for, now=self.clock()
+        )
 
     @property
     def ready(self) -> bool:
-        if AuthScheme.BEARER in self.schemes and (self.keys is None or not self.keys.loaded):
+        if AuthScheme.BEARER in self.schemes and (
+            self.keys is None or not self.keys.loaded
+        ):
             return False
         return not (AuthScheme.HMAC in self.schemes and not self.secret)
 
@@ -215,9 +249,13 @@ def service_problems(settings: Settings) -> list[str]:
     problems: list[str] = []
     if AuthScheme.BEARER in webhook.auth:
         if not webhook.audiences:
-            problems.append("webhook.audiences is empty: name tokenward's Application ID URI (api://...)")
+            problems.append(
+                "webhook.audiences is empty: name tokenward's Application ID URI (api://...)"
+            )
         if not webhook.issuers and not _tenant_guid(settings):
-            problems.append("webhook.issuers is empty and azure.tenant_id is not a GUID to derive them from")
+            problems.append(
+                "webhook.issuers is empty and azure.tenant_id is not a GUID to derive them from"
+            )
         if not webhook.allowed_principals:
             problems.append(
                 "webhook.allowed_principals is empty: any principal of the tenant could post "
@@ -226,7 +264,9 @@ def service_problems(settings: Settings) -> list[str]:
     if AuthScheme.HMAC in webhook.auth:
         secret = webhook.hmac_secret
         if secret is None or len(secret.get_secret_value()) < 32:
-            problems.append("webhook auth includes hmac but TOKENWARD_WEBHOOK_HMAC_SECRET is unset or under 32 characters")
+            problems.append(
+                "webhook auth includes hmac but TOKENWARD_WEBHOOK_HMAC_SECRET is unset or under 32 characters"
+            )
     return problems
 
 
@@ -241,7 +281,9 @@ def build_gate(settings: Settings, *, keys: KeySource | None) -> Gate:
             allowed_principals=frozenset(webhook.allowed_principals),
         )
         approver_policy = TokenPolicy(audiences=webhook.audiences, issuers=issuers)
-    secret = webhook.hmac_secret.get_secret_value().encode() if webhook.hmac_secret else None
+    secret = (
+        webhook.hmac_secret.get_secret_value().encode() if webhook.hmac_secret else None
+    )
     return Gate(
         schemes=webhook.auth,
         policy=policy,
@@ -256,7 +298,9 @@ def build_gate(settings: Settings, *, keys: KeySource | None) -> Gate:
 
 def openid_metadata_url(settings: Settings) -> str:
     authority = settings.azure.endpoints().authority_host.rstrip("/")
-    return f"{authority}/{settings.azure.tenant_id}/v2.0/.well-known/openid-configuration"
+    return (
+        f"{authority}/{settings.azure.tenant_id}/v2.0/.well-known/openid-configuration"
+    )
 
 
 def _default_issuers(settings: Settings) -> tuple[str, ...]:
@@ -286,7 +330,9 @@ class Recorder:
     def __init__(self, inbox: Inbox, *, max_group: int = 256) -> None:
         self._inbox = inbox
         self._max_group = max_group
-        self._queue: asyncio.Queue[tuple[Delivery | Refusal, asyncio.Future[Accepted] | None]] = asyncio.Queue()
+        self._queue: asyncio.Queue[
+            tuple[Delivery | Refusal, asyncio.Future[Accepted] | None]
+        ] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -314,14 +360,20 @@ class Recorder:
             group = [await self._queue.get()]
             while len(group) < self._max_group and not self._queue.empty():
                 group.append(self._queue.get_nowait())
-            deliveries = [(item, future) for item, future in group if isinstance(item, Delivery)]
+            deliveries = [
+                (item, future) for item, future in group if isinstance(item, Delivery)
+            ]
             refusals = [item for item, _ in group if isinstance(item, Refusal)]
             try:
                 accepted = await asyncio.to_thread(
                     self._inbox.record, [item for item, _ in deliveries], refusals
                 )
             except Exception as failure:
-                logger.error("the inbox could not store %d deliveries: %s", len(deliveries), failure)
+                logger.error(
+                    "the inbox could not store %d deliveries: %s",
+                    len(deliveries),
+                    failure,
+                )
                 for _, future in deliveries:
                     if future is not None and not future.done():
                         future.set_exception(failure)
@@ -337,44 +389,72 @@ class Recorder:
 # -- the worker inside the service -------------------------------------------------
 
 
-class WorkerThread:
-    """The inbox worker on its own thread and event loop.
+class WorkerProcess:
+    """The inbox worker in a child process of ``tokenward serve``.
 
-    Runs are long and write the audit synchronously; on their own loop they
-    never delay an acknowledgement.
+    Runs are long and CPU-bound in Python (scoring, the audit chain); in a
+    process of their own they never hold the interpreter that acknowledges
+    deliveries. The child stops when asked (SIGTERM, letting runs in flight
+    finish) and dies with its parent: if ``tokenward serve`` is killed, the
+    worker goes too, and its leases run out for the next start to recover.
     """
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
+    def __init__(self, settings: Settings, spec: SourceSpec) -> None:
+        self._settings = settings
+        self._spec = spec
+        self._process: multiprocessing.process.BaseProcess | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name="tokenward-worker", daemon=True)
-        self._thread.start()
-        self._started.wait(10)
-
-    def _main(self) -> None:
-        async def run() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self._started.set()
-            await self.worker.run_forever(self._stop)
-
-        asyncio.run(run())
+        context = multiprocessing.get_context("spawn")
+        self._process = context.Process(
+            target=_worker_main,
+            args=(self._settings, self._spec, os.getpid(), logging.getLogger().level),
+            name="tokenward-worker",
+            daemon=True,
+        )
+        self._process.start()
 
     def stop(self, *, grace_s: float = 30) -> None:
         """Let the runs in flight finish (up to *grace_s*); a lease covers the rest."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(grace_s)
+        if self._process is None or not self._process.is_alive():
+            return
+        self._process.terminate()
+        self._process.join(grace_s)
+        if self._process.is_alive():
+            logger.warning("the worker did not stop in %g s; its leases will run out", grace_s)
+            self._process.kill()
+            self._process.join(5)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._process is not None and self._process.is_alive()
+
+
+def _worker_main(settings: Settings, spec: SourceSpec, parent: int, level: int) -> None:
+    """The worker process: process the inbox until SIGTERM or the parent's death."""
+    import signal
+
+    from playbooks import logs
+
+    logs.configure(0 if level >= logging.ERROR else 1 if level >= logging.INFO else 2)
+
+    def orphaned() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    worker = build_worker(settings, spec)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await worker.run_forever(stop)
+
+    asyncio.run(run())
 
 
 # -- the application ----------------------------------------------------------------
@@ -390,13 +470,15 @@ class ServiceParts:
     gate: Gate
     keys: KeySource | None = None
     approvals: PlanApprovals | None = None
-    worker: Worker | None = None
+    # The worker process serve starts, if any.
+    worker: WorkerProcess | None = None
     recorder: Recorder | None = field(default=None, init=False)
-    worker_thread: WorkerThread | None = field(default=None, init=False)
 
 
 class AcceptedBody(BaseModel):
-    status: str = Field(description="accepted, or duplicate when an earlier delivery is the same run")
+    status: str = Field(
+        description="accepted, or duplicate when an earlier delivery is the same run"
+    )
     run_id: str
     delivery_id: str
     detail: str = ""
@@ -429,7 +511,10 @@ class PlanBody(BaseModel):
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody, "description": _PUBLIC[status][1]} for status in statuses}
+    return {
+        status: {"model": ErrorBody, "description": _PUBLIC[status][1]}
+        for status in statuses
+    }
 
 
 def create_app(parts: ServiceParts | None = None) -> FastAPI:
@@ -442,17 +527,20 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         parts.recorder = Recorder(parts.inbox)
         parts.recorder.start()
         if parts.keys is not None:
-            background.append(asyncio.create_task(parts.keys.keep_fresh(), name="signing-keys"))
+            background.append(
+                asyncio.create_task(parts.keys.keep_fresh(), name="signing-keys")
+            )
         if parts.worker is not None:
-            parts.worker_thread = WorkerThread(parts.worker)
-            parts.worker_thread.start()
-        parts.audit.record("webhook", "service.started", {"worker": parts.worker is not None})
+            parts.worker.start()
+        parts.audit.record(
+            "webhook", "service.started", {"worker": parts.worker is not None}
+        )
         logger.info("tokenward serve ready")
         try:
             yield
         finally:
-            if parts.worker_thread is not None:
-                await asyncio.to_thread(parts.worker_thread.stop)
+            if parts.worker is not None:
+                await asyncio.to_thread(parts.worker.stop)
             await parts.recorder.stop()
             for task in background:
                 task.cancel()
@@ -481,9 +569,15 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             "incident with the same accounts, addresses and window is one run however "
             "often it is delivered."
         ),
-        responses={202: {"model": AcceptedBody}, **_errors(400, 401, 403, 413, 415, 422, 503)},
+        responses={
+            202: {"model": AcceptedBody},
+            **_errors(400, 401, 403, 413, 415, 422, 503),
+        },
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": delivery_schema()}}},
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": delivery_schema()}},
+            },
             "security": [{"entraId": []}, {"hmacSignature": [], "hmacTimestamp": []}],
         },
     )
@@ -505,12 +599,26 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             assert parts.recorder is not None
             accepted = await parts.recorder.store(delivery)
         except (AuditError, Exception) as failure:
-            logger.error("delivery for incident %s not stored: %s", scope.incident.number, type(failure).__name__)
+            logger.error(
+                "delivery for incident %s not stored: %s",
+                scope.incident.number,
+                type(failure).__name__,
+            )
             return _error(503, headers={"Retry-After": "5"})
         if accepted.duplicate:
-            logger.info("delivery for incident %s is run %s again: %s", scope.incident.number, accepted.run_id, accepted.reason)
+            logger.info(
+                "delivery for incident %s is run %s again: %s",
+                scope.incident.number,
+                accepted.run_id,
+                accepted.reason,
+            )
         else:
-            logger.info("accepted incident %s (%s) as run %s", scope.incident.number, scope.event, accepted.run_id)
+            logger.info(
+                "accepted incident %s (%s) as run %s",
+                scope.incident.number,
+                scope.event,
+                accepted.run_id,
+            )
         return JSONResponse(
             {
                 "status": "duplicate" if accepted.duplicate else "accepted",
@@ -521,7 +629,9 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             status_code=202,
         )
 
-    @app.get("/healthz", summary="The process is up", responses={200: {"model": HealthBody}})
+    @app.get(
+        "/healthz", summary="The process is up", responses={200: {"model": HealthBody}}
+    )
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -540,10 +650,12 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         except Exception:
             checks["store"] = "unreachable"
         if parts.worker is not None:
-            alive = parts.worker_thread is not None and parts.worker_thread.alive
-            checks["worker"] = "ok" if alive else "stopped"
+            checks["worker"] = "ok" if parts.worker.alive else "stopped"
         ready = all(value == "ok" for value in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
 
     @app.get(
         "/plans",
@@ -551,14 +663,18 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         responses={200: {"model": list[PlanBody]}, **_errors(401, 403, 501)},
         openapi_extra={"security": [{"entraId": []}]},
     )
-    async def list_plans(request: Request, status: str | None = None, limit: int = 50) -> Response:
+    async def list_plans(
+        request: Request, status: str | None = None, limit: int = 50
+    ) -> Response:
         assert parts is not None
         try:
             parts.gate.approver(request.headers)
             approvals = _approvals(parts)
         except Refused as refusal:
             return _refuse(parts, request, refusal, b"", refusal.caller)
-        found = await asyncio.to_thread(approvals.plans, status=status, limit=max(1, min(limit, 500)))
+        found = await asyncio.to_thread(
+            approvals.plans, status=status, limit=max(1, min(limit, 500))
+        )
         return JSONResponse([_plan(view) for view in found])
 
     @app.get(
@@ -591,9 +707,17 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
                 "or holding webhook.approver_role); their identity is recorded with the decision. "
                 "The body names the plan hash the approver saw: a plan that changed since is refused."
             ),
-            responses={200: {"model": PlanBody}, **_errors(400, 401, 403, 404, 409, 501)},
+            responses={
+                200: {"model": PlanBody},
+                **_errors(400, 401, 403, 404, 409, 501),
+            },
             openapi_extra={
-                "requestBody": {"required": True, "content": {"application/json": {"schema": DecisionBody.model_json_schema()}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": DecisionBody.model_json_schema()}
+                    },
+                },
                 "security": [{"entraId": []}],
             },
         )
@@ -601,7 +725,9 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
     return app
 
 
-def _decide_route(get_parts: Callable[[], ServiceParts | None], decision: str) -> Callable[..., Any]:
+def _decide_route(
+    get_parts: Callable[[], ServiceParts | None], decision: str
+) -> Callable[..., Any]:
     async def decide(plan_id: str, request: Request) -> Response:
         parts = get_parts()
         assert parts is not None
@@ -615,12 +741,22 @@ def _decide_route(get_parts: Callable[[], ServiceParts | None], decision: str) -
             try:
                 asked = DecisionBody.model_validate(parse_body(body))
             except (PayloadError, ValueError):
-                raise Refused(400, "the decision body is not {plan_hash, reason}", detail="send {\"plan_hash\": \"<64 hex>\", \"reason\": \"...\"}", caller=caller) from None
+                raise Refused(
+                    400,
+                    "the decision body is not {plan_hash, reason}",
+                    detail='send {"plan_hash": "<64 hex>", "reason": "..."}',
+                    caller=caller,
+                ) from None
             approval = ApprovalRequest(
                 plan_id=plan_id,
                 plan_hash=asked.plan_hash,
                 decision="approved" if decision == "approved" else "rejected",
-                approver=Approver(principal_id=person.principal_id, name=person.name, tenant_id=person.tenant_id, app_id=person.app_id),
+                approver=Approver(
+                    principal_id=person.principal_id,
+                    name=person.name,
+                    tenant_id=person.tenant_id,
+                    app_id=person.app_id,
+                ),
                 reason=asked.reason,
                 at=utcnow(),
             )
@@ -629,13 +765,20 @@ def _decide_route(get_parts: Callable[[], ServiceParts | None], decision: str) -
             except PlanNotFound:
                 raise Refused(404, f"no plan {plan_id[:80]!r}", caller=caller) from None
             except ApprovalRefused as refused:
-                raise Refused(409, str(refused), detail=str(refused), caller=caller) from None
+                raise Refused(
+                    409, str(refused), detail=str(refused), caller=caller
+                ) from None
         except Refused as refusal:
             return _refuse(parts, request, refusal, body, caller)
         parts.audit.record(
             view.run_id,
             f"plan.{decision}",
-            {"plan": view.plan_id, "hash": approval.plan_hash, "approver": approval.approver.__dict__, "reason": approval.reason},
+            {
+                "plan": view.plan_id,
+                "hash": approval.plan_hash,
+                "approver": approval.approver.__dict__,
+                "reason": approval.reason,
+            },
             actor=person.label,
         )
         logger.info("plan %s %s by %s", view.plan_id, decision, person.label)
@@ -688,7 +831,9 @@ def _require_json(content_type: str) -> None:
         raise Refused(415, f"content type {media[:80]!r}")
 
 
-def _delivery(settings: Settings, body: bytes, sender: Caller, received: datetime) -> tuple[Delivery, IncidentScope]:
+def _delivery(
+    settings: Settings, body: bytes, sender: Caller, received: datetime
+) -> tuple[Delivery, IncidentScope]:
     try:
         payload = parse_body(body)
         check_delivery(payload)
@@ -699,14 +844,24 @@ def _delivery(settings: Settings, body: bytes, sender: Caller, received: datetim
             margin_after=parse_duration(settings.sentinel.window_after),
         )
     except PayloadError as failure:
-        raise Refused(failure.status, str(failure), detail=str(failure), caller=sender.label) from None
+        raise Refused(
+            failure.status, str(failure), detail=str(failure), caller=sender.label
+        ) from None
     except InputError as failure:
-        raise Refused(422, str(failure), detail=str(failure), caller=sender.label) from None
+        raise Refused(
+            422, str(failure), detail=str(failure), caller=sender.label
+        ) from None
     allowed = settings.sentinel.allowed_workspaces
     if allowed and scope.workspace_resource_id not in allowed:
-        raise Refused(403, f"workspace {scope.workspace_resource_id!r} is not in sentinel.allowed_workspaces", caller=sender.label)
+        raise Refused(
+            403,
+            f"workspace {scope.workspace_resource_id!r} is not in sentinel.allowed_workspaces",
+            caller=sender.label,
+        )
 
-    run_key = hashlib.sha256(f"{scope.incident_key}\n{scope.fingerprint}".encode()).hexdigest()
+    run_key = hashlib.sha256(
+        f"{scope.incident_key}\n{scope.fingerprint}".encode()
+    ).hexdigest()
     delivery = Delivery(
         id=f"d-{secrets.token_hex(8)}",
         run_id=f"r-{received.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
@@ -733,15 +888,27 @@ def _delivery(settings: Settings, body: bytes, sender: Caller, received: datetim
     return delivery, scope
 
 
-def _refuse(parts: ServiceParts, request: Request, refusal: Refused, body: bytes, caller: str) -> Response:
-    logger.warning("refused %s %s with %d: %s", request.method, request.url.path, refusal.status, refusal.reason)
+def _refuse(
+    parts: ServiceParts, request: Request, refusal: Refused, body: bytes, caller: str
+) -> Response:
+    logger.warning(
+        "refused %s %s with %d: %s",
+        request.method,
+        request.url.path,
+        refusal.status,
+        refusal.reason,
+    )
     if parts.recorder is not None:
         parts.recorder.refuse(
             Refusal(
                 status=refusal.status,
                 reason=refusal.reason[:500],
                 path=request.url.path[:200],
-                scheme="bearer" if request.headers.get("authorization") else "hmac" if request.headers.get(SIGNATURE_HEADER) else "",
+                scheme="bearer"
+                if request.headers.get("authorization")
+                else "hmac"
+                if request.headers.get(SIGNATURE_HEADER)
+                else "",
                 caller=(caller or refusal.caller)[:256],
                 size=len(body),
                 body_sha256=hashlib.sha256(body).hexdigest() if body else "",
@@ -755,7 +922,9 @@ def _refuse(parts: ServiceParts, request: Request, refusal: Refused, body: bytes
     return _error(refusal.status, detail=detail, headers=headers)
 
 
-def _error(status: int, *, detail: str = "", headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, *, detail: str = "", headers: dict[str, str] | None = None
+) -> JSONResponse:
     code, message = _PUBLIC[status]
     body: dict[str, Any] = {"error": code, "message": detail or message}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -777,8 +946,18 @@ def openapi_document() -> dict[str, Any]:
             "bearerFormat": "JWT",
             "description": "An Entra ID access token for webhook.audiences (the Logic App's managed identity; approvers' own tokens).",
         },
-        "hmacSignature": {"type": "apiKey", "in": "header", "name": "X-Tokenward-Signature", "description": "sha256=<hex of HMAC-SHA256(secret, '<timestamp>.<raw body>')>"},
-        "hmacTimestamp": {"type": "apiKey", "in": "header", "name": "X-Tokenward-Timestamp", "description": "Unix seconds; outside webhook.replay_window the request is refused."},
+        "hmacSignature": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Tokenward-Signature",
+            "description": "sha256=<hex of HMAC-SHA256(secret, '<timestamp>.<raw body>')>",
+        },
+        "hmacTimestamp": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Tokenward-Timestamp",
+            "description": "Unix seconds; outside webhook.replay_window the request is refused.",
+        },
     }
     return document
 
@@ -836,7 +1015,9 @@ class FileTools:
             now=now or utcnow(),
             origin=f"exported files in {self._spec.argument}",
         )
-        yield RunTools(source=source, responder=DryRunResponder(), writer=self._writer(), now=now)
+        yield RunTools(
+            source=source, responder=DryRunResponder(), writer=self._writer(), now=now
+        )
 
     def _writer(self) -> Any:
         if not self._settings.sentinel.write_back:
@@ -847,7 +1028,9 @@ class FileTools:
         from connectors.sentinel import SentinelIncidents
 
         if self._clients is None:
-            self._clients = Clients(self._settings.azure, build_credential(self._settings.azure))
+            self._clients = Clients(
+                self._settings.azure, build_credential(self._settings.azure)
+            )
         return SentinelIncidents(
             self._clients.arm(),
             api_version=self._settings.sentinel.api_version,
@@ -873,6 +1056,30 @@ def run_tools(settings: Settings, spec: SourceSpec) -> ToolsFactory:
     raise SettingsError(f"no query source {spec.kind!r} in this build")
 
 
+def open_audit(settings: Settings) -> tuple[Inbox, AuditLog]:
+    from playbooks.store import open_store
+
+    key = settings.audit.hmac_key
+    store = open_store(settings.store.url)
+    audit = AuditLog(store, key=key.get_secret_value().encode() if key is not None else None)
+    return Inbox(store, audit, mode=settings.webhook.mode), audit
+
+
+def build_worker(settings: Settings, spec: SourceSpec) -> Worker:
+    """A worker for the inbox in *settings*, its runs hunting where *spec* says."""
+    from playbooks.playbook import load_playbook
+
+    _refuse_unavailable_mode(settings)
+    inbox, audit = open_audit(settings)
+    return Worker(
+        settings=settings,
+        playbook=load_playbook(settings.playbook.path),
+        inbox=inbox,
+        audit=audit,
+        tools=run_tools(settings, spec),
+    )
+
+
 def build_parts(
     settings: Settings,
     *,
@@ -882,38 +1089,33 @@ def build_parts(
 ) -> ServiceParts:
     """The service as settings describe it; :class:`SettingsError` if it cannot start."""
     from connectors.entra_keys import SigningKeys
-    from playbooks.playbook import load_playbook
-    from playbooks.store import open_store
 
     problems = service_problems(settings)
     if problems:
         raise SettingsError("tokenward serve cannot start: " + "; ".join(problems))
-    if settings.webhook.mode != "dry-run":
-        raise SettingsError(
-            f"webhook.mode {settings.webhook.mode!r} needs a Graph responder, which this build "
-            "does not configure; use dry-run"
-        )
-    key = settings.audit.hmac_key
-    store = open_store(settings.store.url)
-    audit = AuditLog(store, key=key.get_secret_value().encode() if key is not None else None)
-    inbox = Inbox(store, audit)
+    _refuse_unavailable_mode(settings)
+    inbox, audit = open_audit(settings)
 
     keys = None
     if AuthScheme.BEARER in settings.webhook.auth:
         ca = settings.azure.ca_bundle
         verify: Any = ssl.create_default_context(cafile=str(ca)) if ca else True
-        keys = KeySource(SigningKeys(metadata_url=openid_metadata_url(settings), verify=verify))
+        keys = KeySource(
+            SigningKeys(metadata_url=openid_metadata_url(settings), verify=verify)
+        )
     worker = None
     if with_worker:
         if spec is None:
-            raise SettingsError("the worker needs a query source: give --source files:DIR")
-        worker = Worker(
-            settings=settings,
-            playbook=load_playbook(settings.playbook.path),
-            inbox=inbox,
-            audit=audit,
-            tools=run_tools(settings, spec),
-        )
+            raise SettingsError(
+                "the worker needs a query source: give --source files:DIR "
+                "(or --no-worker and run tokenward worker apart)"
+            )
+        # Load the playbook and the exports here once, so a mistake stops serve
+        # at once instead of a worker process failing out of sight.
+        from playbooks.playbook import load_playbook
+
+        load_playbook(settings.playbook.path)
+        worker = WorkerProcess(settings, spec)
     return ServiceParts(
         settings=settings,
         audit=audit,
@@ -923,6 +1125,14 @@ def build_parts(
         approvals=approvals,
         worker=worker,
     )
+
+
+def _refuse_unavailable_mode(settings: Settings) -> None:
+    if settings.webhook.mode != "dry-run":
+        raise SettingsError(
+            f"webhook.mode {settings.webhook.mode!r} needs a Graph responder, which this "
+            "build does not configure; use dry-run"
+        )
 
 
 def serve(parts: ServiceParts) -> None:
@@ -960,3 +1170,11 @@ __all__ = [
     "serve",
     "service_problems",
 ]
+
+
+if __name__ == "__main__":  # python -m playbooks.server > docs/openapi.json
+    import json
+    import sys
+
+    json.dump(openapi_document(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

@@ -412,7 +412,7 @@ class WebhookSettings(Section):
 
 class InboxSettings(Section):
     worker: bool = Field(
-        default=True, description="Process deliveries inside tokenward serve."
+        default=True, description="tokenward serve starts a worker process for the inbox."
     )
     concurrency: int = Field(default=2, ge=1, le=16, description="Runs at once per worker.")
     lease_seconds: float = Field(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from playbooks.audit import AuditLog
-from playbooks.engine import RunRequest, Runner
+from playbooks.engine import Runner, RunRequest
 from playbooks.errors import TokenwardError
 from playbooks.inbox import DONE, FAILED, Claimed, Inbox
 from playbooks.incidents import scope_from_incident
@@ -107,7 +107,9 @@ class Worker:
                 worked = False
             if not worked:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.inbox.poll_seconds)
+                    await asyncio.wait_for(
+                        stop.wait(), self.settings.inbox.poll_seconds
+                    )
 
     async def run_once(self) -> bool:
         """Claim and process one delivery; False when none was due."""
@@ -115,7 +117,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         self.last_poll = loop.time()
         claimed = await asyncio.to_thread(
-            self.inbox.claim, self.owner, lease_s=inbox.lease_seconds, max_attempts=inbox.max_attempts
+            self.inbox.claim,
+            self.owner,
+            lease_s=inbox.lease_seconds,
+            max_attempts=inbox.max_attempts,
         )
         if claimed is None:
             return False
@@ -124,19 +129,30 @@ class Worker:
         return True
 
     async def _process(self, claimed: Claimed) -> None:
-        logger.info("run %s for delivery %s (attempt %d)", claimed.run_id, claimed.id, claimed.attempts)
+        logger.info(
+            "run %s for delivery %s (attempt %d)",
+            claimed.run_id,
+            claimed.id,
+            claimed.attempts,
+        )
         try:
             report = await self._run(claimed)
         except Exception as failure:
             # A bug or an unreachable store: recorded, retried like a failed run.
             logger.exception("run %s stopped on an internal error", claimed.run_id)
-            await self._after_failure(claimed, f"internal error: {type(failure).__name__}")
+            await self._after_failure(
+                claimed, f"internal error: {type(failure).__name__}"
+            )
             return
         if report.status is RunStatus.FAILED:
             await self._after_failure(claimed, report.error or "the run failed")
             return
         await asyncio.to_thread(
-            self.inbox.finish, claimed.id, self.owner, status=DONE, outcome=_outcome(report)
+            self.inbox.finish,
+            claimed.id,
+            self.owner,
+            status=DONE,
+            outcome=_outcome(report),
         )
 
     async def _run(self, claimed: Claimed) -> RunReport:
@@ -152,7 +168,9 @@ class Worker:
             )
             warnings = scope.unresolved + scope.warnings
             if claimed.attempts > 1:
-                warnings += (f"attempt {claimed.attempts}: an earlier attempt did not finish",)
+                warnings += (
+                    f"attempt {claimed.attempts}: an earlier attempt did not finish",
+                )
             request = RunRequest(
                 trigger=f"sentinel:{scope.event}",
                 mode=Mode(self.settings.webhook.mode),
@@ -179,7 +197,11 @@ class Worker:
         if claimed.attempts < inbox.max_attempts:
             after = inbox.retry_seconds * claimed.attempts
             await asyncio.to_thread(
-                self.inbox.retry_later, claimed.id, self.owner, after_s=after, error=error[:500]
+                self.inbox.retry_later,
+                claimed.id,
+                self.owner,
+                after_s=after,
+                error=error[:500],
             )
             return
         await asyncio.to_thread(
@@ -187,7 +209,11 @@ class Worker:
             claimed.id,
             self.owner,
             status=FAILED,
-            outcome={"run_status": "failed", "error": error[:500], "attempts": claimed.attempts},
+            outcome={
+                "run_status": "failed",
+                "error": error[:500],
+                "attempts": claimed.attempts,
+            },
         )
 
     @contextlib.asynccontextmanager
@@ -197,9 +223,15 @@ class Worker:
         async def beat() -> None:
             while True:
                 await asyncio.sleep(lease / 3)
-                held = await asyncio.to_thread(self.inbox.renew, claimed.id, self.owner, lease_s=lease)
+                held = await asyncio.to_thread(
+                    self.inbox.renew, claimed.id, self.owner, lease_s=lease
+                )
                 if not held:
-                    logger.warning("run %s lost its lease on delivery %s", claimed.run_id, claimed.id)
+                    logger.warning(
+                        "run %s lost its lease on delivery %s",
+                        claimed.run_id,
+                        claimed.id,
+                    )
                     return
 
         task = asyncio.create_task(beat(), name=f"heartbeat-{claimed.id}")

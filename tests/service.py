@@ -39,20 +39,20 @@ SERVICE_ENVIRON = {**ENVIRON, "TOKENWARD_WEBHOOK_HMAC_SECRET": SECRET}
 
 
 def service_settings(emu: Any, directory: Path, **sections: dict[str, Any]) -> Settings:
-    data = settings_data(
-        emu,
-        store={"url": f"sqlite:///{directory / 'tokenward.db'}"},
-        webhook={
+    base: dict[str, dict[str, Any]] = {
+        "store": {"url": f"sqlite:///{directory / 'tokenward.db'}"},
+        "webhook": {
             "auth": ["bearer", "hmac"],
             "audiences": [AUDIENCE],
             "allowed_principals": [LOGIC_APP],
             "approvers": [APPROVER],
         },
-        inbox={"poll_seconds": 0.05, "lease_seconds": 5, "retry_seconds": 0.2},
-        server={"certfile": str(emu.tls.cert_file), "keyfile": str(emu.tls.key_file)},
-        **sections,
-    )
-    return settings_from_dict(data, environ=SERVICE_ENVIRON)
+        "inbox": {"poll_seconds": 0.05, "lease_seconds": 5, "retry_seconds": 0.2},
+        "server": {"certfile": str(emu.tls.cert_file), "keyfile": str(emu.tls.key_file)},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return settings_from_dict(settings_data(emu, **base), environ=SERVICE_ENVIRON)
 
 
 def incident(name: str | None = None, **properties: Any) -> dict[str, Any]:

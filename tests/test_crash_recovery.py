@@ -135,7 +135,7 @@ def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(
     body = incident()
     name = body["object"]["name"]
     emu.sentinel.add(body["object"])
-    emu.fault(method=method, path=path.format(name=name), delay=60)
+    emu.fault(method=method, path=path.format(name=name), delay=20)
     now = scenario.clock.strftime("%Y-%m-%dT%H:%M:%SZ")
     context = ssl.create_default_context(cafile=str(emu.ca_file))
 

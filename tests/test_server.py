@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.service import AUDIENCE, LOGIC_APP, TENANT_ID, Service, incident, running_service
+from tests.service import (
+    AUDIENCE,
+    LOGIC_APP,
+    TENANT_ID,
+    Service,
+    incident,
+    running_service,
+)
 
 GENERIC_401 = {"error": "unauthorized", "message": "authentication required"}
 
@@ -118,8 +125,8 @@ def refused_cases(svc: Service, raw: bytes) -> dict[str, dict[str, str]]:
 
 def forged_token(svc: Service) -> str:
     # The tenant's current kid, signed by a key the tenant never published.
-    from cryptography.hazmat.primitives.asymmetric import rsa
     import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     now = int(time.time())
     claims = {"aud": AUDIENCE, "iss": f"https://sts.windows.net/{TENANT_ID}/", "oid": LOGIC_APP, "iat": now, "nbf": now, "exp": now + 3600}

@@ -9,14 +9,20 @@ from typing import Any
 import pytest
 
 from playbooks.audit import AuditLog
-from playbooks.engine import RunRequest, Runner
+from playbooks.engine import Runner, RunRequest
 from playbooks.errors import PermissionDenied
 from playbooks.incidents import scope_from_incident
 from playbooks.models import ActionKind, ActionStatus, Mode, RunReport
 from playbooks.playbook import load_playbook
 from playbooks.writeback import MAX_MESSAGE, comment_message, labels_for
 from tests import factories
-from tests.runs import RecordingWriter, local_source, scenario_settings, seed_scenario, trigger_body
+from tests.runs import (
+    RecordingWriter,
+    local_source,
+    scenario_settings,
+    seed_scenario,
+    trigger_body,
+)
 
 
 def incident_run(

@@ -195,6 +195,8 @@ def main() -> int:
         print(f"sending {len(sent)} deliveries, {args.concurrency} at a time ...")
         results = asyncio.run(send_all(url, emu["ca"], sent, emu["token"], args.concurrency, rng))
         wall = results.pop()["ms"]
+        print_latency(results, wall)
+        print("waiting for the worker to drain the inbox ...", flush=True)
         drained = drain(folder / "tokenward.db", args.drain_timeout)
     finally:
         for process in (serve, worker):
@@ -238,7 +240,7 @@ def drain(database: Path, timeout: float) -> float:
     return -1.0
 
 
-def report(results: list[dict[str, Any]], wall_ms: float, drained: float, seen: dict[str, Any], folder: Path) -> int:
+def print_latency(results: list[dict[str, Any]], wall_ms: float) -> None:
     latencies = sorted(r["ms"] for r in results)
     statuses = Counter(r["status"] for r in results)
     by_kind = Counter((r["kind"], r["status"]) for r in results)
@@ -248,6 +250,10 @@ def report(results: list[dict[str, Any]], wall_ms: float, drained: float, seen: 
     print("status counts: " + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items())))
     for (kind, status), count in sorted(by_kind.items()):
         print(f"  {kind:<14} {status}  x{count}")
+    sys.stdout.flush()
+
+
+def report(results: list[dict[str, Any]], wall_ms: float, drained: float, seen: dict[str, Any], folder: Path) -> int:
 
     problems: list[str] = []
     valid = [r for r in results if r["kind"] in ("valid", "duplicate")]
