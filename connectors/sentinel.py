@@ -223,12 +223,14 @@ class SentinelIncidents:
                 json=body,
             )
             # Not streamed: the body is read before send_request returns.
-            response = await self._client.send_request(request, stream=False)
+            response: AsyncHttpResponse = await self._client.send_request(
+                request, stream=False
+            )
             if response.status_code >= 400:
                 raise HttpResponseError(response=response)
             return response
 
-        response = await call_with_retries(
+        answered = await call_with_retries(
             once,
             service="arm",
             name=f"sentinel.{operation}",
@@ -237,7 +239,7 @@ class SentinelIncidents:
             subjects=(subject,),
             on_attempt=counted,
         )
-        return response, max(attempts, 1)
+        return answered, max(attempts, 1)
 
 
 def _incident_path(incident_id: str) -> str:

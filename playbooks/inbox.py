@@ -478,12 +478,15 @@ def _insert_ignoring_conflicts(
 ) -> None:
     """Insert *rows*, skipping each whose unique keys are taken."""
     dialect = connection.dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        connection.execute(dialect_insert(inbox).on_conflict_do_nothing(), rows)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        connection.execute(sqlite.insert(inbox).on_conflict_do_nothing(), rows)
+        return
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        connection.execute(postgresql.insert(inbox).on_conflict_do_nothing(), rows)
         return
     # Other databases: one savepoint per row around a plain insert.
     for row in rows:

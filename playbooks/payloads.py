@@ -84,6 +84,7 @@ def check_delivery(payload: Any) -> str:
         raise PayloadError(
             f"the body is a JSON {type(payload).__name__}, not an object"
         )
+    model: type[BaseModel]
     if "object" in payload:
         shape, model = "trigger", TriggerBody
     elif "responses" in payload:
