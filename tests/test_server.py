@@ -189,3 +189,27 @@ def test_readiness_fails_and_tokens_wait_until_the_signing_keys_are_loaded(emu: 
     assert ready.status_code == 503 and ready.json()["checks"]["auth"] == "not ready"
     assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
     assert counts == {}
+
+
+def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(svc: Service, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from tests.service import SECRET
+
+    caplog.set_level(logging.DEBUG)
+    good = svc.token()
+    expired = svc.token(issued_ago=7200, lifetime=3600)
+    body = incident()
+    raw = json.dumps(body).encode()
+    accepted = svc.post(body, headers={"Authorization": f"Bearer {good}"}).json()
+    svc.post(body, headers={"Authorization": f"Bearer {expired}"})
+    signed = svc.signed(raw, secret="wrong-" + SECRET)
+    svc.post(body, raw=raw, headers=signed)
+    svc.wait_done(accepted["delivery_id"])
+    time.sleep(0.3)
+
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    audited = json.dumps([r.data for r in svc.parts.audit.records()])
+    for secret in (good, expired, good.split(".")[2], SECRET, signed["X-Tokenward-Signature"]):
+        assert secret not in logged
+        assert secret not in audited
