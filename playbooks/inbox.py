@@ -19,7 +19,9 @@ leased.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,6 +82,16 @@ class Refusal:
     caller: str = ""
     size: int = 0
     body_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Another run of the same delivery, later (a re-hunt after ingestion delay)."""
+
+    # e.g. "rehunt-1"; it names the follow-up's run and keeps it unique.
+    label: str
+    at_ms: int
+    why: str
 
 
 @dataclass(frozen=True)
@@ -306,9 +318,19 @@ class Inbox:
         return result.rowcount == 1
 
     def finish(
-        self, delivery_id: str, owner: str, *, status: str, outcome: dict[str, Any]
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: str,
+        outcome: dict[str, Any],
+        follow_up: FollowUp | None = None,
     ) -> bool:
-        """Close the delivery as ``done`` or ``failed``; False if the lease was lost."""
+        """Close the delivery as ``done`` or ``failed``; False if the lease was lost.
+
+        With *follow_up*, a re-hunt of the same incident is stored in the same
+        transaction: it cannot be lost between closing this run and scheduling it.
+        """
         with self._store.engine.begin() as connection:
             result = connection.execute(
                 update(inbox)
@@ -345,7 +367,36 @@ class Inbox:
                 f"delivery.{status}",
                 {"delivery": delivery_id, **outcome},
             )
+            if follow_up is not None:
+                self._follow_up(connection, delivery_id, follow_up)
         return True
+
+    def _follow_up(self, connection: Connection, delivery_id: str, follow_up: FollowUp) -> None:
+        source = connection.execute(select(inbox).where(inbox.c.id == delivery_id)).one()
+        run_key = hashlib.sha256(f"{source.run_key}\n{follow_up.label}".encode()).hexdigest()
+        values = {
+            "id": f"d-{secrets.token_hex(8)}",
+            "run_id": f"{source.run_id.split('+', 1)[0]}+{follow_up.label}"[:64],
+            "run_key": run_key,
+            "incident_key": source.incident_key,
+            "revision": source.revision,
+            "event": f"{source.event.split('+', 1)[0]}+{follow_up.label}"[:32],
+            "fingerprint": source.fingerprint,
+            "received_at": source.received_at,
+            "caller": source.caller,
+            "scheme": source.scheme,
+            "body": source.body,
+            "status": PENDING,
+            "attempts": 0,
+            "available_at": follow_up.at_ms,
+        }
+        _insert_ignoring_conflicts(connection, [values])
+        self._audit.record_in(
+            connection,
+            source.run_id,
+            "delivery.rehunt_scheduled",
+            {"delivery": values["id"], "run": values["run_id"], "at_ms": follow_up.at_ms, "why": follow_up.why},
+        )
 
     def retry_later(
         self, delivery_id: str, owner: str, *, after_s: float, error: str
@@ -497,4 +548,4 @@ def _insert_ignoring_conflicts(
             continue
 
 
-__all__ = ["Accepted", "Claimed", "Delivery", "Inbox", "Refusal"]
+__all__ = ["Accepted", "Claimed", "Delivery", "FollowUp", "Inbox", "Refusal"]

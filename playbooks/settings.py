@@ -448,6 +448,11 @@ class SentinelSettings(Section):
     window_after: str = Field(
         default="30m", description="How far after the last activity the hunt reaches."
     )
+    rehunt_after: tuple[str, ...] = Field(
+        default=("10m", "25m"),
+        description="When a run finds no device code sign-in, hunt again this long after "
+        "the delivery (sign-in logs arrive late); empty: never.",
+    )
 
     @field_validator("api_version")
     @classmethod
@@ -469,6 +474,16 @@ class SentinelSettings(Section):
         from playbooks.times import parse_duration
 
         parse_duration(value)
+        return value
+
+    @field_validator("rehunt_after")
+    @classmethod
+    def _rehunts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from playbooks.times import parse_duration
+
+        delays = [parse_duration(item) for item in value]
+        if delays != sorted(delays) or len(set(delays)) != len(delays):
+            raise ValueError("rehunt_after must grow: e.g. [\"10m\", \"25m\"]")
         return value
 
     @field_validator("allowed_workspaces")

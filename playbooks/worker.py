@@ -30,13 +30,13 @@ from datetime import datetime
 from playbooks.audit import AuditLog
 from playbooks.engine import Runner, RunRequest
 from playbooks.errors import TokenwardError
-from playbooks.inbox import DONE, FAILED, Claimed, Inbox
+from playbooks.inbox import DONE, FAILED, Claimed, FollowUp, Inbox
 from playbooks.incidents import scope_from_incident
 from playbooks.models import Mode, RunReport, RunStatus
 from playbooks.playbook import Playbook
 from playbooks.ports import IncidentWriter, QuerySource, Responder
 from playbooks.settings import Settings
-from playbooks.times import parse_duration, utcnow
+from playbooks.times import isoformat_z, parse_duration, parse_time, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,20 @@ class Worker:
             self.owner,
             status=DONE,
             outcome=_outcome(report),
+            follow_up=self._rehunt(claimed, report),
+        )
+
+    def _rehunt(self, claimed: Claimed, report: RunReport) -> FollowUp | None:
+        """Field case B20: nothing found may mean nothing arrived yet; look again later."""
+        delays = [parse_duration(item) for item in self.settings.sentinel.rehunt_after]
+        done = rehunt_number(claimed.event)
+        if report.findings or not report.users or done >= len(delays):
+            return None
+        at = parse_time(claimed.received_at).value + delays[done]
+        return FollowUp(
+            label=f"rehunt-{done + 1}",
+            at_ms=int(at.timestamp() * 1000),
+            why="no device code sign-in found yet; sign-in logs can arrive late",
         )
 
     async def _run(self, claimed: Claimed) -> RunReport:
@@ -166,13 +180,13 @@ class Worker:
                 margin_before=parse_duration(sentinel.window_before),
                 margin_after=parse_duration(sentinel.window_after),
             )
-            warnings = scope.unresolved + scope.warnings
+            warnings = scope.unresolved + scope.warnings + self._rehunt_note(claimed)
             if claimed.attempts > 1:
                 warnings += (
                     f"attempt {claimed.attempts}: an earlier attempt did not finish",
                 )
             request = RunRequest(
-                trigger=f"sentinel:{scope.event}",
+                trigger=f"sentinel:{claimed.event}",
                 mode=Mode(self.settings.webhook.mode),
                 window=scope.window,
                 now=now,
@@ -191,6 +205,23 @@ class Worker:
                 writer=tools.writer,
             )
             return await runner.run(request)
+
+    def _rehunt_note(self, claimed: Claimed) -> tuple[str, ...]:
+        delays = self.settings.sentinel.rehunt_after
+        done = rehunt_number(claimed.event)
+        notes = []
+        if done:
+            notes.append(
+                f"re-hunt {done} of {len(delays)}: the earlier hunt of this incident "
+                "found no device code sign-in"
+            )
+        if done < len(delays):
+            at = parse_time(claimed.received_at).value + parse_duration(delays[done])
+            notes.append(
+                "sign-in logs can reach the workspace minutes late: if this run finds no "
+                f"device code sign-in, tokenward hunts again at {isoformat_z(at)}"
+            )
+        return tuple(notes)
 
     async def _after_failure(self, claimed: Claimed, error: str) -> None:
         inbox = self.settings.inbox
@@ -241,6 +272,12 @@ class Worker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TokenwardError):
                 await task
+
+
+def rehunt_number(event: str) -> int:
+    """Which re-hunt a delivery's event names: ``Create+rehunt-2`` is 2, ``Create`` 0."""
+    _, _, label = event.partition("+rehunt-")
+    return int(label) if label.isdigit() else 0
 
 
 def _outcome(report: RunReport) -> dict[str, object]:

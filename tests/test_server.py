@@ -213,3 +213,28 @@ def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(svc: Service, 
     for secret in (good, expired, good.split(".")[2], SECRET, signed["X-Tokenward-Signature"]):
         assert secret not in logged
         assert secret not in audited
+
+
+def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_sign_in(emu: Any, tmp_path: Path) -> None:
+    # Field case B20: the first hunt runs before the sign-in reached the workspace.
+    from tests.service import service_settings
+
+    settings = service_settings(emu, tmp_path, sentinel={"rehunt_after": ["1s", "2s"]})
+    with running_service(emu, tmp_path, settings=settings) as service:
+        nobody = incident(relatedEntities=[{"kind": "Account", "properties": {"aadUserId": "aaaaaaaa-0000-4000-8000-00000000beef"}}])
+        found = incident()
+        first = service.post(nobody).json()
+        other = service.post(found).json()
+        service.wait_done(first["delivery_id"])
+        service.wait_done(other["delivery_id"])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(emu.sentinel.comments_of(nobody["object"]["id"])) < 3:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        runs = [r.run_id for r in service.parts.audit.records() if r.kind == "run.finished"]
+
+    nobody_comments = [c["properties"]["message"] for c in emu.sentinel.comments_of(nobody["object"]["id"]).values()]
+    assert len(nobody_comments) == 3, "the first run and two re-hunts, each with its one comment"
+    assert sum("re-hunt 2 of 2" in m for m in nobody_comments) == 1
+    assert [r for r in runs if r.startswith(first["run_id"])] == [first["run_id"], first["run_id"] + "+rehunt-1", first["run_id"] + "+rehunt-2"]
+    assert len(emu.sentinel.comments_of(found["object"]["id"])) == 1, "a run that found the sign-in needs no re-hunt"
