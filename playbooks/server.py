@@ -123,7 +123,13 @@ class Refused(Exception):
 
 
 class KeySource:
-    """The tenant's token signing keys, as the gate reads them (never fetching)."""
+    """The tenant's token signing keys, as the gate reads them (never fetching).
+
+    Known limit: a token signed with a key published since the last fetch is
+    refused (401) until the background refresh it triggers has run; Entra ID
+    publishes keys well before signing with them, so the daily fetch
+    normally has them first.
+    """
 
     def __init__(self, keys: Any) -> None:
         self._keys = keys
@@ -173,7 +179,12 @@ class Gate:
     clock: Callable[[], float] = time.time
 
     def sender(self, headers: Mapping[str, str], body: bytes) -> Caller:
-        """The webhook's caller, or :class:`Refused` (401, or 503 before keys load)."""
+        """The webhook's caller, or :class:`Refused` (401, or 503 before keys load).
+
+        A signed request replayed inside the replay window passes here; it is
+        then the same delivery again, which the inbox answers as a duplicate
+        of the same run, never as a second run.
+        """
         authorization = headers.get("authorization", "")
         try:
             if authorization and AuthScheme.BEARER in self.schemes:
@@ -445,6 +456,8 @@ def _worker_main(settings: Settings, spec: SourceSpec, parent: int, level: int) 
                 os._exit(1)
 
     threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    # Runs are background work; acknowledging a delivery is what must not wait.
+    os.nice(5)
     worker = build_worker(settings, spec)
 
     async def run() -> None:

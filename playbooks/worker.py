@@ -11,6 +11,11 @@ id is derived from the run id) is updated, never duplicated.
 
 The worker calls no connector itself: :data:`ToolsFactory` hands it the query
 source, the responder and the incident writer for each run.
+
+Known limit: on SQLite every audit record of a run is its own synchronous
+transaction, so one worker process finishes one to two runs a second; a
+burst of hundreds of incidents is acknowledged at once but worked through
+over minutes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """tokenward serve under uvicorn on 127.0.0.1, over TLS, for specification tests.
 
 The service runs as it does in production (the FastAPI app on uvicorn, the
-inbox in a SQLite file, the worker thread, the Sentinel writer through the
+inbox in a SQLite file, the worker process, the Sentinel writer through the
 real azure-core pipeline) against the emulator; only the endpoints, the CA
 and the exported-logs source differ.
 """

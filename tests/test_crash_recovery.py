@@ -1,10 +1,11 @@
 """A worker killed mid-run loses nothing: the restart finishes the run, and writes once.
 
 ``tokenward serve`` runs as its own process (uvicorn, the inbox in a SQLite
-file, the worker thread) against the emulator. The emulator holds one of the
-run's Sentinel requests for a long while; the test kills the process with
-SIGKILL while that request is in flight, starts it again on the same
-database, and reads the emulator's request log and the store.
+file, and the worker process it starts) against the emulator. The emulator holds one of the
+run's Sentinel requests for a long while; the test kills serve with SIGKILL
+while that request is in flight (its worker, orphaned, stops within half a
+second), starts it again on the same database, and reads the emulator's
+request log and the store.
 """
 
 from __future__ import annotations

@@ -151,8 +151,8 @@ def main() -> int:
         "--worker",
         choices=("thread", "process"),
         default="thread",
-        help="thread: the worker inside tokenward serve (the default setup); "
-        "process: tokenward serve --no-worker plus a tokenward worker process",
+        help="thread: tokenward serve with the worker process it starts (the default "
+        "setup); process: tokenward serve --no-worker plus a tokenward worker process",
     )
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -177,6 +177,9 @@ def main() -> int:
         webhook={"auth": ["bearer", "hmac"], "audiences": [AUDIENCE], "allowed_principals": [LOGIC_APP]},
         inbox={"poll_seconds": 0.2},
         threat_intel={"ip_ranges": ["185.220.101.0/24"]},
+        # Every incident here finds its sign-in; no re-hunt should follow, and
+        # none is wanted in the one-run-per-incident count.
+        sentinel={"rehunt_after": []},
     )
     (folder / "tokenward.toml").write_text(to_toml(settings))
     log = (folder / "serve.log").open("wb")
