@@ -457,7 +457,7 @@ def _worker_main(settings: Settings, spec: SourceSpec, parent: int, level: int) 
 
     threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
     # Runs are background work; acknowledging a delivery is what must not wait.
-    os.nice(5)
+    os.nice(10)
     worker = build_worker(settings, spec)
 
     async def run() -> None:
@@ -1013,6 +1013,9 @@ class FileTools:
         self._settings = settings
         self._spec = spec
         self._con = duckdb_kql.connect()
+        # DuckDB takes every core by default; on a host shared with the webhook
+        # one thread per query keeps acknowledgements from queueing behind a run.
+        self._con.execute("SET threads TO 1")
         self._summary = ExportLoader(self._con).load_directory(Path(spec.argument))
         self._clients: Any = None
 
