@@ -131,9 +131,11 @@ class KeySource:
     normally has them first.
     """
 
-    def __init__(self, keys: Any) -> None:
+    def __init__(self, keys: Any, *, min_refresh_s: float = 300) -> None:
         self._keys = keys
         self.wanted = asyncio.Event()
+        # However many tokens name unknown keys, Entra ID is asked at most this often.
+        self.min_refresh_s = min_refresh_s
 
     @property
     def loaded(self) -> bool:
@@ -147,7 +149,9 @@ class KeySource:
 
     async def keep_fresh(self, *, every_s: float = 86_400, retry_s: float = 30) -> None:
         """Fetch at once, then daily, and soon after a token names an unknown key."""
+        loop = asyncio.get_running_loop()
         while True:
+            fetched_at = loop.time()
             try:
                 await self._keys.refresh()
                 wait = every_s
@@ -160,8 +164,8 @@ class KeySource:
             self.wanted.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wanted.wait(), wait)
-            # At most one refresh every few minutes, however many forged kids arrive.
-            await asyncio.sleep(0 if not self.loaded else 300)
+            if self.loaded:
+                await asyncio.sleep(max(0.0, fetched_at + self.min_refresh_s - loop.time()))
 
 
 @dataclass

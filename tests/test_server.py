@@ -238,3 +238,20 @@ def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_
     assert sum("re-hunt 2 of 2" in m for m in nobody_comments) == 1
     assert [r for r in runs if r.startswith(first["run_id"])] == [first["run_id"], first["run_id"] + "+rehunt-1", first["run_id"] + "+rehunt-2"]
     assert len(emu.sentinel.comments_of(found["object"]["id"])) == 1, "a run that found the sign-in needs no re-hunt"
+
+
+def test_a_signing_key_rotated_in_is_picked_up_without_a_restart(svc: Service) -> None:
+    assert svc.parts.keys is not None
+    svc.parts.keys.min_refresh_s = 0
+    new_kid = svc.emu.identity.rotate()
+    token = svc.emu.identity.signed_token(AUDIENCE, oid=LOGIC_APP, kid=new_kid)
+
+    first = svc.post(incident(), headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + 10
+    later = first
+    while later.status_code != 202 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        later = svc.post(incident(), headers={"Authorization": f"Bearer {token}"})
+
+    assert first.status_code == 401, "the key was not published when tokenward last looked"
+    assert later.status_code == 202, "the refresh the unknown key set off brought it in"
