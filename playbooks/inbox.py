@@ -23,12 +23,13 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from playbooks.audit import AuditLog
 from playbooks.errors import AuditError
@@ -133,7 +134,7 @@ class Inbox:
         """
         now_ms = self._now_ms()
         try:
-            with self._store.engine.begin() as connection:
+            with _write_transaction(self._store) as connection:
                 accepted, entries = self._store_all(connection, deliveries, now_ms)
                 entries += [
                     (
@@ -522,6 +523,46 @@ class Inbox:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+@contextmanager
+def _write_transaction(store: Store, *, within_s: float = 10.0) -> Iterator[Connection]:
+    """A write transaction that waits for SQLite's lock by polling, not backing off.
+
+    SQLite's own busy handler sleeps 10, 25, then 50 ms between tries, so a
+    writer that keeps meeting a worker's short transactions can wait 100 ms
+    for a lock free most of the time. Acknowledgements wait on this
+    transaction; it asks again every half millisecond instead. Other
+    databases take the plain path.
+    """
+    engine = store.engine
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            yield connection
+        return
+    deadline = time.monotonic() + within_s
+    while True:
+        with engine.connect() as connection:
+            raw = connection.connection.dbapi_connection
+            assert raw is not None
+            raw.execute("PRAGMA busy_timeout = 0")
+            try:
+                try:
+                    transaction = connection.begin()
+                except OperationalError as failure:
+                    if "locked" not in str(failure) or time.monotonic() > deadline:
+                        raise
+                    transaction = None
+                if transaction is not None:
+                    with transaction:
+                        yield connection
+                    return
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        time.sleep(0.0005)
+
+
+_BUSY_TIMEOUT_MS = 10_000
 
 
 def _insert_ignoring_conflicts(

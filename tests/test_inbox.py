@@ -100,3 +100,30 @@ def test_a_failed_run_is_tried_again_after_its_wait(box: Inbox, clock: Clock) ->
     assert box.claim("w", lease_s=10, max_attempts=3) is None
     clock.now += 61
     assert box.claim("w", lease_s=10, max_attempts=3) is not None
+
+
+def test_a_store_waits_out_another_writers_lock_instead_of_failing(box: Inbox, tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+    import time
+
+    held = threading.Event()
+
+    def hold_the_lock() -> None:
+        other = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(0.3)
+        other.execute("COMMIT")
+        other.close()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait()
+    started = time.monotonic()
+    (accepted,) = box.record([delivery()])
+    waited = time.monotonic() - started
+    holder.join()
+
+    assert not accepted.duplicate
+    assert 0.25 < waited < 2

@@ -149,10 +149,11 @@ def main() -> int:
     parser.add_argument("--drain-timeout", type=float, default=900)
     parser.add_argument(
         "--worker",
-        choices=("thread", "process"),
+        choices=("thread", "process", "none"),
         default="thread",
         help="thread: tokenward serve with the worker process it starts (the default "
-        "setup); process: tokenward serve --no-worker plus a tokenward worker process",
+        "setup); process: tokenward serve --no-worker plus a tokenward worker process; "
+        "none: no worker at all (acknowledgements only, nothing is processed)",
     )
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -186,7 +187,7 @@ def main() -> int:
     source = ["--source", f"files:{exports}", "--now", scenario.clock.strftime("%Y-%m-%dT%H:%M:%SZ")]
     config = [TOKENWARD, "--config", str(folder / "tokenward.toml")]
     env = {**os.environ, **ENVIRON, "TOKENWARD_WEBHOOK_HMAC_SECRET": SECRET}
-    apart = ["--no-worker"] if args.worker == "process" else []
+    apart = ["--no-worker"] if args.worker in ("process", "none") else []
     serve = subprocess.Popen([*config, "serve", *source, *apart], cwd=folder, env=env, stdout=log, stderr=log)
     worker = None
     if args.worker == "process":
@@ -199,6 +200,8 @@ def main() -> int:
         results = asyncio.run(send_all(url, emu["ca"], sent, emu["token"], args.concurrency, rng))
         wall = results.pop()["ms"]
         print_latency(results, wall)
+        if args.worker == "none":
+            return 0
         print("waiting for the worker to drain the inbox ...", flush=True)
         drained = drain(folder / "tokenward.db", args.drain_timeout)
     finally:
