@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from playbooks import actions as requests_for
 from playbooks.actions import IncidentRef
 from playbooks.audit import AuditLog
+from playbooks.incident_report import report_to_incident
 from playbooks.correlation import Flow, baseline_for, evidence_for, group_flows, index_by_hit
 from playbooks.dryrun import DryRunResponder
-from playbooks.errors import ConnectorError, QueryError, TokenwardError
+from playbooks.errors import QueryError, TokenwardError
 from playbooks.models import (
-    ActionKind,
     ActionReport,
     ActionResult,
     ActionStatus,
@@ -39,20 +38,17 @@ from playbooks.models import (
 from playbooks.planning import Guardrails, plan_actions
 from playbooks.playbook import Playbook
 from playbooks.ports import (
-    CallAttempt,
     ExecutionContext,
     IncidentWriter,
     QueryOutcome,
     QuerySource,
     RenderedQuery,
     Responder,
-    listening_for_attempts,
 )
 from playbooks.rows import sign_in_from_row
 from playbooks.scoring import ScoringContext, SignalInput, matching_sanctioned_use, score
 from playbooks.settings import Settings
 from playbooks.times import utcnow
-from playbooks.writeback import comment_message, labels_for
 
 logger = logging.getLogger(__name__)
 
@@ -258,134 +254,17 @@ class Runner:
     async def _write_back(
         self, run_id: str, request: RunRequest, report: RunReport
     ) -> RunReport:
-        """Report: label the incident and write the run's one comment on it.
-
-        Labels go first so the comment can say which were set. Both writes are
-        idempotent (labels are set, the comment id is fixed per run), so a run
-        repeated after a crash repeats them without adding anything. A failed
-        write is recorded; it never changes what the run decided or did.
-        """
-        incident = request.incident
-        if incident is None or self.writer is None:
+        """Report: the incident's labels and the run's one comment (after acting)."""
+        if request.incident is None or self.writer is None:
             return report
-
-        def audited(attempt: CallAttempt) -> None:
-            self.audit.record(run_id, "call.attempt", attempt.as_record())
-
-        with listening_for_attempts(audited):
-            labels = labels_for(report, prefix=self.settings.sentinel.label_prefix)
-            self.audit.record(
-                run_id,
-                "incident.labels.intent",
-                {"incident": incident.resource_id, "labels": list(labels)},
-            )
-            try:
-                labelled = await self.writer.label(
-                    incident_id=incident.resource_id, labels=labels
-                )
-                labels_outcome = labelled.detail
-                self.audit.record(
-                    run_id,
-                    "incident.labels.outcome",
-                    {
-                        "status": "succeeded",
-                        "detail": labelled.detail,
-                        "http_status": labelled.http_status,
-                    },
-                )
-            except ConnectorError as failure:
-                labels_outcome = f"labels not set: {failure}"
-                logger.warning(
-                    "run %s could not label incident %s: %s",
-                    run_id,
-                    incident.resource_id,
-                    failure,
-                )
-                self.audit.record(
-                    run_id,
-                    "incident.labels.outcome",
-                    {
-                        "status": "failed",
-                        "error": str(failure),
-                        "http_status": failure.status,
-                    },
-                )
-
-            action = next(
-                (
-                    a
-                    for a in report.actions
-                    if a.action is ActionKind.COMMENT_ON_INCIDENT
-                ),
-                None,
-            )
-            if action is None:
-                action = _comment_report(
-                    incident, run_id, self.settings.sentinel.api_version
-                )
-            comment_id = requests_for.comment_id(run_id)
-            message = comment_message(report, labels=labels_outcome)
-            self.audit.record(
-                run_id,
-                "action.intent",
-                {
-                    "action": action.id,
-                    "kind": action.action.value,
-                    "path": action.request.path,
-                    "comment_id": comment_id,
-                    "characters": len(message),
-                },
-            )
-            try:
-                written = await self.writer.comment(
-                    incident_id=incident.resource_id,
-                    comment_id=comment_id,
-                    message=message,
-                )
-                result = ActionResult(
-                    action_id=action.id,
-                    status=ActionStatus.SUCCEEDED,
-                    detail=written.detail,
-                    http_status=written.http_status,
-                    request_id=written.request_id,
-                    attempts=written.attempts,
-                )
-            except ConnectorError as failure:
-                logger.warning(
-                    "run %s could not comment on incident %s: %s",
-                    run_id,
-                    incident.resource_id,
-                    failure,
-                )
-                result = ActionResult(
-                    action_id=action.id,
-                    status=ActionStatus.FAILED,
-                    detail=str(failure),
-                    http_status=failure.status,
-                    error_code=failure.code,
-                    request_id=failure.request_id,
-                )
-            self.audit.record(
-                run_id,
-                "action.outcome",
-                {
-                    "action": action.id,
-                    **result.model_dump(mode="json", exclude={"action_id"}),
-                },
-            )
-
-        done = action.model_copy(
-            update={
-                "status": result.status,
-                "detail": result.detail,
-                "http_status": result.http_status,
-                "error_code": result.error_code,
-                "request_id": result.request_id,
-                "attempts": result.attempts,
-            }
+        return await report_to_incident(
+            report,
+            incident=request.incident,
+            writer=self.writer,
+            audit=self.audit,
+            label_prefix=self.settings.sentinel.label_prefix,
+            api_version=self.settings.sentinel.api_version,
         )
-        others = tuple(a for a in report.actions if a.id != action.id)
-        return report.model_copy(update={"actions": (*others, done)})
 
     def _render(self, request: RunRequest) -> list[RenderedQuery]:
         spec = self.playbook.spec
@@ -533,24 +412,6 @@ def _action_report(action: PlannedAction, result: ActionResult) -> ActionReport:
         request_id=result.request_id,
         attempts=result.attempts,
         containment_effective=result.containment_effective,
-    )
-
-
-def _comment_report(
-    incident: IncidentRef, run_id: str, api_version: str
-) -> ActionReport:
-    """The comment of a run that failed before it planned: it is written all the same."""
-    request = requests_for.incident_comment(
-        incident, run_id=run_id, api_version=api_version
-    )
-    return ActionReport(
-        id=f"a-comment-{requests_for.comment_id(run_id)[:8]}",
-        action=ActionKind.COMMENT_ON_INCIDENT,
-        target="incident",
-        targets=(),
-        status=ActionStatus.WOULD_SEND,
-        gate=Gate.UNATTENDED,
-        request=request,
     )
 
 

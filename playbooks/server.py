@@ -46,7 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from playbooks.approvals import (
+from playbooks.approval_api import (
     ApprovalRefused,
     ApprovalRequest,
     Approver,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from playbooks.approvals import ApprovalRefused, ApprovalRequest, PlanNotFound, PlanView
+from playbooks.approval_api import ApprovalRefused, ApprovalRequest, PlanNotFound, PlanView
 from tests.service import APPROVER, LOGIC_APP, Service, running_service
 
 HASH = "ab" * 32

@@ -19,6 +19,16 @@ What an implementation must do:
 
 Executing an approved plan is not this interface's business: the storage, or
 the command that executes plans, does it once the approval is stored.
+
+Over the plan storage of ``playbooks.approvals`` (stored plans, ``decide``,
+``load_plan``) an implementation is a thin adapter: ``plans`` and ``plan``
+read ``Store.list_plans`` / ``load_plan``; ``decide`` first compares
+``request.plan_hash`` with the stored hash (refusing a mismatch), then calls
+``approvals.decide(store, audit, plan_id, decision=..., by=<approver name or
+object id>, reason=..., require_distinct_approver=...)``, turning its
+``PlanRefused`` into :class:`ApprovalRefused` and an unknown id into
+:class:`PlanNotFound`. Pass it to :func:`playbooks.server.build_parts`
+(``approvals=``).
 """
 
 from __future__ import annotations
