@@ -255,7 +255,12 @@ def print_latency(results: list[dict[str, Any]], wall_ms: float) -> None:
     print(f"sent in {wall_ms / 1000:.2f} s ({len(results) / (wall_ms / 1000):.0f} requests/s)")
     print("status counts: " + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items())))
     for (kind, status), count in sorted(by_kind.items()):
-        print(f"  {kind:<14} {status}  x{count}")
+        times = sorted(r["ms"] for r in results if (r["kind"], r["status"]) == (kind, status))
+        print(f"  {kind:<14} {status}  x{count:<4} median {times[len(times) // 2]:6.1f} ms  max {times[-1]:6.1f} ms")
+    accepted = sorted(r["ms"] for r in results if r["status"] == 202)
+    if len(accepted) > 1:
+        qa = statistics.quantiles(accepted, n=100, method="inclusive")
+        print(f"the {len(accepted)} 202 answers alone (ms): p50 {qa[49]:.1f}  p95 {qa[94]:.1f}  p99 {qa[98]:.1f}  max {accepted[-1]:.1f}")
     sys.stdout.flush()
 
 
