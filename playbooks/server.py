@@ -55,7 +55,7 @@ from playbooks.approval_api import (
     PlanView,
 )
 from playbooks.audit import AuditLog
-from playbooks.errors import AuditError, InputError, SettingsError, TokenwardError
+from playbooks.errors import InputError, SettingsError, TokenwardError
 from playbooks.inbox import Accepted, Delivery, Inbox, Refusal
 from playbooks.incidents import IncidentScope, scope_from_incident
 from playbooks.payloads import (
@@ -165,7 +165,9 @@ class KeySource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wanted.wait(), wait)
             if self.loaded:
-                await asyncio.sleep(max(0.0, fetched_at + self.min_refresh_s - loop.time()))
+                await asyncio.sleep(
+                    max(0.0, fetched_at + self.min_refresh_s - loop.time())
+                )
 
 
 @dataclass
@@ -436,13 +438,41 @@ class WorkerProcess:
         self._process.terminate()
         self._process.join(grace_s)
         if self._process.is_alive():
-            logger.warning("the worker did not stop in %g s; its leases will run out", grace_s)
+            logger.warning(
+                "the worker did not stop in %g s; its leases will run out", grace_s
+            )
             self._process.kill()
             self._process.join(5)
 
     @property
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._process.exitcode if self._process is not None else None
+
+
+async def _supervise(
+    parts: ServiceParts, *, every_s: float = 5, backoff_s: float = 30
+) -> None:
+    """Start the worker again if it died (a crash, the OOM killer), at most every *backoff_s*."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        await asyncio.sleep(every_s)
+        worker = parts.worker
+        if worker is None or worker.alive or loop.time() - started < backoff_s:
+            continue
+        logger.error("the worker process stopped unexpectedly; starting it again")
+        await asyncio.to_thread(
+            parts.audit.record,
+            "webhook",
+            "worker.restarted",
+            {"exit_code": worker.exit_code},
+        )
+        worker.start()
+        started = loop.time()
 
 
 def _worker_main(settings: Settings, spec: SourceSpec, parent: int, level: int) -> None:
@@ -549,6 +579,9 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             )
         if parts.worker is not None:
             parts.worker.start()
+            background.append(
+                asyncio.create_task(_supervise(parts), name="worker-supervisor")
+            )
         parts.audit.record(
             "webhook", "service.started", {"worker": parts.worker is not None}
         )
@@ -556,11 +589,12 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # The supervisor first, so it cannot start the worker it sees stop.
+            for task in background:
+                task.cancel()
             if parts.worker is not None:
                 await asyncio.to_thread(parts.worker.stop)
             await parts.recorder.stop()
-            for task in background:
-                task.cancel()
             parts.audit.record("webhook", "service.stopped", {})
 
     app = FastAPI(
@@ -615,7 +649,7 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         try:
             assert parts.recorder is not None
             accepted = await parts.recorder.store(delivery)
-        except (AuditError, Exception) as failure:
+        except Exception as failure:
             logger.error(
                 "delivery for incident %s not stored: %s",
                 scope.incident.number,
@@ -1081,7 +1115,9 @@ def open_audit(settings: Settings) -> tuple[Inbox, AuditLog]:
 
     key = settings.audit.hmac_key
     store = open_store(settings.store.url)
-    audit = AuditLog(store, key=key.get_secret_value().encode() if key is not None else None)
+    audit = AuditLog(
+        store, key=key.get_secret_value().encode() if key is not None else None
+    )
     return Inbox(store, audit, mode=settings.webhook.mode), audit
 
 

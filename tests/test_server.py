@@ -255,3 +255,28 @@ def test_a_signing_key_rotated_in_is_picked_up_without_a_restart(svc: Service) -
 
     assert first.status_code == 401, "the key was not published when tokenward last looked"
     assert later.status_code == 202, "the refresh the unknown key set off brought it in"
+
+
+def test_a_worker_process_that_dies_is_started_again(emu: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    from playbooks import server
+
+    with running_service(emu, tmp_path) as service:
+        worker = service.parts.worker
+        assert worker is not None and worker.alive
+        worker._process.kill()  # type: ignore[union-attr]
+        worker._process.join(5)  # type: ignore[union-attr]
+
+        # The supervisor's loop, without its waits.
+        async def once() -> None:
+            task = asyncio.create_task(server._supervise(service.parts, every_s=0.01, backoff_s=0))
+            await asyncio.sleep(0.2)
+            task.cancel()
+
+        asyncio.run(once())
+        answer = service.post(incident())
+        row = service.wait_done(answer.json()["delivery_id"])
+
+    assert row["status"] == "done"
+    assert "worker.restarted" in [r.kind for r in service.parts.audit.records(run_id="webhook")]
