@@ -280,3 +280,16 @@ def test_a_worker_process_that_dies_is_started_again(emu: Any, tmp_path: Path) -
 
     assert row["status"] == "done"
     assert "worker.restarted" in [r.kind for r in service.parts.audit.records(run_id="webhook")]
+
+
+def test_an_incident_from_a_workspace_not_allowed_is_refused_and_not_stored(emu: Any, tmp_path: Path) -> None:
+    from tests.service import service_settings
+
+    other = "/subscriptions/5f2c3b7e-0000-4000-8000-000000000001/resourceGroups/rg-soc/providers/Microsoft.OperationalInsights/workspaces/law-other"
+    settings = service_settings(emu, tmp_path, sentinel={"allowed_workspaces": [other]})
+    with running_service(emu, tmp_path, worker=False, settings=settings) as service:
+        answer = service.post(incident())
+        counts = service.parts.inbox.counts()
+
+    assert answer.status_code == 403 and answer.json() == {"error": "forbidden", "message": "not allowed"}
+    assert counts == {}
