@@ -181,3 +181,38 @@ def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(
         assert len(puts) == 2, "the write in flight when it died, and the repeat under the same id"
     audit = subprocess.run([TOKENWARD, "--config", str(tmp_path / "tokenward.toml"), "audit", "verify"], cwd=tmp_path, env={**os.environ, **ENVIRON}, capture_output=True, text=True)
     assert audit.returncode == 0, audit.stderr
+
+
+def test_workers_apart_from_serve_process_what_it_stores(emu: Any, tmp_path: Path) -> None:
+    from tests.service import running_service, service_settings
+
+    scenario = seed_scenario()
+    exports = export_scenario(scenario, tmp_path / "exports")
+    settings = service_settings(emu, tmp_path, threat_intel={"ip_ranges": ["185.220.101.0/24"]})
+    data = settings_data(
+        emu,
+        store={"url": settings.store.url},
+        webhook={"auth": ["hmac"]},
+        inbox={"poll_seconds": 0.1},
+    )
+    (tmp_path / "worker.toml").write_text(to_toml(data))
+    now = scenario.clock.strftime("%Y-%m-%dT%H:%M:%SZ")
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [TOKENWARD, "--config", str(tmp_path / "worker.toml"), "worker", "--source", f"files:{exports}", "--now", now],
+        cwd=tmp_path, env={**os.environ, **ENVIRON, "TOKENWARD_WEBHOOK_HMAC_SECRET": SECRET}, stdout=log, stderr=log,
+    )
+    try:
+        with running_service(emu, tmp_path, worker=False, settings=settings) as service:
+            body = incident()
+            answer = service.post(body)
+            row = service.wait_done(answer.json()["delivery_id"])
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+        log.close()
+
+    assert row["status"] == "done"
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
+    (comment,) = emu.sentinel.comments_of(body["object"]["id"]).values()
+    assert "score 100" in comment["properties"]["message"]
