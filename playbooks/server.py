@@ -344,6 +344,8 @@ class Recorder:
     the next gathers.
     """
 
+    MAX_BACKLOG = 10_000
+
     def __init__(self, inbox: Inbox, *, max_group: int = 256) -> None:
         self._inbox = inbox
         self._max_group = max_group
@@ -369,7 +371,15 @@ class Recorder:
         return await future
 
     def refuse(self, refusal: Refusal) -> None:
-        """Audit a refusal with the next group; the caller does not wait."""
+        """Audit a refusal with the next group; the caller does not wait.
+
+        Under a flood of refused requests with the store behind, refusals past
+        a backlog of ``MAX_BACKLOG`` are logged only, so a flood cannot grow
+        memory without bound or delay the deliveries queued behind it.
+        """
+        if self._queue.qsize() >= self.MAX_BACKLOG:
+            logger.warning("refusal not audited (backlog full): %s", refusal.reason)
+            return
         self._queue.put_nowait((refusal, None))
 
     async def _commit_forever(self) -> None:
