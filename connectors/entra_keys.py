@@ -47,6 +47,19 @@ class SigningKeys:
         """The public key for *kid*; ``KeyError`` if the tenant does not publish it."""
         return self._keys[kid]
 
+    @property
+    def loaded(self) -> bool:
+        """True once the keys were fetched at least once."""
+        return self._fetched_at > 0
+
+    def known(self, kid: str) -> bool:
+        return kid in self._keys
+
+    async def refresh(self) -> None:
+        """Fetch the keys now (the service does this at start and once a day)."""
+        async with self._lock:
+            await self._refresh()
+
     async def ensure(self, kid: str) -> None:
         """Make sure *kid* is known if the tenant publishes it, refreshing if due."""
         stale = time.monotonic() - self._fetched_at > self._ttl_s

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from playbooks.errors import AuditError
@@ -87,34 +87,50 @@ class AuditLog:
         self, run_id: str, kind: str, data: dict[str, Any], *, actor: str = "tokenward"
     ) -> AuditRecord:
         """Append one record; raises :class:`AuditError` if it cannot be written."""
-        clean = redact(data)
-        at = isoformat_z(utcnow())
         try:
             with self._store.engine.begin() as connection:
-                head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
-                seq = (head.seq if head else 0) + 1
-                prev = head.hash if head else GENESIS
-                digest = self._digest(seq, run_id, at, kind, actor, clean, prev)
-                connection.execute(
-                    insert(audit_records).values(
-                        seq=seq,
-                        run_id=run_id,
-                        at=at,
-                        kind=kind,
-                        actor=actor,
-                        data=_canonical(clean),
-                        prev_hash=prev,
-                        hash=digest,
-                    )
-                )
-                if head:
-                    connection.execute(
-                        update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest)
-                    )
-                else:
-                    connection.execute(insert(audit_head).values(id=1, seq=seq, hash=digest))
+                return self.record_in(connection, run_id, kind, data, actor=actor)
         except SQLAlchemyError as failure:
             raise AuditError(f"the audit record {kind!r} could not be written: {failure}") from None
+
+    def record_in(
+        self,
+        connection: Connection,
+        run_id: str,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        actor: str = "tokenward",
+    ) -> AuditRecord:
+        """Append one record inside the caller's transaction.
+
+        For a change and its record that must land together or not at all
+        (a webhook delivery stored and its acceptance audited).
+        """
+        clean = redact(data)
+        at = isoformat_z(utcnow())
+        head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+        seq = (head.seq if head else 0) + 1
+        prev = head.hash if head else GENESIS
+        digest = self._digest(seq, run_id, at, kind, actor, clean, prev)
+        connection.execute(
+            insert(audit_records).values(
+                seq=seq,
+                run_id=run_id,
+                at=at,
+                kind=kind,
+                actor=actor,
+                data=_canonical(clean),
+                prev_hash=prev,
+                hash=digest,
+            )
+        )
+        if head:
+            connection.execute(
+                update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest)
+            )
+        else:
+            connection.execute(insert(audit_head).values(id=1, seq=seq, hash=digest))
         return AuditRecord(seq, run_id, at, kind, actor, clean, prev, digest)
 
     @property
@@ -127,37 +143,59 @@ class AuditLog:
         """Append several records in one transaction (a batch's intents or outcomes)."""
         if not items:
             return
-        at = isoformat_z(utcnow())
         try:
             with self._store.engine.begin() as connection:
-                head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
-                seq = head.seq if head else 0
-                prev = head.hash if head else GENESIS
-                for kind, data in items:
-                    seq += 1
-                    clean = redact(data)
-                    digest = self._digest(seq, run_id, at, kind, actor, clean, prev)
-                    connection.execute(
-                        insert(audit_records).values(
-                            seq=seq,
-                            run_id=run_id,
-                            at=at,
-                            kind=kind,
-                            actor=actor,
-                            data=_canonical(clean),
-                            prev_hash=prev,
-                            hash=digest,
-                        )
-                    )
-                    prev = digest
-                if head:
-                    connection.execute(
-                        update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev)
-                    )
-                else:
-                    connection.execute(insert(audit_head).values(id=1, seq=seq, hash=prev))
+                self.record_many_in(connection, [(run_id, kind, data, actor) for kind, data in items])
         except SQLAlchemyError as failure:
             raise AuditError(f"{len(items)} audit records could not be written: {failure}") from None
+
+    def record_many_in(
+        self,
+        connection: Connection,
+        entries: list[tuple[str, str, dict[str, Any], str]],
+    ) -> list[AuditRecord]:
+        """Append ``(run_id, kind, data, actor)`` entries inside the caller's transaction.
+
+        One read of the head, one insert of every record and one head update,
+        however many entries: the webhook stores a burst of deliveries this way.
+        """
+        if not entries:
+            return []
+        head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+        seq = head.seq if head else 0
+        prev = head.hash if head else GENESIS
+        at = isoformat_z(utcnow())
+        written: list[AuditRecord] = []
+        for run_id, kind, data, actor in entries:
+            seq += 1
+            clean = redact(data)
+            digest = self._digest(seq, run_id, at, kind, actor, clean, prev)
+            written.append(AuditRecord(seq, run_id, at, kind, actor, clean, prev, digest))
+            prev = digest
+        connection.execute(
+            insert(audit_records),
+            [
+                {
+                    "seq": r.seq,
+                    "run_id": r.run_id,
+                    "at": r.at,
+                    "kind": r.kind,
+                    "actor": r.actor,
+                    "data": _canonical(r.data),
+                    "prev_hash": r.prev_hash,
+                    "hash": r.hash,
+                }
+                for r in written
+            ],
+        )
+        last = written[-1]
+        if head:
+            connection.execute(
+                update(audit_head).where(audit_head.c.id == 1).values(seq=last.seq, hash=last.hash)
+            )
+        else:
+            connection.execute(insert(audit_head).values(id=1, seq=last.seq, hash=last.hash))
+        return written
 
     def records(self, *, run_id: str | None = None, limit: int | None = None) -> list[AuditRecord]:
         query = select(audit_records).order_by(audit_records.c.seq)

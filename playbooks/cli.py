@@ -1,4 +1,4 @@
-"""The ``tokenward`` command: hunt, exercise, plans, doctor and audit.
+"""The ``tokenward`` command: hunt, exercise, plans, doctor, audit and serve.
 
 This is one of the two faces (with the webhook service) that wire concrete
 connectors into the engine. Every failure ends with a one-line reason on
@@ -619,6 +619,58 @@ def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
         if len(summary) > 160:
             summary = summary[:157] + "..."
         app.out.print(f"{record.seq:>6} {record.at} {record.run_id} [bold]{record.kind}[/] {summary}", markup=True, highlight=False)
+
+
+# -- serve and worker ------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--source", "source_spec", metavar="files:DIR", help="Where webhook-triggered runs hunt: files:DIR for exported logs.")
+@click.option("--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day.")
+@click.option("--host", help="Listen address (default: server.host).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Listen port (default: server.port).")
+@click.option("--no-worker", is_flag=True, help="Only accept deliveries; run `tokenward worker` apart.")
+@pass_app
+def serve(app: App, source_spec: str | None, now_text: str | None, host: str | None, port: int | None, no_worker: bool) -> None:
+    """Serve the Sentinel webhook, plan approvals and health checks (uvicorn)."""
+    from playbooks.server import SourceSpec, build_parts
+    from playbooks.server import serve as run_server
+
+    settings = app.settings()
+    if host or port:
+        server = settings.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v})
+        settings = settings.model_copy(update={"server": type(settings.server).model_validate(server.model_dump())})
+    with_worker = settings.inbox.worker and not no_worker
+    spec = SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None) if source_spec else None
+    parts = build_parts(settings, spec=spec, with_worker=with_worker)
+    scheme = "https" if settings.server.certfile else "http"
+    app.err.print(f"tokenward serving on {scheme}://{settings.server.host}:{settings.server.port}", style="dim")
+    run_server(parts)
+
+
+@cli.command()
+@click.option("--source", "source_spec", required=True, metavar="files:DIR", help="Where runs hunt: files:DIR for exported logs.")
+@click.option("--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day.")
+@pass_app
+def worker(app: App, source_spec: str, now_text: str | None) -> None:
+    """Process stored webhook deliveries (for workers apart from tokenward serve)."""
+    import signal
+
+    from playbooks.server import SourceSpec, build_worker
+
+    settings = app.settings()
+    spec = SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
+    processing = build_worker(settings, spec)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await processing.run_forever(stop)
+
+    app.err.print(f"tokenward worker {processing.owner} processing the inbox", style="dim")
+    asyncio.run(run())
 
 
 # -- helpers -------------------------------------------------------------------

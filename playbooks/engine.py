@@ -29,6 +29,7 @@ from playbooks.correlation import (
     group_flows,
     index_by_hit,
 )
+from playbooks.incident_report import report_to_incident
 from playbooks.dryrun import DryRunResponder
 from playbooks.errors import QueryError, TokenwardError
 from playbooks.execution import Executor, execution_policy, target_key
@@ -56,6 +57,7 @@ from playbooks.playbook import Playbook
 from playbooks.ports import (
     DirectoryReader,
     ExecutionContext,
+    IncidentWriter,
     QuerySource,
     RenderedQuery,
     Responder,
@@ -105,6 +107,8 @@ class Runner:
     directory: DirectoryReader | None = None
     # Who asks for the plans this runner stores (an analyst's name, or the service).
     requested_by: str = "tokenward"
+    # Where a run triggered by an incident reports back; None: it does not.
+    writer: IncidentWriter | None = None
     _acting: Executor | None = field(default=None, init=False, repr=False)
 
     async def run(self, request: RunRequest) -> RunReport:
@@ -158,6 +162,7 @@ class Runner:
                 }
             )
             self.audit.record(run_id, "run.failed", {"error": report.error})
+        report = await self._write_back(run_id, request, report)
         report = report.model_copy(update={"ended_at": utcnow()})
         self.audit.record(
             run_id,
@@ -174,6 +179,11 @@ class Runner:
     async def _run(
         self, run_id: str, request: RunRequest, report: RunReport, steps: StepRunner
     ) -> RunReport:
+        # An incident names whom to hunt. With nobody resolvable, an empty user
+        # filter would hunt the whole tenant: report that back instead.
+        if request.incident is not None and not request.users:
+            return await self._nobody_to_hunt(run_id, request, report)
+
         # Hunt and correlate: one call per source. Queries that run where the
         # hunt runs embed it; the others get its rows in a second step.
         results = await self._hunt_and_correlate(steps, request)
@@ -262,6 +272,54 @@ class Runner:
                 "containment": containment,
                 "users_contained": users_contained,
             }
+        )
+
+    async def _nobody_to_hunt(
+        self, run_id: str, request: RunRequest, report: RunReport
+    ) -> RunReport:
+        self.audit.record(
+            run_id,
+            "incident.unresolvable_identity",
+            {
+                "incident": request.incident.resource_id if request.incident else None,
+                "reasons": list(request.warnings),
+            },
+        )
+        plan = plan_actions(
+            (),
+            self.playbook,
+            self._guardrails(request, evidence_complete=True),
+            run_id=run_id,
+            created_at=utcnow(),
+        )
+        results = await self._gate_and_act(run_id, request, plan, (), {})
+        return report.model_copy(
+            update={
+                "plan_id": plan.id,
+                "plan_hash": plan.content_hash,
+                "actions": tuple(
+                    _action_report(a, results[a.id]) for a in plan.actions
+                ),
+                "warnings": (
+                    *report.warnings,
+                    "no account of the incident could be resolved to an Entra ID user; nothing was hunted",
+                ),
+            }
+        )
+
+    async def _write_back(
+        self, run_id: str, request: RunRequest, report: RunReport
+    ) -> RunReport:
+        """Report: the incident's labels and the run's one comment (after acting)."""
+        if request.incident is None or self.writer is None:
+            return report
+        return await report_to_incident(
+            report,
+            incident=request.incident,
+            writer=self.writer,
+            audit=self.audit,
+            label_prefix=self.settings.sentinel.label_prefix,
+            api_version=self.settings.sentinel.api_version,
         )
 
     # -- queries ---------------------------------------------------------------
@@ -438,6 +496,7 @@ class Runner:
                 for name in (user.key, user.id, user.user_principal_name)
                 if name
             ),
+            comment_api_version=self.settings.sentinel.api_version,
         )
 
     def _executor(self) -> Executor:

@@ -9,9 +9,12 @@ Accounts are resolved the way the field has learnt to (entity order is not
 stable and any identifier may be missing): the Entra object id
 (``aadUserId``, ``objectGuid``), then a UPN, then ``accountName@upnSuffix``,
 then a UPN-shaped ``fullName`` or ``accountName`` (low confidence: never acted
-on without approval). Every value is checked by its shape; one that fails is
-reported as unresolved, never passed on. An incident whose accounts all fail
-is still a scope, with nothing to hunt and a reason to say so.
+on without approval). Mailbox entities (Defender for Office incidents name the
+phished recipient that way) resolve by ``externalDirectoryObjectId`` or
+``upn``; a bare ``mailboxPrimaryAddress`` is a mail address, not necessarily
+the UPN, and is low confidence. Every value is checked by its shape; one that
+fails is reported as unresolved, never passed on. An incident whose accounts
+all fail is still a scope, with nothing to hunt and a reason to say so.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from playbooks.identities import is_guid, is_upn, require_ip
 from playbooks.models import Window
 from playbooks.times import parse_time
 
+# Each segment in the characters Azure allows for it, so the id can be used
+# as a URL path as it stands (no "?", "#", "%", "..", spaces).
 INCIDENT_ID = re.compile(
-    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
-    r"Microsoft\.OperationalInsights/workspaces/[^/]+/providers/"
-    r"Microsoft\.SecurityInsights/incidents/[A-Za-z0-9-]+$",
+    r"^(?P<workspace>/subscriptions/[0-9A-Fa-f-]{36}/resourceGroups/[-\w.()]{1,90}"
+    r"/providers/Microsoft\.OperationalInsights/workspaces/[A-Za-z0-9-]{1,63})"
+    r"/providers/Microsoft\.SecurityInsights/incidents/[A-Za-z0-9-]{1,64}$",
     re.IGNORECASE,
 )
 
@@ -74,6 +79,20 @@ class IncidentScope:
     workspace_id: str = ""
     analytic_rule_ids: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    # The incident's own activity, widened, before it is cut at "now"; None
+    # when the incident carries no times. The fingerprint uses this, so the
+    # same incident delivered twice has the same fingerprint whenever it comes.
+    activity_window: Window | None = None
+
+    @property
+    def incident_key(self) -> str:
+        """The incident's resource id as a key: Resource Manager ids ignore case."""
+        return self.incident.resource_id.lower()
+
+    @property
+    def workspace_resource_id(self) -> str:
+        match = INCIDENT_ID.match(self.incident.resource_id)
+        return match["workspace"].lower() if match else ""
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -96,10 +115,11 @@ class IncidentScope:
     @property
     def fingerprint(self) -> str:
         """What the hunt depends on; an update that keeps it needs no re-run."""
+        window = self.activity_window
         canonical = {
             "accounts": sorted(account.key for account in self.accounts),
             "ips": sorted(self.ip_addresses),
-            "window": [self.window.start.isoformat(), self.window.end.isoformat()],
+            "window": [window.start.isoformat(), window.end.isoformat()] if window else None,
         }
         text = json.dumps(canonical, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -127,6 +147,7 @@ def scope_from_incident(
     accounts, unresolved = _accounts(_entities(properties))
     ips, bad_ips = _addresses(_entities(properties))
     window = _window(properties, now, margin_before, margin_after, default_lookback)
+    activity = _activity_window(properties, margin_before, margin_after)
     number = properties.get("incidentNumber")
     return IncidentScope(
         incident=IncidentRef(
@@ -145,6 +166,8 @@ def scope_from_incident(
         analytic_rule_ids=tuple(
             _text(item) for item in properties.get("relatedAnalyticRuleIds") or () if _text(item)
         ),
+        warnings=_unknown_kinds(_entities(properties)),
+        activity_window=activity,
     )
 
 
@@ -204,9 +227,11 @@ def _accounts(entities: Iterable[Mapping[str, Any]]) -> tuple[tuple[ResolvedAcco
     accounts: dict[str, ResolvedAccount] = {}
     unresolved: list[str] = []
     for entity in entities:
-        if _kind(entity) != "account":
+        kind = _kind(entity)
+        if kind not in ("account", "mailbox"):
             continue
-        account = resolve_account(_props(entity))
+        props = _props(entity)
+        account = resolve_account(props) if kind == "account" else resolve_mailbox(props)
         if isinstance(account, str):
             unresolved.append(account)
             continue
@@ -248,6 +273,54 @@ def resolve_account(props: Mapping[str, Any]) -> ResolvedAccount | str:
     return f"account {label[:80]!r} has no Entra object id or UPN (on-premises only, or not mapped)"
 
 
+def resolve_mailbox(props: Mapping[str, Any]) -> ResolvedAccount | str:
+    """A Mailbox entity's owner: its Entra object id or UPN; its address is weaker."""
+    object_id = _text(props.get("externaldirectoryobjectid")).strip()
+    upn = _text(props.get("upn")).strip()
+    address = _text(props.get("mailboxprimaryaddress")).strip()
+    if object_id and not is_guid(object_id):
+        object_id = ""
+    if upn and not is_upn(upn):
+        upn = ""
+    if object_id:
+        by = "externalDirectoryObjectId" + ("+upn" if upn else "")
+        return ResolvedAccount(object_id.lower(), upn, Confidence.HIGH, by)
+    if upn:
+        return ResolvedAccount("", upn, Confidence.HIGH, "mailbox upn")
+    if address and is_upn(address):
+        # A primary SMTP address often equals the UPN, but need not.
+        return ResolvedAccount("", address, Confidence.LOW, "mailboxPrimaryAddress")
+    label = address or _text(props.get("displayname")) or "a mailbox"
+    return f"mailbox {label[:80]!r} has no Entra object id or UPN"
+
+
+# The entity kinds Sentinel documents (EntityKind, 2024-09-01). Others are
+# ignored with a warning: a kind added later must not make tokenward drop an
+# incident it could still hunt.
+KNOWN_KINDS = frozenset(
+    kind.lower()
+    for kind in (
+        "Account", "Host", "File", "AzureResource", "CloudApplication", "DnsResolution",
+        "FileHash", "Ip", "Malware", "Process", "RegistryKey", "RegistryValue",
+        "SecurityGroup", "Url", "IoTDevice", "SecurityAlert", "Bookmark", "MailCluster",
+        "MailMessage", "Mailbox", "SubmissionMail", "Nic",
+        # Alert entities (SecurityAlert.Entities) spell some with hyphens.
+        "cloud-logon-session", "host-logon-session", "network-connection", "dns",
+        "blob", "blob-container", "mailbox-configuration", "oauth-application",
+    )
+)
+
+
+def _unknown_kinds(entities: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    known = {kind.replace("-", "") for kind in KNOWN_KINDS}
+    unknown = sorted(
+        kind
+        for kind in {_kind(e) for e in entities if e.get("kind") or e.get("Type")}
+        if kind.replace("-", "") not in known
+    )
+    return tuple(f"entity kind {kind[:64]!r} is not one tokenward knows; ignored" for kind in unknown)
+
+
 def _addresses(entities: Iterable[Mapping[str, Any]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     ips: list[str] = []
     bad: list[str] = []
@@ -280,6 +353,19 @@ def _window(
     if end <= start:
         end = start + before + after
     return Window(start=start, end=end)
+
+
+def _activity_window(
+    properties: Mapping[str, Any], before: timedelta, after: timedelta
+) -> Window | None:
+    first = _time(properties.get("firstActivityTimeUtc"))
+    last = _time(properties.get("lastActivityTimeUtc"))
+    created = _time(properties.get("createdTimeUtc"))
+    start = first or last or created
+    end = last or first or created
+    if start is None or end is None:
+        return None
+    return Window(start=start - before, end=max(end + after, start - before))
 
 
 def _time(value: Any) -> datetime | None:

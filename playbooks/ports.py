@@ -41,6 +41,7 @@ __all__ = [
     "DirectoryReader",
     "ConnectorError",
     "ExecutionContext",
+    "IncidentWrite",
     "IncidentWriter",
     "NotFound",
     "PermissionDenied",
@@ -143,12 +144,33 @@ class DirectoryReader(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class IncidentWrite:
+    """What the incident service answered to one write (never a body or token)."""
+
+    http_status: int
+    attempts: int = 1
+    request_id: str | None = None
+    # A comment: True when this write created it, False when it updated it.
+    created: bool = False
+    detail: str = ""
+
+
 class IncidentWriter(Protocol):
-    """Writes a run's outcome back to the incident it came from."""
+    """Writes a run's outcome back to the incident it came from.
 
-    async def comment(self, *, incident_id: str, comment_id: str, message: str) -> None: ...
+    Both writes are idempotent, so a run retried after a crash repeats them
+    safely: a comment is written under an id fixed per run (the same id
+    updates, never adds), and labels are set, not appended.
+    """
 
-    async def label(self, *, incident_id: str, labels: Sequence[str]) -> None: ...
+    async def comment(self, *, incident_id: str, comment_id: str, message: str) -> IncidentWrite:
+        """Create or update the comment *comment_id* on the incident."""
+        ...
+
+    async def label(self, *, incident_id: str, labels: Sequence[str]) -> IncidentWrite:
+        """Make *labels* the incident's tokenward labels; others' labels stay."""
+        ...
 
 
 # -- attempts at outside calls ------------------------------------------------

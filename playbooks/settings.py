@@ -51,6 +51,7 @@ ENV_CLIENT_SECRET = "TOKENWARD_CLIENT_SECRET"
 ENV_CERTIFICATE_PASSWORD = "TOKENWARD_CLIENT_CERTIFICATE_PASSWORD"
 # Any of 1/true/yes/on turns the kill switch on, whatever the file says.
 ENV_KILL_SWITCH = "TOKENWARD_KILL_SWITCH"
+ENV_WEBHOOK_SECRET = "TOKENWARD_WEBHOOK_HMAC_SECRET"
 # Set by the AKS workload identity webhook; used when the settings leave them out.
 ENV_WORKLOAD_IDENTITY = {
     "tenant_id": "AZURE_TENANT_ID",
@@ -378,6 +379,191 @@ class ApprovalSettings(Section):
         default=True, description="The approver must not be the person who requested the plan."
     )
 
+# -- the webhook service: listening, authenticating, the inbox, write-back -------
+
+
+class AuthScheme(StrEnum):
+    """How a caller of the service proves who it is."""
+
+    # An Entra ID access token (the Logic App's managed identity, an approver).
+    BEARER = "bearer"
+    # An HMAC-SHA256 signature over the timestamp and raw body (other senders).
+    HMAC = "hmac"
+
+
+class ServerSettings(Section):
+    host: str = Field(default="127.0.0.1", description="Address uvicorn listens on.")
+    port: int = Field(default=8443, ge=1, le=65535, description="Port uvicorn listens on.")
+    certfile: Path | None = Field(default=None, description="TLS certificate chain (PEM).")
+    keyfile: Path | None = Field(default=None, description="TLS private key (PEM).")
+    tls_offloaded: bool = Field(
+        default=False,
+        description="TLS ends at a proxy in front of tokenward; plain HTTP may then "
+        "listen on a non-loopback address.",
+    )
+    forwarded_allow_ips: tuple[str, ...] = Field(
+        default=(), description="Proxies whose X-Forwarded-* headers are trusted."
+    )
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise _KeyedError("server.keyfile", "certfile and keyfile go together: give both or neither")
+        loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
+        if self.certfile is None and not loopback and not self.tls_offloaded:
+            raise _KeyedError(
+                "server.host",
+                f"tokenward would serve plain HTTP on {self.host}: give server.certfile "
+                "and server.keyfile, or set server.tls_offloaded when a proxy ends TLS",
+            )
+        return self
+
+
+class WebhookSettings(Section):
+    auth: tuple[AuthScheme, ...] = Field(
+        default=(AuthScheme.BEARER,),
+        description="Accepted schemes: bearer (Entra ID tokens) and/or hmac.",
+    )
+    audiences: tuple[str, ...] = Field(
+        default=(), description="Token audiences accepted (tokenward's Application ID URI)."
+    )
+    issuers: tuple[str, ...] = Field(
+        default=(),
+        description="Token issuers accepted; empty: the tenant's v1 and v2 issuers.",
+    )
+    allowed_principals: tuple[str, ...] = Field(
+        default=(),
+        description="Object ids (or app ids) allowed to post incidents, e.g. the Logic "
+        "App's managed identity.",
+    )
+    approvers: tuple[str, ...] = Field(
+        default=(), description="Object ids of the people who may approve plans."
+    )
+    approver_role: str = Field(
+        default="", description="An app role whose holders may approve plans (roles claim)."
+    )
+    hmac_secret: SecretStr | None = Field(
+        default=None, description=f"Shared HMAC secret; from {ENV_WEBHOOK_SECRET} only."
+    )
+    replay_window: int = Field(
+        default=300, ge=10, le=3600, description="Seconds a signed request stays valid."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, le=16 * 1_048_576, description="Largest body accepted."
+    )
+    mode: str = Field(default="dry-run", description="Mode of webhook-triggered runs.")
+
+    @field_validator("allowed_principals", "approvers")
+    @classmethod
+    def _object_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not is_guid(item):
+                raise ValueError(f"{item!r} is not an object id (a GUID)")
+        return tuple(item.lower() for item in value)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if value not in ("dry-run", "approve", "auto"):
+            raise ValueError(f"mode {value!r} is not dry-run, approve or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _schemes(self) -> WebhookSettings:
+        if not self.auth:
+            raise _KeyedError("webhook.auth", "at least one scheme (bearer, hmac) is needed")
+        return self
+
+
+class InboxSettings(Section):
+    worker: bool = Field(
+        default=True, description="tokenward serve starts a worker process for the inbox."
+    )
+    concurrency: int = Field(default=2, ge=1, le=16, description="Runs at once per worker.")
+    lease_seconds: float = Field(
+        default=60, ge=1, le=3600,
+        description="How long a claimed delivery stays with its worker without a heartbeat.",
+    )
+    poll_seconds: float = Field(default=1.0, gt=0, le=60, description="Idle wait between polls.")
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Attempts before a delivery is set aside as failed."
+    )
+    retry_seconds: float = Field(
+        default=60, ge=0, le=3600, description="Wait before a failed run is tried again."
+    )
+
+
+class SentinelSettings(Section):
+    api_version: str = Field(
+        default="2025-09-01", description="api-version of the Sentinel incidents REST API."
+    )
+    write_back: bool = Field(
+        default=True, description="Comment on and label the incident after each run."
+    )
+    label_prefix: str = Field(
+        default="tokenward:", description="Prefix of the labels tokenward owns."
+    )
+    allowed_workspaces: tuple[str, ...] = Field(
+        default=(),
+        description="Workspace resource ids whose incidents are accepted; empty: any.",
+    )
+    window_before: str = Field(
+        default="2h", description="How far before the first activity the hunt reaches."
+    )
+    window_after: str = Field(
+        default="30m", description="How far after the last activity the hunt reaches."
+    )
+    rehunt_after: tuple[str, ...] = Field(
+        default=("10m", "25m"),
+        description="When a run finds no device code sign-in, hunt again this long after "
+        "the delivery (sign-in logs arrive late); empty: never.",
+    )
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", value):
+            raise ValueError(f"api_version {value!r} is not like 2025-09-01")
+        return value
+
+    @field_validator("label_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,30}[:/-]", value):
+            raise ValueError(f"label_prefix {value!r} should look like tokenward:")
+        return value
+
+    @field_validator("window_before", "window_after")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from playbooks.times import parse_duration
+
+        parse_duration(value)
+        return value
+
+    @field_validator("rehunt_after")
+    @classmethod
+    def _rehunts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from playbooks.times import parse_duration
+
+        delays = [parse_duration(item) for item in value]
+        if delays != sorted(delays) or len(set(delays)) != len(delays):
+            raise ValueError("rehunt_after must grow: e.g. [\"10m\", \"25m\"]")
+        return value
+
+    @field_validator("allowed_workspaces")
+    @classmethod
+    def _workspaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not re.fullmatch(
+                r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+                r"Microsoft\.OperationalInsights/workspaces/[^/]+",
+                item,
+                re.IGNORECASE,
+            ):
+                raise ValueError(f"{item!r} is not a workspace resource id")
+        return tuple(item.lower() for item in value)
+
 
 class Settings(Section):
     store: StoreSettings = StoreSettings()
@@ -393,6 +579,11 @@ class Settings(Section):
     retry: RetrySettings = RetrySettings()
     graph: GraphSettings = GraphSettings()
     approvals: ApprovalSettings = ApprovalSettings()
+    # The webhook service (tokenward serve).
+    server: ServerSettings = ServerSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    inbox: InboxSettings = InboxSettings()
+    sentinel: SentinelSettings = SentinelSettings()
 
     @model_validator(mode="after")
     def _timeouts(self) -> Settings:
@@ -447,6 +638,7 @@ def settings_from_dict(
     merged = _with_credential_environment(merged, env, file=file)
     if env.get(ENV_KILL_SWITCH, "").strip().lower() in ("1", "true", "yes", "on"):
         merged["guardrails"] = {**merged.get("guardrails", {}), "kill_switch": True}
+    merged = _with_webhook_secret(merged, env, file=file)
     base = Path(file).parent if file else Path.cwd()
     try:
         settings = Settings.model_validate(merged)
@@ -457,7 +649,11 @@ def settings_from_dict(
     for item in files:
         read_network_file(item)
     return settings.model_copy(
-        update={"threat_intel": threat_intel, "azure": _azure_paths(settings.azure, base)}
+        update={
+            "threat_intel": threat_intel,
+            "azure": _azure_paths(settings.azure, base),
+            "server": _server_paths(settings.server, base),
+        }
     )
 
 
@@ -502,6 +698,31 @@ def _with_credential_environment(
         return data
     azure["credential"] = credential
     return {**data, "azure": azure}
+
+
+def _with_webhook_secret(
+    data: dict[str, Any], env: Mapping[str, str], *, file: str | None
+) -> dict[str, Any]:
+    """The webhook's HMAC secret from its variable only (refused in files)."""
+    webhook = dict(data.get("webhook") or {})
+    if "hmac_secret" in webhook:
+        raise SettingsError(
+            f"webhook.hmac_secret belongs in the {ENV_WEBHOOK_SECRET} variable, not in a file",
+            source=Location(file=file, key="webhook.hmac_secret"),
+        )
+    if not env.get(ENV_WEBHOOK_SECRET):
+        return data
+    webhook["hmac_secret"] = env[ENV_WEBHOOK_SECRET]
+    return {**data, "webhook": webhook}
+
+
+def _server_paths(server: ServerSettings, base: Path) -> ServerSettings:
+    def resolved(path: Path | None) -> Path | None:
+        return path if path is None or path.is_absolute() else base / path
+
+    return server.model_copy(
+        update={"certfile": resolved(server.certfile), "keyfile": resolved(server.keyfile)}
+    )
 
 
 def _azure_paths(azure: AzureSettings, base: Path) -> AzureSettings:

@@ -1,5 +1,5 @@
-"""The state database: runs, plans, approvals, the action ledger and the audit
-log (SQLAlchemy Core).
+"""The state database: the webhook inbox, runs, plans, approvals, the action
+ledger and the audit log (SQLAlchemy Core).
 
 SQLite by default, one file; a PostgreSQL URL works the same way when several
 workers share state. Times are stored as ISO 8601 text in UTC.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Integer,
@@ -143,6 +144,36 @@ class LedgerEntry:
     def open(self) -> bool:
         """An intent without an outcome: the run stopped after deciding to act."""
         return self.status == INTENT
+
+
+# The webhook inbox: every delivery accepted is stored here before it is
+# acknowledged, and a worker leases it to run the playbook (playbooks/inbox.py).
+# One row per run: a delivery whose incident and scope are already here is a
+# duplicate of that row (``run_key`` is unique). Instants a worker compares
+# (``available_at``, ``lease_expires_at``) are Unix milliseconds.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("run_id", String(64), nullable=False, unique=True),
+    Column("run_key", String(64), nullable=False, unique=True),
+    Column("incident_key", String(512), nullable=False, index=True),
+    Column("revision", String(256), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("received_at", String(40), nullable=False),
+    Column("caller", String(256), nullable=False),
+    Column("scheme", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    # pending, running, done, failed
+    Column("status", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("available_at", BigInteger, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", BigInteger),
+    Column("finished_at", String(40)),
+    Column("outcome", Text),
+)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,11 @@ class Caller:
     app_id: str
     tenant_id: str
     name: str
+    # App roles granted to the caller (the token's roles claim).
+    roles: tuple[str, ...] = ()
+    # True for a person's (delegated) token, False for an app's or a managed identity's.
+    is_user: bool = False
+    scheme: str = "bearer"
 
     @property
     def label(self) -> str:
@@ -147,11 +152,17 @@ def validate_bearer(
     if abs(now - float(claims.get("iat", now))) > 86400 + policy.leeway_s:
         raise Unauthorized("the token was issued more than a day ago")
 
+    roles = claims.get("roles")
     caller = Caller(
         principal_id=str(claims.get("oid", "")),
         app_id=str(claims.get("appid") or claims.get("azp") or ""),
         tenant_id=str(claims.get("tid", "")),
-        name=str(claims.get("xms_mirid") or claims.get("upn") or ""),
+        name=str(
+            claims.get("xms_mirid") or claims.get("upn") or claims.get("preferred_username") or ""
+        )[:256],
+        roles=tuple(str(role) for role in roles) if isinstance(roles, list) else (),
+        # Delegated tokens carry scopes (scp); app-only tokens carry only roles.
+        is_user="scp" in claims or claims.get("idtyp") == "user",
     )
     if policy.allowed_principals and not _allowed(caller, policy.allowed_principals):
         raise Unauthorized(f"principal {caller.principal_id or caller.app_id!r} may not call the webhook")

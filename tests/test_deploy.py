@@ -64,3 +64,26 @@ def test_the_automation_rule_runs_the_logic_app_for_the_tokenward_rule_only() ->
     assert template["parameters"]["analyticRuleId"]["defaultValue"] in json.dumps(analytic_rule(load_playbook()))
     (action,) = automation["properties"]["actions"]
     assert action["actionType"] == "RunPlaybook"
+
+
+def test_the_templates_and_docs_name_the_services_real_endpoint_and_settings() -> None:
+    import re
+
+    from playbooks.server import WEBHOOK_PATH, openapi_document
+    from playbooks.settings import Settings
+
+    template = json.loads((DEPLOY / "incident-to-tokenward.json").read_text())
+    workflow = next(r for r in template["resources"] if r["type"] == "Microsoft.Logic/workflows")
+    post = workflow["properties"]["definition"]["actions"]["Post_incident_to_tokenward"]["inputs"]
+    assert f"'{WEBHOOK_PATH}'" in post["uri"]
+    assert WEBHOOK_PATH in openapi_document()["paths"]
+    assert "entraId" in json.dumps(openapi_document()["paths"][WEBHOOK_PATH]["post"]["security"])
+
+    # Every [section] key the deployment docs and template tell an operator to set exists.
+    readme = (DEPLOY.parent / "README.md").read_text() + json.dumps(template)
+    named = set(re.findall(r"\[(\w+)\] (\w+)", readme))
+    fields = Settings.model_fields
+    for section, key in named:
+        assert section in fields, section
+        assert key in fields[section].annotation.model_fields, f"[{section}] {key}"  # type: ignore[union-attr]
+    assert ("webhook", "allowed_principals") in named and ("webhook", "audiences") in named

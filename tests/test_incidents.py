@@ -134,3 +134,57 @@ def test_without_activity_times_the_window_reaches_back_a_day() -> None:
     scope = scope_from_incident(payload, now=NOW)
     assert scope.window.end == NOW
     assert NOW - scope.window.start == timedelta(hours=26)
+
+
+def test_a_redelivery_later_has_the_same_fingerprint_though_its_window_ends_later() -> None:
+    # Fresh incident: the widened window still reaches past "now" and is cut there.
+    early = scope_from_incident(trigger(), now=datetime(2026, 1, 15, 9, 41, tzinfo=UTC))
+    later = scope_from_incident(trigger(), now=datetime(2026, 1, 15, 9, 47, tzinfo=UTC))
+    assert early.window.end != later.window.end
+    assert early.fingerprint == later.fingerprint
+
+
+def test_the_incident_key_ignores_case_and_names_the_workspace() -> None:
+    scope = scope_from_incident(trigger(), now=NOW)
+    assert scope.incident_key == scope.incident.resource_id.lower()
+    assert scope.workspace_resource_id.endswith("/workspaces/law-soc")
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "/subscriptions/5f2c3b7e-0000-4000-8000-000000000001/resourceGroups/rg soc/providers/Microsoft.OperationalInsights/workspaces/law-soc/providers/Microsoft.SecurityInsights/Incidents/x",
+        "/subscriptions/5f2c3b7e-0000-4000-8000-000000000001/resourceGroups/rg-soc/providers/Microsoft.OperationalInsights/workspaces/law-soc?x=1/providers/Microsoft.SecurityInsights/Incidents/x",
+        "/subscriptions/not-a-guid/resourceGroups/rg-soc/providers/Microsoft.OperationalInsights/workspaces/law-soc/providers/Microsoft.SecurityInsights/Incidents/x",
+    ],
+    ids=["space", "query", "subscription"],
+)
+def test_a_resource_id_that_is_not_safe_as_a_url_path_is_refused(bad_id: str) -> None:
+    payload = trigger()
+    payload["object"]["id"] = bad_id
+    with pytest.raises(InputError, match="no valid resource id"):
+        scope_from_incident(payload, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("props", "user_id", "upn", "confidence"),
+    [
+        ({"externalDirectoryObjectId": "AAAAAAAA-0000-4000-8000-000000000002", "upn": "megan.bowen@contoso.com"}, "aaaaaaaa-0000-4000-8000-000000000002", "megan.bowen@contoso.com", Confidence.HIGH),
+        ({"upn": "megan.bowen@contoso.com"}, "", "megan.bowen@contoso.com", Confidence.HIGH),
+        ({"mailboxPrimaryAddress": "megan@contoso.com"}, "", "megan@contoso.com", Confidence.LOW),
+    ],
+    ids=["object-id", "upn", "address-only"],
+)
+def test_a_mailbox_entity_names_the_phished_recipient(props: dict[str, str], user_id: str, upn: str, confidence: Confidence) -> None:
+    payload = trigger()
+    payload["object"]["properties"]["relatedEntities"] = [{"kind": "Mailbox", "properties": props}]
+    (account,) = scope_from_incident(payload, now=NOW).accounts
+    assert (account.user_id, account.user_principal_name, account.confidence) == (user_id, upn, confidence)
+
+
+def test_an_entity_kind_sentinel_does_not_document_is_ignored_with_a_warning() -> None:
+    payload = trigger()
+    payload["object"]["properties"]["relatedEntities"].append({"kind": "Spaceship", "properties": {}})
+    scope = scope_from_incident(payload, now=NOW)
+    assert scope.accounts[0].user_principal_name == "target.user@contoso.com"
+    assert scope.warnings == ("entity kind 'spaceship' is not one tokenward knows; ignored",)

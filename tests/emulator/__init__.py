@@ -5,12 +5,13 @@ See README.md beside this file for what it serves and how to extend it.
 
 from __future__ import annotations
 
-from tests.emulator import arm, defender, graph, identity, log_analytics
+from tests.emulator import arm, defender, graph, identity, log_analytics, sentinel
 from tests.emulator.server import AUDIENCES, Emulator, Fault, RecordedRequest
 
 #: The route modules mounted, in order: specific routes before catch-alls
-#: (Defender's /v1.0/security/... before Graph's /v1.0/...).
-MODULES = [identity, arm, log_analytics, defender, graph]
+#: (Defender's /v1.0/security/... before Graph's /v1.0/...; the Sentinel
+#: incidents API before the rest of Resource Manager).
+MODULES = [identity, sentinel, arm, log_analytics, defender, graph]
 
 
 def start_emulator() -> Emulator:

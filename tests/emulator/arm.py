@@ -1,8 +1,7 @@
 """Azure Resource Manager for the emulator: enough to prove the ARM client's
 wire contract (api-version, bearer token for the ARM audience).
 
-The Sentinel incident and comment routes belong here too when the incident
-writer is built.
+The Sentinel incident and comment routes are in ``sentinel.py``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ Tokens are JWT-shaped (unsigned) and carry ``aud``, ``tid``, ``appid`` and
 ``roles``, so the other emulated services can refuse a token issued for
 another audience, and ``tokenward doctor`` can read the roles as it would in
 production.
+
+Tokens *for tokenward* (the Logic App's managed identity calling the webhook,
+an approver) are real RS256 JWTs: ``emulator.identity.signed_token(...)``
+signs with the tenant's key, which ``/{tenant}/discovery/v2.0/keys`` publishes
+as Entra ID does; ``rotate()`` publishes a new key.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from jwt.algorithms import RSAAlgorithm
 
 if TYPE_CHECKING:
     from tests.emulator.server import Emulator
@@ -41,6 +49,9 @@ class IdentityState:
     system_assigned: bool = True
     user_assigned: list[str] = field(default_factory=list)
     issued: int = 0
+    # kid -> private key; the public halves are published as the tenant's JWKS.
+    signing_keys: dict[str, Any] = field(default_factory=dict)
+    current_kid: str = ""
 
     def reset(self) -> None:
         self.secrets.clear()
@@ -48,6 +59,49 @@ class IdentityState:
         self.system_assigned = True
         self.user_assigned.clear()
         self.issued = 0
+
+    def rotate(self) -> str:
+        """Publish a new signing key and sign with it from now on."""
+        kid = uuid.uuid4().hex[:16]
+        self.signing_keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.current_kid = kid
+        return kid
+
+    def jwks(self) -> dict[str, Any]:
+        keys = []
+        for kid, key in self.signing_keys.items():
+            jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+            keys.append({**jwk, "kid": kid, "use": "sig", "kty": "RSA"})
+        return {"keys": keys}
+
+    def signed_token(
+        self,
+        audience: str,
+        *,
+        oid: str,
+        tenant: str = TENANT,
+        appid: str = "",
+        lifetime: int = 3600,
+        issued_ago: int = 0,
+        kid: str | None = None,
+        **claims: Any,
+    ) -> str:
+        """An RS256 access token signed with the tenant's key, as Entra ID issues them."""
+        now = int(time.time()) - issued_ago
+        body = {
+            "aud": audience,
+            "iss": f"https://sts.windows.net/{tenant}/",
+            "tid": tenant,
+            "oid": oid,
+            "appid": appid or oid,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "ver": "1.0",
+            **claims,
+        }
+        chosen = kid or self.current_kid
+        return jwt.encode(body, self.signing_keys[chosen], algorithm="RS256", headers={"kid": chosen})
 
 
 def token_for(audience: str, *, client_id: str, tenant: str, roles: list[str]) -> str:
@@ -110,6 +164,7 @@ def refuse_unless_audience(request: Request, audience: str) -> JSONResponse | No
 
 def install(emulator: Emulator) -> None:
     state = IdentityState()
+    state.rotate()
     emulator.services["identity"] = state
     emulator.identity = state  # type: ignore[attr-defined]
     router = APIRouter()
@@ -128,6 +183,10 @@ def install(emulator: Emulator) -> None:
                 "tenant_region_scope": None,
             }
         )
+
+    @router.get("/{tenant}/discovery/v2.0/keys")
+    async def keys(tenant: str) -> JSONResponse:
+        return JSONResponse(state.jwks())
 
     @router.post("/{tenant}/oauth2/v2.0/token")
     async def token(tenant: str, request: Request) -> JSONResponse:

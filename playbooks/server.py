@@ -1,0 +1,1246 @@
+"""``tokenward serve``: the webhook Sentinel calls, plan approvals and health, on uvicorn.
+
+``POST /webhooks/sentinel`` does four things and nothing else, in order:
+
+1. reads at most ``webhook.max_body_bytes`` of the raw body;
+2. authenticates the caller over those exact bytes: an HMAC signature with a
+   fresh timestamp, or an Entra ID token checked against keys already in
+   memory (they are fetched at start and refreshed in the background);
+3. checks the body: JSON read one way only, the delivery schema, an incident
+   scope (:mod:`playbooks.payloads`, :mod:`playbooks.incidents`);
+4. stores it in the inbox with its audit record, and answers ``202`` with the
+   run id once that transaction has committed.
+
+It never calls a connector: a worker (a child process that serve starts, or
+``tokenward worker`` elsewhere) runs the playbook for each stored delivery. Stores are
+grouped: deliveries arriving together are committed in one transaction, so
+acknowledging stays fast under a burst while every ``202`` still means
+"written to disk". Refusals answer with a fixed, generic message per status;
+the reason goes to the audit and the log, never to the caller.
+
+This module and :mod:`playbooks.cli` are the only places that wire connectors
+in; :func:`run_tools` is the one factory for the connectors of a
+webhook-triggered run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import multiprocessing
+import os
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from playbooks.approval_api import (
+    ApprovalRefused,
+    ApprovalRequest,
+    Approver,
+    PlanApprovals,
+    PlanNotFound,
+    PlanView,
+)
+from playbooks.audit import AuditLog
+from playbooks.errors import InputError, SettingsError, TokenwardError
+from playbooks.inbox import Accepted, Delivery, Inbox, Refusal
+from playbooks.incidents import IncidentScope, scope_from_incident
+from playbooks.payloads import (
+    PayloadError,
+    check_delivery,
+    delivery_schema,
+    parse_body,
+    schema_components,
+)
+from playbooks.settings import AuthScheme, Settings
+from playbooks.times import isoformat_z, parse_duration, utcnow
+from playbooks.webhook_auth import (
+    SIGNATURE_HEADER,
+    Caller,
+    TokenPolicy,
+    Unauthorized,
+    validate_bearer,
+    verify_signature,
+)
+from playbooks.worker import ToolsFactory, Worker
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhooks/sentinel"
+# One fixed body per status: nothing about why reaches the caller.
+_PUBLIC = {
+    400: ("bad_request", "the body is not valid JSON tokenward can read"),
+    401: ("unauthorized", "authentication required"),
+    403: ("forbidden", "not allowed"),
+    404: ("not_found", "no such plan"),
+    409: ("conflict", "the decision cannot be taken"),
+    413: ("too_large", "the body is larger than tokenward accepts"),
+    415: ("unsupported_media_type", "send application/json"),
+    422: (
+        "invalid_payload",
+        "the body is not a Sentinel incident delivery tokenward accepts",
+    ),
+    501: ("not_implemented", "plan approval storage is not configured in this build"),
+    503: (
+        "unavailable",
+        "tokenward cannot accept this now; nothing was stored, send it again",
+    ),
+}
+
+
+class Refused(Exception):
+    """A request answered with an error; ``reason`` is for the audit only.
+
+    ``detail`` may go to the caller: it is set only for problems with the
+    body that an authenticated sender needs to fix (422, 400, 413), and it
+    never repeats a value from the request.
+    """
+
+    def __init__(
+        self, status: int, reason: str, *, detail: str = "", caller: str = ""
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.caller = caller
+
+
+# -- who is calling -------------------------------------------------------------
+
+
+class KeySource:
+    """The tenant's token signing keys, as the gate reads them (never fetching).
+
+    Known limit: a token signed with a key published since the last fetch is
+    refused (401) until the background refresh it triggers has run; Entra ID
+    publishes keys well before signing with them, so the daily fetch
+    normally has them first.
+    """
+
+    def __init__(self, keys: Any, *, min_refresh_s: float = 300) -> None:
+        self._keys = keys
+        self.wanted = asyncio.Event()
+        # However many tokens name unknown keys, Entra ID is asked at most this often.
+        self.min_refresh_s = min_refresh_s
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._keys.loaded)
+
+    def key_for(self, kid: str) -> Any:
+        if not self._keys.known(kid):
+            # Maybe a key rotated in since the last fetch: refresh in the background.
+            self.wanted.set()
+        return self._keys.key(kid)
+
+    async def keep_fresh(self, *, every_s: float = 86_400, retry_s: float = 30) -> None:
+        """Fetch at once, then daily, and soon after a token names an unknown key."""
+        loop = asyncio.get_running_loop()
+        while True:
+            fetched_at = loop.time()
+            try:
+                await self._keys.refresh()
+                wait = every_s
+            except TokenwardError as failure:
+                logger.warning("signing keys not fetched: %s", failure)
+                wait = retry_s
+            except Exception:
+                logger.exception("signing keys not fetched")
+                wait = retry_s
+            self.wanted.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wanted.wait(), wait)
+            if self.loaded:
+                await asyncio.sleep(
+                    max(0.0, fetched_at + self.min_refresh_s - loop.time())
+                )
+
+
+@dataclass
+class Gate:
+    """Authenticates webhook senders and approvers from headers and the raw body."""
+
+    schemes: tuple[AuthScheme, ...]
+    policy: TokenPolicy | None = None
+    approver_policy: TokenPolicy | None = None
+    keys: KeySource | None = None
+    secret: bytes | None = None
+    replay_window: int = 300
+    approvers: frozenset[str] = frozenset()
+    approver_role: str = ""
+    clock: Callable[[], float] = time.time
+
+    def sender(self, headers: Mapping[str, str], body: bytes) -> Caller:
+        """The webhook's caller, or :class:`Refused` (401, or 503 before keys load).
+
+        A signed request replayed inside the replay window passes here; it is
+        then the same delivery again, which the inbox answers as a duplicate
+        of the same run, never as a second run.
+        """
+        authorization = headers.get("authorization", "")
+        try:
+            if authorization and AuthScheme.BEARER in self.schemes:
+                return self._bearer(authorization, self.policy)
+            if (
+                headers.get(SIGNATURE_HEADER)
+                and AuthScheme.HMAC in self.schemes
+                and self.secret
+            ):
+                verify_signature(
+                    body,
+                    headers,
+                    secret=self.secret,
+                    now=self.clock(),
+                    tolerance_s=self.replay_window,
+                )
+                return Caller(
+                    principal_id="",
+                    app_id="",
+                    tenant_id="",
+                    name="hmac-sender",
+                    scheme="hmac",
+                )
+        except Unauthorized as refusal:
+            raise Refused(401, refusal.reason) from None
+        raise Refused(401, "no credentials of an enabled scheme")
+
+    def approver(self, headers: Mapping[str, str]) -> Caller:
+        """A person allowed to approve plans, or :class:`Refused` (401/403)."""
+        authorization = headers.get("authorization", "")
+        if not authorization or AuthScheme.BEARER not in self.schemes:
+            raise Refused(401, "approvals need an Entra ID token of a person")
+        try:
+            caller = self._bearer(authorization, self.approver_policy)
+        except Unauthorized as refusal:
+            raise Refused(401, refusal.reason) from None
+        if not caller.is_user:
+            raise Refused(
+                403,
+                f"{caller.label} is an application, not a person",
+                caller=caller.label,
+            )
+        allowed = caller.principal_id.lower() in self.approvers or (
+            bool(self.approver_role) and self.approver_role in caller.roles
+        )
+        if not allowed:
+            raise Refused(
+                403, f"{caller.label} is not an approver", caller=caller.label
+            )
+        return caller
+
+    def _bearer(self, authorization: str, policy: TokenPolicy | None) -> Caller:
+        if self.keys is None or policy is None:
+            raise Unauthorized("bearer tokens are not configured")
+        if not self.keys.loaded:
+            raise Refused(503, "the tenant's signing keys are not loaded yet")
+        return validate_bearer(
+            authorization, policy=policy, key_for=self.keys.key_for, now=self.clock()
+        )
+
+    @property
+    def ready(self) -> bool:
+        if AuthScheme.BEARER in self.schemes and (
+            self.keys is None or not self.keys.loaded
+        ):
+            return False
+        return not (AuthScheme.HMAC in self.schemes and not self.secret)
+
+
+def service_problems(settings: Settings) -> list[str]:
+    """What stops the service from starting safely, one sentence each."""
+    webhook = settings.webhook
+    problems: list[str] = []
+    if AuthScheme.BEARER in webhook.auth:
+        if not webhook.audiences:
+            problems.append(
+                "webhook.audiences is empty: name tokenward's Application ID URI (api://...)"
+            )
+        if not webhook.issuers and not _tenant_guid(settings):
+            problems.append(
+                "webhook.issuers is empty and azure.tenant_id is not a GUID to derive them from"
+            )
+        if not webhook.allowed_principals:
+            problems.append(
+                "webhook.allowed_principals is empty: any principal of the tenant could post "
+                "incidents; list the Logic App's managed identity (logicAppPrincipalId)"
+            )
+    if AuthScheme.HMAC in webhook.auth:
+        secret = webhook.hmac_secret
+        if secret is None or len(secret.get_secret_value()) < 32:
+            problems.append(
+                "webhook auth includes hmac but TOKENWARD_WEBHOOK_HMAC_SECRET is unset or under 32 characters"
+            )
+    return problems
+
+
+def build_gate(settings: Settings, *, keys: KeySource | None) -> Gate:
+    webhook = settings.webhook
+    policy = approver_policy = None
+    if AuthScheme.BEARER in webhook.auth:
+        issuers = webhook.issuers or _default_issuers(settings)
+        policy = TokenPolicy(
+            audiences=webhook.audiences,
+            issuers=issuers,
+            allowed_principals=frozenset(webhook.allowed_principals),
+        )
+        approver_policy = TokenPolicy(audiences=webhook.audiences, issuers=issuers)
+    secret = (
+        webhook.hmac_secret.get_secret_value().encode() if webhook.hmac_secret else None
+    )
+    return Gate(
+        schemes=webhook.auth,
+        policy=policy,
+        approver_policy=approver_policy,
+        keys=keys,
+        secret=secret,
+        replay_window=webhook.replay_window,
+        approvers=frozenset(webhook.approvers),
+        approver_role=webhook.approver_role,
+    )
+
+
+def openid_metadata_url(settings: Settings) -> str:
+    authority = settings.azure.endpoints().authority_host.rstrip("/")
+    return (
+        f"{authority}/{settings.azure.tenant_id}/v2.0/.well-known/openid-configuration"
+    )
+
+
+def _default_issuers(settings: Settings) -> tuple[str, ...]:
+    tenant = _tenant_guid(settings)
+    authority = settings.azure.endpoints().authority_host.rstrip("/")
+    return (f"https://sts.windows.net/{tenant}/", f"{authority}/{tenant}/v2.0")
+
+
+def _tenant_guid(settings: Settings) -> str:
+    from playbooks.identities import is_guid
+
+    tenant = settings.azure.tenant_id
+    return tenant if is_guid(tenant) else ""
+
+
+# -- storing deliveries ------------------------------------------------------------
+
+
+class Recorder:
+    """Commits deliveries (and refusals) in groups, one transaction per group.
+
+    Each caller waits for the transaction holding its delivery, so a ``202``
+    is never sent for a delivery that is not stored. While one group commits,
+    the next gathers.
+    """
+
+    MAX_BACKLOG = 10_000
+
+    def __init__(self, inbox: Inbox, *, max_group: int = 256) -> None:
+        self._inbox = inbox
+        self._max_group = max_group
+        self._queue: asyncio.Queue[
+            tuple[Delivery | Refusal, asyncio.Future[Accepted] | None]
+        ] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._commit_forever(), name="inbox-recorder")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def store(self, delivery: Delivery) -> Accepted:
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        await self._queue.put((delivery, future))
+        return await future
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Audit a refusal with the next group; the caller does not wait.
+
+        Under a flood of refused requests with the store behind, refusals past
+        a backlog of ``MAX_BACKLOG`` are logged only, so a flood cannot grow
+        memory without bound or delay the deliveries queued behind it.
+        """
+        if self._queue.qsize() >= self.MAX_BACKLOG:
+            logger.warning("refusal not audited (backlog full): %s", refusal.reason)
+            return
+        self._queue.put_nowait((refusal, None))
+
+    async def _commit_forever(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < self._max_group and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            deliveries = [
+                (item, future) for item, future in group if isinstance(item, Delivery)
+            ]
+            refusals = [item for item, _ in group if isinstance(item, Refusal)]
+            try:
+                accepted = await asyncio.to_thread(
+                    self._inbox.record, [item for item, _ in deliveries], refusals
+                )
+            except Exception as failure:
+                logger.error(
+                    "the inbox could not store %d deliveries: %s",
+                    len(deliveries),
+                    failure,
+                )
+                for _, future in deliveries:
+                    if future is not None and not future.done():
+                        future.set_exception(failure)
+            else:
+                for (_, future), result in zip(deliveries, accepted, strict=True):
+                    if future is not None and not future.done():
+                        future.set_result(result)
+            finally:
+                for _ in group:
+                    self._queue.task_done()
+
+
+# -- the worker inside the service -------------------------------------------------
+
+
+class WorkerProcess:
+    """The inbox worker in a child process of ``tokenward serve``.
+
+    Runs are long and CPU-bound in Python (scoring, the audit chain); in a
+    process of their own they never hold the interpreter that acknowledges
+    deliveries. The child stops when asked (SIGTERM, letting runs in flight
+    finish) and dies with its parent: if ``tokenward serve`` is killed, the
+    worker goes too, and its leases run out for the next start to recover.
+    """
+
+    def __init__(self, settings: Settings, spec: SourceSpec) -> None:
+        self._settings = settings
+        self._spec = spec
+        self._process: multiprocessing.process.BaseProcess | None = None
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._process = context.Process(
+            target=_worker_main,
+            args=(self._settings, self._spec, os.getpid(), logging.getLogger().level),
+            name="tokenward-worker",
+            daemon=True,
+        )
+        self._process.start()
+
+    def stop(self, *, grace_s: float = 30) -> None:
+        """Let the runs in flight finish (up to *grace_s*); a lease covers the rest."""
+        if self._process is None or not self._process.is_alive():
+            return
+        self._process.terminate()
+        self._process.join(grace_s)
+        if self._process.is_alive():
+            logger.warning(
+                "the worker did not stop in %g s; its leases will run out", grace_s
+            )
+            self._process.kill()
+            self._process.join(5)
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._process.exitcode if self._process is not None else None
+
+
+async def _supervise(
+    parts: ServiceParts, *, every_s: float = 5, backoff_s: float = 30
+) -> None:
+    """Start the worker again if it died (a crash, the OOM killer), at most every *backoff_s*."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        await asyncio.sleep(every_s)
+        worker = parts.worker
+        if worker is None or worker.alive or loop.time() - started < backoff_s:
+            continue
+        logger.error("the worker process stopped unexpectedly; starting it again")
+        await asyncio.to_thread(
+            parts.audit.record,
+            "webhook",
+            "worker.restarted",
+            {"exit_code": worker.exit_code},
+        )
+        worker.start()
+        started = loop.time()
+
+
+def _worker_main(settings: Settings, spec: SourceSpec, parent: int, level: int) -> None:
+    """The worker process: process the inbox until SIGTERM or the parent's death."""
+    import signal
+
+    from playbooks import logs
+
+    logs.configure(0 if level >= logging.ERROR else 1 if level >= logging.INFO else 2)
+
+    def orphaned() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    # Runs are background work; acknowledging a delivery is what must not wait.
+    os.nice(10)
+    worker = build_worker(settings, spec)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await worker.run_forever(stop)
+
+    asyncio.run(run())
+
+
+# -- the application ----------------------------------------------------------------
+
+
+@dataclass
+class ServiceParts:
+    """Everything the app needs, built by :func:`build_parts` (or a test)."""
+
+    settings: Settings
+    audit: AuditLog
+    inbox: Inbox
+    gate: Gate
+    keys: KeySource | None = None
+    approvals: PlanApprovals | None = None
+    # The worker process serve starts, if any.
+    worker: WorkerProcess | None = None
+    recorder: Recorder | None = field(default=None, init=False)
+
+
+class AcceptedBody(BaseModel):
+    status: str = Field(
+        description="accepted, or duplicate when an earlier delivery is the same run"
+    )
+    run_id: str
+    delivery_id: str
+    detail: str = ""
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    problems: list[str] = Field(default_factory=list)
+
+
+class HealthBody(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class DecisionBody(BaseModel):
+    plan_hash: str = Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")
+    reason: str = Field(default="", max_length=2000)
+
+
+class PlanBody(BaseModel):
+    plan_id: str
+    run_id: str
+    status: str
+    content_hash: str
+    created_at: str
+    actions: list[dict[str, Any]] = Field(default_factory=list)
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {"model": ErrorBody, "description": _PUBLIC[status][1]}
+        for status in statuses
+    }
+
+
+def create_app(parts: ServiceParts | None = None) -> FastAPI:
+    """The ASGI app; *parts* may be None only to describe it (the OpenAPI document)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert parts is not None, "create_app(None) only describes the service"
+        background: list[asyncio.Task[None]] = []
+        parts.recorder = Recorder(parts.inbox)
+        parts.recorder.start()
+        if parts.keys is not None:
+            background.append(
+                asyncio.create_task(parts.keys.keep_fresh(), name="signing-keys")
+            )
+        if parts.worker is not None:
+            parts.worker.start()
+            background.append(
+                asyncio.create_task(_supervise(parts), name="worker-supervisor")
+            )
+        parts.audit.record(
+            "webhook", "service.started", {"worker": parts.worker is not None}
+        )
+        logger.info("tokenward serve ready")
+        try:
+            yield
+        finally:
+            # The supervisor first, so it cannot start the worker it sees stop.
+            for task in background:
+                task.cancel()
+            if parts.worker is not None:
+                await asyncio.to_thread(parts.worker.stop)
+            await parts.recorder.stop()
+            parts.audit.record("webhook", "service.stopped", {})
+
+    app = FastAPI(
+        title="tokenward",
+        version="0.1.0",
+        summary="Contains Microsoft Entra ID device code phishing, triggered by Sentinel.",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.post(
+        WEBHOOK_PATH,
+        status_code=202,
+        summary="Deliver a Sentinel incident",
+        description=(
+            "The body of the automation rule's incident trigger (what the Logic App's "
+            "`@triggerBody()` holds), or a bare incident resource. Authenticate with an "
+            "Entra ID bearer token, or with `X-Tokenward-Timestamp` (Unix seconds) and "
+            "`X-Tokenward-Signature: sha256=<hex of HMAC-SHA256(secret, "
+            "'<timestamp>.<raw body>')>`. The delivery is stored before the answer; the same "
+            "incident with the same accounts, addresses and window is one run however "
+            "often it is delivered."
+        ),
+        responses={
+            202: {"model": AcceptedBody},
+            **_errors(400, 401, 403, 413, 415, 422, 503),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": delivery_schema()}},
+            },
+            "security": [{"entraId": []}, {"hmacSignature": [], "hmacTimestamp": []}],
+        },
+    )
+    async def sentinel_webhook(request: Request) -> Response:
+        assert parts is not None
+        received = utcnow()
+        body = b""
+        caller = ""
+        try:
+            body = await _read_limited(request, parts.settings.webhook.max_body_bytes)
+            sender = parts.gate.sender(request.headers, body)
+            caller = sender.label
+            _require_json(request.headers.get("content-type", ""))
+            delivery, scope = _delivery(parts.settings, body, sender, received)
+        except Refused as refusal:
+            return _refuse(parts, request, refusal, body, caller)
+
+        try:
+            assert parts.recorder is not None
+            accepted = await parts.recorder.store(delivery)
+        except Exception as failure:
+            logger.error(
+                "delivery for incident %s not stored: %s",
+                scope.incident.number,
+                type(failure).__name__,
+            )
+            return _error(503, headers={"Retry-After": "5"})
+        if accepted.duplicate:
+            logger.info(
+                "delivery for incident %s is run %s again: %s",
+                scope.incident.number,
+                accepted.run_id,
+                accepted.reason,
+            )
+        else:
+            logger.info(
+                "accepted incident %s (%s) as run %s",
+                scope.incident.number,
+                scope.event,
+                accepted.run_id,
+            )
+        return JSONResponse(
+            {
+                "status": "duplicate" if accepted.duplicate else "accepted",
+                "run_id": accepted.run_id,
+                "delivery_id": accepted.delivery_id,
+                "detail": accepted.reason,
+            },
+            status_code=202,
+        )
+
+    @app.get(
+        "/healthz", summary="The process is up", responses={200: {"model": HealthBody}}
+    )
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get(
+        "/readyz",
+        summary="Ready to accept deliveries",
+        description="The store answers, authentication is configured and loaded, the worker runs. "
+        "Says only which check failed, nothing about the configuration.",
+        responses={200: {"model": HealthBody}, 503: {"model": HealthBody}},
+    )
+    async def readyz() -> Response:
+        assert parts is not None
+        checks = {"store": "ok", "auth": "ok" if parts.gate.ready else "not ready"}
+        try:
+            await asyncio.to_thread(parts.inbox.ping)
+        except Exception:
+            checks["store"] = "unreachable"
+        if parts.worker is not None:
+            checks["worker"] = "ok" if parts.worker.alive else "stopped"
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get(
+        "/plans",
+        summary="Stored plans",
+        responses={200: {"model": list[PlanBody]}, **_errors(401, 403, 501)},
+        openapi_extra={"security": [{"entraId": []}]},
+    )
+    async def list_plans(
+        request: Request, status: str | None = None, limit: int = 50
+    ) -> Response:
+        assert parts is not None
+        try:
+            parts.gate.approver(request.headers)
+            approvals = _approvals(parts)
+        except Refused as refusal:
+            return _refuse(parts, request, refusal, b"", refusal.caller)
+        found = await asyncio.to_thread(
+            approvals.plans, status=status, limit=max(1, min(limit, 500))
+        )
+        return JSONResponse([_plan(view) for view in found])
+
+    @app.get(
+        "/plans/{plan_id}",
+        summary="One stored plan, its actions and content hash",
+        responses={200: {"model": PlanBody}, **_errors(401, 403, 404, 501)},
+        openapi_extra={"security": [{"entraId": []}]},
+    )
+    async def show_plan(plan_id: str, request: Request) -> Response:
+        assert parts is not None
+        try:
+            parts.gate.approver(request.headers)
+            approvals = _approvals(parts)
+            view = await asyncio.to_thread(approvals.plan, plan_id)
+            if view is None:
+                raise Refused(404, f"no plan {plan_id[:80]!r}")
+        except Refused as refusal:
+            return _refuse(parts, request, refusal, b"", refusal.caller)
+        return JSONResponse(_plan(view))
+
+    for decision in ("approved", "rejected"):
+        verb = "approve" if decision == "approved" else "reject"
+        app.add_api_route(
+            f"/plans/{{plan_id}}/{verb}",
+            _decide_route(lambda: parts, decision),
+            methods=["POST"],
+            summary=f"{verb.capitalize()} a plan, bound to its content hash",
+            description=(
+                "Needs an approver's own Entra ID token (a person listed in webhook.approvers "
+                "or holding webhook.approver_role); their identity is recorded with the decision. "
+                "The body names the plan hash the approver saw: a plan that changed since is refused."
+            ),
+            responses={
+                200: {"model": PlanBody},
+                **_errors(400, 401, 403, 404, 409, 501),
+            },
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": DecisionBody.model_json_schema()}
+                    },
+                },
+                "security": [{"entraId": []}],
+            },
+        )
+
+    return app
+
+
+def _decide_route(
+    get_parts: Callable[[], ServiceParts | None], decision: str
+) -> Callable[..., Any]:
+    async def decide(plan_id: str, request: Request) -> Response:
+        parts = get_parts()
+        assert parts is not None
+        body = b""
+        caller = ""
+        try:
+            person = parts.gate.approver(request.headers)
+            caller = person.label
+            approvals = _approvals(parts)
+            body = await _read_limited(request, 16_384)
+            try:
+                asked = DecisionBody.model_validate(parse_body(body))
+            except (PayloadError, ValueError):
+                raise Refused(
+                    400,
+                    "the decision body is not {plan_hash, reason}",
+                    detail='send {"plan_hash": "<64 hex>", "reason": "..."}',
+                    caller=caller,
+                ) from None
+            approval = ApprovalRequest(
+                plan_id=plan_id,
+                plan_hash=asked.plan_hash,
+                decision="approved" if decision == "approved" else "rejected",
+                approver=Approver(
+                    principal_id=person.principal_id,
+                    name=person.name,
+                    tenant_id=person.tenant_id,
+                    app_id=person.app_id,
+                ),
+                reason=asked.reason,
+                at=utcnow(),
+            )
+            try:
+                view = await asyncio.to_thread(approvals.decide, approval)
+            except PlanNotFound:
+                raise Refused(404, f"no plan {plan_id[:80]!r}", caller=caller) from None
+            except ApprovalRefused as refused:
+                raise Refused(
+                    409, str(refused), detail=str(refused), caller=caller
+                ) from None
+        except Refused as refusal:
+            return _refuse(parts, request, refusal, body, caller)
+        parts.audit.record(
+            view.run_id,
+            f"plan.{decision}",
+            {
+                "plan": view.plan_id,
+                "hash": approval.plan_hash,
+                "approver": approval.approver.__dict__,
+                "reason": approval.reason,
+            },
+            actor=person.label,
+        )
+        logger.info("plan %s %s by %s", view.plan_id, decision, person.label)
+        return JSONResponse(_plan(view))
+
+    return decide
+
+
+def _approvals(parts: ServiceParts) -> PlanApprovals:
+    if parts.approvals is None:
+        raise Refused(501, "no approval storage is configured")
+    return parts.approvals
+
+
+def _plan(view: PlanView) -> dict[str, Any]:
+    return {
+        "plan_id": view.plan_id,
+        "run_id": view.run_id,
+        "status": view.status,
+        "content_hash": view.content_hash,
+        "created_at": isoformat_z(view.created_at),
+        "actions": list(view.actions),
+        "decisions": list(view.decisions),
+    }
+
+
+# -- reading and checking a delivery -------------------------------------------------
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Refused(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise Refused(413, f"Content-Length {declared} is over {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"the body passed {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _require_json(content_type: str) -> None:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media not in ("", "application/json"):
+        raise Refused(415, f"content type {media[:80]!r}")
+
+
+def _delivery(
+    settings: Settings, body: bytes, sender: Caller, received: datetime
+) -> tuple[Delivery, IncidentScope]:
+    try:
+        payload = parse_body(body)
+        check_delivery(payload)
+        scope = scope_from_incident(
+            payload,
+            now=received,
+            margin_before=parse_duration(settings.sentinel.window_before),
+            margin_after=parse_duration(settings.sentinel.window_after),
+        )
+    except PayloadError as failure:
+        raise Refused(
+            failure.status, str(failure), detail=str(failure), caller=sender.label
+        ) from None
+    except InputError as failure:
+        raise Refused(
+            422, str(failure), detail=str(failure), caller=sender.label
+        ) from None
+    allowed = settings.sentinel.allowed_workspaces
+    if allowed and scope.workspace_resource_id not in allowed:
+        raise Refused(
+            403,
+            f"workspace {scope.workspace_resource_id!r} is not in sentinel.allowed_workspaces",
+            caller=sender.label,
+        )
+
+    run_key = hashlib.sha256(
+        f"{scope.incident_key}\n{scope.fingerprint}".encode()
+    ).hexdigest()
+    delivery = Delivery(
+        id=f"d-{secrets.token_hex(8)}",
+        run_id=f"r-{received.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
+        run_key=run_key,
+        incident_key=scope.incident_key,
+        revision=scope.revision[:256],
+        event=scope.event[:32],
+        fingerprint=scope.fingerprint,
+        received_at=isoformat_z(received),
+        caller=sender.label[:256],
+        scheme=sender.scheme,
+        body=body.decode("utf-8"),
+        summary={
+            "incident": scope.incident.resource_id,
+            "number": scope.incident.number,
+            "event": scope.event,
+            "revision": scope.revision[:256],
+            "fingerprint": scope.fingerprint,
+            "users": list(scope.users),
+            "unresolved": len(scope.unresolved),
+            "size": len(body),
+        },
+    )
+    return delivery, scope
+
+
+def _refuse(
+    parts: ServiceParts, request: Request, refusal: Refused, body: bytes, caller: str
+) -> Response:
+    logger.warning(
+        "refused %s %s with %d: %s",
+        request.method,
+        request.url.path,
+        refusal.status,
+        refusal.reason,
+    )
+    if parts.recorder is not None:
+        parts.recorder.refuse(
+            Refusal(
+                status=refusal.status,
+                reason=refusal.reason[:500],
+                path=request.url.path[:200],
+                scheme="bearer"
+                if request.headers.get("authorization")
+                else "hmac"
+                if request.headers.get(SIGNATURE_HEADER)
+                else "",
+                caller=(caller or refusal.caller)[:256],
+                size=len(body),
+                body_sha256=hashlib.sha256(body).hexdigest() if body else "",
+            )
+        )
+    # Only an authenticated sender hears what was wrong with its body.
+    detail = refusal.detail if caller or refusal.caller else ""
+    headers = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
+    if refusal.status == 503:
+        headers = {"Retry-After": "5"}
+    return _error(refusal.status, detail=detail, headers=headers)
+
+
+def _error(
+    status: int, *, detail: str = "", headers: dict[str, str] | None = None
+) -> JSONResponse:
+    code, message = _PUBLIC[status]
+    body: dict[str, Any] = {"error": code, "message": detail or message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# -- the OpenAPI document ---------------------------------------------------------------
+
+
+def openapi_document() -> dict[str, Any]:
+    """The service's OpenAPI document, as committed in docs/openapi.json."""
+    app = create_app(None)
+    document = app.openapi()
+    components = document.setdefault("components", {})
+    components.setdefault("schemas", {}).update(schema_components())
+    components["securitySchemes"] = {
+        "entraId": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An Entra ID access token for webhook.audiences (the Logic App's managed identity; approvers' own tokens).",
+        },
+        "hmacSignature": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Tokenward-Signature",
+            "description": "sha256=<hex of HMAC-SHA256(secret, '<timestamp>.<raw body>')>",
+        },
+        "hmacTimestamp": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Tokenward-Timestamp",
+            "description": "Unix seconds; outside webhook.replay_window the request is refused.",
+        },
+    }
+    return document
+
+
+# -- wiring: the connectors of a webhook-triggered run -------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where webhook-triggered runs hunt: ``files:DIR`` (exported logs)."""
+
+    kind: str
+    argument: str
+    now: datetime | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, now: datetime | None = None) -> SourceSpec:
+        kind, _, argument = text.partition(":")
+        if kind != "files" or not argument:
+            raise SettingsError(
+                f"--source {text!r}: use files:DIR (a directory of exported logs); "
+                "the live Log Analytics source is not in this build"
+            )
+        return cls(kind=kind, argument=argument, now=now)
+
+
+class FileTools:
+    """Connectors for runs over exported logs, with write-back to Sentinel.
+
+    The exports are loaded once; each run reads them through its own cursor.
+    The Sentinel client is made in the worker's event loop on first use and
+    closed with :meth:`aclose`.
+    """
+
+    def __init__(self, settings: Settings, spec: SourceSpec) -> None:
+        import duckdb_kql
+
+        from connectors.exports.loader import ExportLoader
+
+        self._settings = settings
+        self._spec = spec
+        self._con = duckdb_kql.connect()
+        # DuckDB takes every core by default; on a host shared with the webhook
+        # one thread per query keeps acknowledgements from queueing behind a run.
+        self._con.execute("SET threads TO 1")
+        self._summary = ExportLoader(self._con).load_directory(Path(spec.argument))
+        self._clients: Any = None
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[Any]:
+        from connectors.exports.local import LocalKqlSource
+        from playbooks.dryrun import DryRunResponder
+        from playbooks.worker import RunTools
+
+        now = self._spec.now
+        source = LocalKqlSource(
+            self._con.cursor(),
+            now=now or utcnow(),
+            origin=f"exported files in {self._spec.argument}",
+        )
+        yield RunTools(
+            source=source, responder=DryRunResponder(), writer=self._writer(), now=now
+        )
+
+    def _writer(self) -> Any:
+        if not self._settings.sentinel.write_back:
+            return None
+        from connectors.clients import Clients
+        from connectors.credentials import build_credential
+        from connectors.retry import RetryPolicy
+        from connectors.sentinel import SentinelIncidents
+
+        if self._clients is None:
+            self._clients = Clients(
+                self._settings.azure, build_credential(self._settings.azure)
+            )
+        return SentinelIncidents(
+            self._clients.arm(),
+            api_version=self._settings.sentinel.api_version,
+            policy=RetryPolicy.from_settings(self._settings.retry),
+            label_prefix=self._settings.sentinel.label_prefix,
+        )
+
+    async def aclose(self) -> None:
+        if self._clients is not None:
+            await self._clients.close()
+        self._con.close()
+
+
+def run_tools(settings: Settings, spec: SourceSpec) -> ToolsFactory:
+    """The connectors each webhook-triggered run gets: the one factory to extend.
+
+    Today: the exported-logs source, the dry-run responder and the Sentinel
+    writer. The live Log Analytics/Defender source and the Graph responder
+    (approve and auto modes) plug in here, chosen from ``spec`` and settings.
+    """
+    if spec.kind == "files":
+        return FileTools(settings, spec)
+    raise SettingsError(f"no query source {spec.kind!r} in this build")
+
+
+def open_audit(settings: Settings) -> tuple[Inbox, AuditLog]:
+    from playbooks.store import open_store
+
+    key = settings.audit.hmac_key
+    store = open_store(settings.store.url)
+    audit = AuditLog(
+        store, key=key.get_secret_value().encode() if key is not None else None
+    )
+    return Inbox(store, audit, mode=settings.webhook.mode), audit
+
+
+def build_worker(settings: Settings, spec: SourceSpec) -> Worker:
+    """A worker for the inbox in *settings*, its runs hunting where *spec* says."""
+    from playbooks.playbook import load_playbook
+
+    _refuse_unavailable_mode(settings)
+    inbox, audit = open_audit(settings)
+    return Worker(
+        settings=settings,
+        playbook=load_playbook(settings.playbook.path),
+        inbox=inbox,
+        audit=audit,
+        tools=run_tools(settings, spec),
+    )
+
+
+def build_parts(
+    settings: Settings,
+    *,
+    spec: SourceSpec | None,
+    with_worker: bool,
+    approvals: PlanApprovals | None = None,
+) -> ServiceParts:
+    """The service as settings describe it; :class:`SettingsError` if it cannot start."""
+    from connectors.entra_keys import SigningKeys
+
+    problems = service_problems(settings)
+    if problems:
+        raise SettingsError("tokenward serve cannot start: " + "; ".join(problems))
+    _refuse_unavailable_mode(settings)
+    inbox, audit = open_audit(settings)
+
+    keys = None
+    if AuthScheme.BEARER in settings.webhook.auth:
+        ca = settings.azure.ca_bundle
+        verify: Any = ssl.create_default_context(cafile=str(ca)) if ca else True
+        keys = KeySource(
+            SigningKeys(metadata_url=openid_metadata_url(settings), verify=verify)
+        )
+    worker = None
+    if with_worker:
+        if spec is None:
+            raise SettingsError(
+                "the worker needs a query source: give --source files:DIR "
+                "(or --no-worker and run tokenward worker apart)"
+            )
+        # Load the playbook and the exports here once, so a mistake stops serve
+        # at once instead of a worker process failing out of sight.
+        from playbooks.playbook import load_playbook
+
+        load_playbook(settings.playbook.path)
+        worker = WorkerProcess(settings, spec)
+    return ServiceParts(
+        settings=settings,
+        audit=audit,
+        inbox=inbox,
+        gate=build_gate(settings, keys=keys),
+        keys=keys,
+        approvals=approvals,
+        worker=worker,
+    )
+
+
+def _refuse_unavailable_mode(settings: Settings) -> None:
+    if settings.webhook.mode != "dry-run":
+        raise SettingsError(
+            f"webhook.mode {settings.webhook.mode!r} needs a Graph responder, which this "
+            "build does not configure; use dry-run"
+        )
+
+
+def serve(parts: ServiceParts) -> None:
+    """Run the service under uvicorn until SIGINT or SIGTERM."""
+    import uvicorn
+
+    server = parts.settings.server
+    config = uvicorn.Config(
+        create_app(parts),
+        host=server.host,
+        port=server.port,
+        ssl_certfile=str(server.certfile) if server.certfile else None,
+        ssl_keyfile=str(server.keyfile) if server.keyfile else None,
+        proxy_headers=bool(server.forwarded_allow_ips),
+        forwarded_allow_ips=list(server.forwarded_allow_ips) or None,
+        server_header=False,
+        date_header=True,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()
+
+
+__all__ = [
+    "FileTools",
+    "Gate",
+    "Recorder",
+    "ServiceParts",
+    "SourceSpec",
+    "build_parts",
+    "create_app",
+    "openapi_document",
+    "run_tools",
+    "serve",
+    "service_problems",
+]
+
+
+if __name__ == "__main__":  # python -m playbooks.server > docs/openapi.json
+    import json
+    import sys
+
+    json.dump(openapi_document(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
