@@ -40,7 +40,7 @@ from connectors.permissions import check_graph_permissions
 from connectors.retry import RetryPolicy
 from playbooks import logs
 from playbooks.audit import AuditLog
-from playbooks import approvals
+from playbooks import aio, approvals
 from playbooks.engine import RunRequest, Runner, new_run_id
 from playbooks.errors import InputError, PermissionDenied, TokenwardError
 from playbooks.exercises import bundled_scenarios, check_expected, find_scenario, load_scenario
@@ -202,7 +202,7 @@ def hunt(
         )
         if run_mode is Mode.DRY_RUN:
             _warn_unless_permitted(app, settings, playbook)
-        report = asyncio.run(
+        report = aio.run(
             _hunt(settings, playbook, audit, request, local=local, live=live, requester=requested_by or _login_name())
         )
     context = ReportContext(thresholds=_thresholds(playbook), correlation=_correlation(playbook))
@@ -409,10 +409,10 @@ def doctor(app: App) -> None:
         async with Clients(settings.azure, build_credential(settings.azure)) as clients:
             return await run_doctor(settings, clients, tables=tables)
 
-    checks = unread + asyncio.run(check())
+    checks = unread + aio.run(check())
     # The app roles the configured actions need, from the Graph token itself.
     try:
-        permissions = asyncio.run(_permission_check(settings, playbook))
+        permissions = aio.run(_permission_check(settings, playbook))
     except TokenwardError as failure:
         checks.append(
             Check("Graph permissions", False, f"the Graph token could not be read ({failure})", "")
@@ -510,12 +510,12 @@ def exercise(
         )
 
         # The playbook as it is; then, for a what-if, with the changes.
-        baseline = asyncio.run(Runner(playbook, settings, source, audit).run(request))
+        baseline = aio.run(Runner(playbook, settings, source, audit).run(request))
         problems = check_expected(scenario, baseline)
         report, what_if = baseline, None
         if changed is not None:
             what_if_request = replace(request, trigger=f"{trigger}:what-if")
-            report = asyncio.run(Runner(changed, settings, source, audit).run(what_if_request))
+            report = aio.run(Runner(changed, settings, source, audit).run(what_if_request))
             what_if = compare_runs(
                 baseline,
                 report,
@@ -670,7 +670,7 @@ def worker(app: App, source_spec: str, now_text: str | None) -> None:
         await processing.run_forever(stop)
 
     app.err.print(f"tokenward worker {processing.owner} processing the inbox", style="dim")
-    asyncio.run(run())
+    aio.run(run())
 
 
 # -- helpers -------------------------------------------------------------------
@@ -817,7 +817,7 @@ def _warn_unless_permitted(app: App, settings: Settings, playbook: Playbook) -> 
     if settings.azure.credential.kind is None:
         return
     try:
-        check = asyncio.run(_permission_check(settings, playbook))
+        check = aio.run(_permission_check(settings, playbook))
     except TokenwardError as failure:
         app.err.print(f"warning: the permission preflight could not run: {failure}", style="yellow")
         return
@@ -871,7 +871,7 @@ def _with_graph(
         async with Clients(settings.azure, credential) as clients:
             return await use(await _graph_responder(settings, playbook, credential, clients, kinds=kinds))
 
-    return asyncio.run(run())
+    return aio.run(run())
 
 
 @contextmanager

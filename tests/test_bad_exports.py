@@ -75,11 +75,6 @@ def test_a_csv_with_a_broken_quote_names_its_line(tmp_path: Path) -> None:
             "column IsInteractive holds maybe, which is not a bool",
         ),
         (
-            "UserPrincipalName",
-            {"upn": "a@contoso.com"},
-            "column UserPrincipalName holds .*, which is not a single value",
-        ),
-        (
             "DurationMs",
             "12 ms",
             "column DurationMs holds 12 ms, which is not an integer",

@@ -153,8 +153,8 @@ def test_without_a_cache_the_load_leaves_nothing_behind(
 def test_tables_load_in_memory_only_when_they_fit_the_limit(export: Path) -> None:
     files = list(export.iterdir())
     size = sum(path.stat().st_size for path in files)
-    assert database.fits_in_memory(files, f"{size * 2}B")
-    assert not database.fits_in_memory(files, f"{size // 2}B")
+    assert database.fits_in_memory(files, f"{size}B")
+    assert not database.fits_in_memory(files, f"{size // 10}B")
     assert database.memory_bytes("1.5GiB") == int(1.5 * 2**30)
 
 

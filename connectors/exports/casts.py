@@ -68,8 +68,12 @@ class Raw:
         if not self.json:
             return sql
         as_text = f"CAST({sql} AS VARCHAR)"
+        # A JSON string without escapes is its text between the quotes; only
+        # one with escapes needs the JSON parser.
         return (
             f"(CASE WHEN {as_text} = 'null' THEN NULL "
+            f"WHEN starts_with({as_text}, '\"') AND NOT contains({as_text}, '\\') "
+            f"THEN substr({as_text}, 2, length({as_text}) - 2) "
             f"WHEN starts_with({as_text}, '\"') THEN ({sql} ->> '$') "
             f"ELSE {as_text} END)"
         )
@@ -112,7 +116,6 @@ def cast(
     kind: Kind,
     raw: Raw | None,
     *,
-    scalar: bool = False,
     required: bool = False,
 ) -> Cast:
     """The cast of *raw* to *kind*; a missing column is ``""`` or NULL."""
@@ -123,7 +126,7 @@ def cast(
         missing = f"error({_sql(f'a record has no {column}')})"
         return Cast(column, kind, missing, lambda _: empty, lambda _r, _v: "true")
 
-    made = _CASTS[kind](column, raw, scalar)
+    made = _CASTS[kind](column, raw)
     if not required:
         return made
     missing = _sql(f"a record has no {column}")
@@ -137,46 +140,21 @@ def cast(
     return Cast(column, kind, strict, made.lenient, failure)
 
 
-def _nested(raw: Raw, sql: str | None = None) -> str:
-    """SQL true where the raw value is a JSON object or array, not a scalar.
-
-    Only a JSON source can say so; a text cell (CSV) is a scalar whatever it
-    starts with.
-    """
-    if not raw.json:
-        return "false"
-    value = raw.sql if sql is None else sql
-    return f"coalesce(json_type(CAST({value} AS JSON)) IN ('OBJECT', 'ARRAY'), false)"
-
-
-def _string(column: str, raw: Raw, scalar: bool) -> Cast:
+def _string(column: str, raw: Raw) -> Cast:
+    # Any JSON value has a text: a string column takes it, an object as its
+    # JSON text. Refusing odd text here would let anyone who can type at a
+    # sign-in page (the user name of a failed sign-in is what was typed)
+    # stop a hunt; and no exporter writes an object where Kusto keeps a string.
     text = raw.text
     value = f"coalesce({text}, '')"
-    if not scalar:
-        return Cast(
-            column, Kind.STRING, value, lambda r: f"coalesce({raw.over(r)}, '')"
-        )
-    strict = (
-        f"CASE WHEN {_nested(raw)} "
-        f"THEN error({_message(column, Kind.STRING, text)}) ELSE {value} END"
-    )
-    return Cast(
-        column,
-        Kind.STRING,
-        strict,
-        lambda r: (
-            f"CASE WHEN {_nested(raw, r)} THEN NULL "
-            f"ELSE coalesce({raw.over(r)}, '') END"
-        ),
-        lambda r, _v: _nested(raw, r),
-    )
+    return Cast(column, Kind.STRING, value, lambda r: f"coalesce({raw.over(r)}, '')")
 
 
 def _parsed_time(text: str) -> str:
     return f"CAST(try_strptime(trim({text}), {_FORMATS_SQL}) AS TIMESTAMPTZ)"
 
 
-def _datetime(column: str, raw: Raw, scalar: bool) -> Cast:
+def _datetime(column: str, raw: Raw) -> Cast:
     text = raw.text
     strict = (
         f"coalesce(TRY_CAST({text} AS TIMESTAMPTZ), "
@@ -207,7 +185,7 @@ def _flag(text: str, otherwise: str) -> str:
     )
 
 
-def _boolean(column: str, raw: Raw, scalar: bool) -> Cast:
+def _boolean(column: str, raw: Raw) -> Cast:
     text = raw.text
     strict = _flag(text, f"error({_message(column, Kind.BOOL, text)})")
     return Cast(
@@ -219,10 +197,10 @@ def _boolean(column: str, raw: Raw, scalar: bool) -> Cast:
     )
 
 
-def _number(kind: Kind) -> Callable[[str, Raw, bool], Cast]:
+def _number(kind: Kind) -> Callable[[str, Raw], Cast]:
     target = kind.duckdb_type
 
-    def make(column: str, raw: Raw, scalar: bool) -> Cast:
+    def make(column: str, raw: Raw) -> Cast:
         text = raw.text
         strict = (
             f"coalesce(TRY_CAST({text} AS {target}), "
@@ -254,7 +232,7 @@ def _json_or_text(text: str, bad: str) -> str:
     )
 
 
-def _dynamic(column: str, raw: Raw, scalar: bool) -> Cast:
+def _dynamic(column: str, raw: Raw) -> Cast:
     def build(source: Raw, bad: str) -> str:
         if not source.json:
             return _json_or_text(source.sql, bad)

@@ -43,10 +43,12 @@ logger = logging.getLogger(__name__)
 #: tables stays in the database file.
 MEMORY_LIMIT = "1GB"
 _CACHE_TABLE = "tokenward_cache"
-# Loaded tables take about this share of the exported text in memory, and
-# fit when they take no more than this share of the memory limit.
+# Loaded tables take about this share of the exported text in memory. An
+# in-memory database holds no more than the limit and moves the rest of its
+# blocks to the temporary folder: up to a few times the limit that costs less
+# than compressing everything into a database file, beyond it the file wins.
 _IN_MEMORY_PER_EXPORTED_BYTE = 0.7
-_IN_MEMORY_SHARE = 0.8
+_IN_MEMORY_SHARE = 3.0
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.I)
 _UNITS = {
     "b": 1,

@@ -339,7 +339,6 @@ class ExportLoader:
                         name,
                         kind,
                         raw,
-                        scalar=name in table.scalars,
                         required=name in table.required,
                     ),
                     raw,

@@ -63,9 +63,6 @@ class TableSchema:
     required: tuple[str, ...] = ()
     # Columns that, when no record carries them, make the hunt blind (a warning).
     signals: tuple[str, ...] = ()
-    # Columns the queries match or join on: an object or array there is a wrong
-    # type, refused rather than loaded as its JSON text.
-    scalars: tuple[str, ...] = ()
     # Columns that tell this table from the others when neither the file nor
     # its records name it (a CSV or JSON export of one table).
     identifying: tuple[str, ...] = ()
@@ -136,17 +133,6 @@ _SIGN_IN_COMMON: dict[str, Kind] = {
 
 _SIGN_IN_SIGNALS = ("AuthenticationProtocol", "OriginalTransferMethod")
 _SIGN_IN_REQUIRED = ("TimeGenerated",)
-_SIGN_IN_SCALARS = (
-    "Id",
-    "UserPrincipalName",
-    "UserId",
-    "AppId",
-    "AuthenticationProtocol",
-    "OriginalTransferMethod",
-    "IPAddress",
-    "CorrelationId",
-    "SessionId",
-)
 
 SIGNIN_LOGS = TableSchema(
     name="SigninLogs",
@@ -163,7 +149,6 @@ SIGNIN_LOGS = TableSchema(
     fill_from={"TimeGenerated": "CreatedDateTime", "CreatedDateTime": "TimeGenerated"},
     required=_SIGN_IN_REQUIRED,
     signals=_SIGN_IN_SIGNALS,
-    scalars=_SIGN_IN_SCALARS,
     # Only the processing-time column's name tells the two sign-in tables apart.
     identifying=("UserPrincipalName", "AppId", "ProcessingTimeInMilliseconds"),
 )
@@ -184,7 +169,6 @@ AAD_NON_INTERACTIVE_USER_SIGN_IN_LOGS = TableSchema(
     fill_from={"TimeGenerated": "CreatedDateTime", "CreatedDateTime": "TimeGenerated"},
     required=_SIGN_IN_REQUIRED,
     signals=_SIGN_IN_SIGNALS,
-    scalars=_SIGN_IN_SCALARS,
     identifying=("UserPrincipalName", "AppId", "ProcessingTimeInMs"),
 )
 
@@ -237,12 +221,6 @@ EMAIL_EVENTS = TableSchema(
     time_column="Timestamp",
     fill_from=_DEFENDER_TIME,
     required=("Timestamp",),
-    scalars=(
-        "NetworkMessageId",
-        "RecipientEmailAddress",
-        "RecipientObjectId",
-        "SenderFromAddress",
-    ),
     identifying=("NetworkMessageId", "RecipientEmailAddress", "Subject"),
 )
 
@@ -267,7 +245,6 @@ URL_CLICK_EVENTS = TableSchema(
     time_column="Timestamp",
     fill_from=_DEFENDER_TIME,
     required=("Timestamp",),
-    scalars=("AccountUpn", "Url", "NetworkMessageId", "ReportId"),
     identifying=("Url", "ActionType", "AccountUpn", "IsClickedThrough"),
 )
 
@@ -286,7 +263,6 @@ EMAIL_URL_INFO = TableSchema(
     time_column="Timestamp",
     fill_from=_DEFENDER_TIME,
     required=("Timestamp",),
-    scalars=("NetworkMessageId", "Url"),
     identifying=("NetworkMessageId", "Url", "UrlLocation"),
 )
 

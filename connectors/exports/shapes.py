@@ -245,14 +245,9 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def read_type(kind: Kind, *, scalar: bool = False) -> str:
-    """The type DuckDB's readers hand over a column of *kind* in: JSON or text.
-
-    Columns the hunt matches on (``scalar``) come as JSON too, so that an
-    object where a string belongs is told apart from a string that merely
-    starts with a brace: a sign-in's user name is what someone typed.
-    """
-    return "JSON" if kind is Kind.DYNAMIC or scalar else "VARCHAR"
+def read_type(kind: Kind) -> str:
+    """The type DuckDB's readers hand over a column of *kind* in: JSON or text."""
+    return "JSON" if kind is Kind.DYNAMIC else "VARCHAR"
 
 
 def _struct(fields: Mapping[str, str]) -> str:
@@ -471,23 +466,9 @@ def _envelope_of(value: dict[str, Any], framing: str) -> JsonHead:
 
 # The properties of a Graph signIn, and of a diagnostic record's ``properties``,
 # with the type DuckDB reads each in.
-_SIGN_IN_SCALAR_PROPERTIES = frozenset(
-    {
-        "id",
-        "userPrincipalName",
-        "userId",
-        "appId",
-        "authenticationProtocol",
-        "originalTransferMethod",
-        "ipAddress",
-        "correlationId",
-        "sessionId",
-    }
-)
-
 _SIGN_IN_PROPERTIES: dict[str, str] = {
     **{
-        name: "JSON" if name in _SIGN_IN_SCALAR_PROPERTIES else "VARCHAR"
+        name: "VARCHAR"
         for name in (
             "createdDateTime",
             "id",
@@ -669,9 +650,9 @@ def _defender_properties() -> dict[str, str]:
     fields: dict[str, str] = {}
     for name in _DEFENDER_TABLES:
         for column, kind in TABLES[name].columns.items():
-            # JSON wins: a column one table matches on is read as JSON for all.
+            # JSON wins: a column dynamic in one table is read as JSON for all.
             if fields.get(column) != "JSON":
-                fields[column] = read_type(kind, scalar=column in TABLES[name].scalars)
+                fields[column] = read_type(kind)
     return fields
 
 
@@ -864,7 +845,7 @@ def _union_columns(tables: Sequence[TableSchema]) -> dict[str, str]:
         for column, kind in table.columns.items():
             # A column dynamic in one table and text in another is read as JSON.
             if merged.get(column) != "JSON":
-                merged[column] = read_type(kind, scalar=column in table.scalars)
+                merged[column] = read_type(kind)
     return merged
 
 
@@ -994,10 +975,7 @@ class DefenderHuntingResults:
             if isinstance(item, dict)
         } or set(head.first or {})
         table, _ = _table_of(sniff, names, "it holds Defender advanced hunting results")
-        columns = {
-            column: read_type(kind, scalar=column in table.scalars)
-            for column, kind in table.columns.items()
-        }
+        columns = {column: read_type(kind) for column, kind in table.columns.items()}
         reader = _read_json(
             sniff,
             {"results": _struct(columns) + "[]"},
