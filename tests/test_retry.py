@@ -142,7 +142,9 @@ def test_a_retry_after_above_wait_max_stops_the_call_as_throttled_with_the_value
     assert sleep.waits[0] == 0.249
     assert 0.01 <= sleep.waits[1] <= 0.02
     assert len(sleep.waits) == 2
-    assert elapsed < 2
+    # Bounded: the hour asked for is never waited (the waits above say so);
+    # the wall clock only has to stay far below it, even on a busy machine.
+    assert elapsed < 30
 
 
 def test_the_same_sequence_with_a_short_retry_after_reaches_the_200_after_three_retries(emu: Any) -> None:
@@ -202,7 +204,7 @@ def test_server_errors_are_retried_with_backoff_until_they_clear(emu: Any, statu
     assert result["state"] == "Enabled"
     assert calls(emu) == 3
     assert [a.wait is not None and 0.005 <= a.wait <= 0.04 for a in attempts[:2]] == [True, True]
-    assert elapsed < 2
+    assert elapsed < 30
 
 
 def test_an_html_gateway_page_is_a_service_fault_not_a_parse_error(emu: Any) -> None:
@@ -217,18 +219,23 @@ def test_an_html_gateway_page_is_a_service_fault_not_a_parse_error(emu: Any) -> 
 
 
 def test_no_attempt_starts_once_the_next_wait_would_pass_the_deadline(emu: Any) -> None:
-    emu.fault(path="^/subscriptions/", status=429, headers={"Retry-After": "5"}, times=None)
+    emu.fault(path="^/subscriptions/", status=429, headers={"Retry-After": "60"}, times=None)
+    sleep = RecordingSleep()
 
-    result, attempts, elapsed = get_subscription(emu, policy=RetryPolicy(wait_max=10, deadline=3))
+    result, attempts, elapsed = get_subscription(
+        emu, policy=RetryPolicy(wait_max=90, deadline=30), sleep=sleep
+    )
 
     assert isinstance(result, Throttled)
     assert calls(emu) == 1
-    assert "the next wait would pass retry.deadline (3 s)" in str(result)
-    assert elapsed < 1
+    assert "the next wait would pass retry.deadline (30 s)" in str(result)
+    # It gives up at once rather than waiting towards the deadline.
+    assert sleep.waits == []
+    assert elapsed < 30
 
 
 def test_a_slow_answer_times_out_and_is_retried_only_where_the_policy_allows(emu: Any) -> None:
-    emu.fault(path="^/subscriptions/", delay=2, times=None)
+    emu.fault(path="^/subscriptions/", delay=8, times=None)
 
     result, attempts, elapsed = get_subscription(
         emu, policy=RetryPolicy(max_attempts=3, wait_initial=0.01, retry_timeouts=False), read_timeout=1.1
@@ -237,7 +244,8 @@ def test_a_slow_answer_times_out_and_is_retried_only_where_the_policy_allows(emu
     assert isinstance(result, TimedOut)
     assert calls(emu) == 1
     assert "timeouts are not retried as they stand" in str(result)
-    assert elapsed < 1.9
+    # The read timeout (1.1 s) ended the call, not the 8 s answer.
+    assert elapsed < 6
 
     emu.reset()
     emu.fault(path="^/subscriptions/", delay=2, times=1)
