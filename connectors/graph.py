@@ -42,7 +42,7 @@ from kiota_abstractions.method import Method
 from kiota_abstractions.native_response_handler import NativeResponseHandler
 from kiota_abstractions.request_information import RequestInformation
 from kiota_http.middleware.options import ResponseHandlerOption
-from msgraph import GraphServiceClient
+from msgraph.graph_service_client import GraphServiceClient
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
 from connectors.permissions import permission_hint
@@ -182,7 +182,7 @@ class GraphResponder:
         ]
         if retry:
             found = await self._resolve_addresses(retry)
-            again = await self._read([found[key] for key in retry if found.get(key)])
+            again = await self._read([oid for key in retry if (oid := found.get(key))])
             for key in retry:
                 object_id = found.get(key)
                 if object_id and again[object_id].found:
@@ -377,8 +377,8 @@ class GraphResponder:
             if batch_request_id and not header(headers, "request-id"):
                 headers["request-id"] = batch_request_id
             status = int(item.get("status", 0))
-            error = graph_answer_error(status, headers, item.get("body"), what=call.what)
-            answers[call.key] = error or Answer(status, headers, item.get("body"))
+            answered = graph_answer_error(status, headers, item.get("body"), what=call.what)
+            answers[call.key] = answered or Answer(status, headers, item.get("body"))
         return answers
 
     async def _send(
@@ -395,9 +395,11 @@ class GraphResponder:
             info.content = json.dumps(body).encode()
         # The answer is read as data: statuses are classified here, not raised by kiota.
         info.add_request_options([ResponseHandlerOption(NativeResponseHandler())])
-        response: httpx.Response = await self._adapter.send_primitive_async(
+        response: httpx.Response | None = await self._adapter.send_primitive_async(
             info, "bytes", {"XXX": ODataError}
         )
+        if response is None:
+            raise ServiceUnavailable(f"Microsoft Graph gave no answer to {method} {path}")
         return response
 
 

@@ -280,10 +280,11 @@ def plans_show(app: App, plan_id: str, as_json: bool) -> None:
             app.out.print(f"    {decision.guardrail}: {decision.detail}", style="dim", highlight=False)
         for note in action.notes:
             app.out.print(f"    note: {note}", style="dim", highlight=False)
-    for decision in stored.decisions:
+    for taken in stored.decisions:
+        reason = f": {taken['reason']}" if taken["reason"] else ""
         app.out.print(
-            f"{decision['decision']} by {decision['by']} at {decision['at']}"
-            f" (sha256 {decision['plan_hash'][:12]}…){': ' + decision['reason'] if decision['reason'] else ''}",
+            f"{taken['decision']} by {taken['by']} at {taken['at']}"
+            f" (sha256 {taken['plan_hash'][:12]}…){reason}",
             highlight=False,
         )
 

@@ -185,7 +185,7 @@ def _screen_target(
             "not_found": Problem.NOT_FOUND,
             "auth": Problem.FAILED_PERMISSION,
             "throttled": Problem.THROTTLED,
-        }.get(user.error_class if user is not None else "", Problem.TRANSIENT)
+        }.get((user.error_class or "") if user is not None else "", Problem.TRANSIENT)
         return Screening(
             action.id,
             Verdict.FAIL,

@@ -531,8 +531,8 @@ class Runner:
         sign_in_times = _sign_in_times(findings)
         context = ExecutionContext(run_id=run_id, sign_in_times=sign_in_times)
         if request.mode is Mode.DRY_RUN or not self.responder.sends_requests:
-            results = await DryRunResponder().execute(plan.actions, context)
-            for action, result in zip(plan.actions, results, strict=True):
+            rehearsed = await DryRunResponder().execute(plan.actions, context)
+            for action, result in zip(plan.actions, rehearsed, strict=True):
                 self.audit.record(
                     run_id,
                     "action.dry_run",
@@ -544,7 +544,7 @@ class Runner:
                         "status": result.status.value,
                     },
                 )
-            return {result.action_id: result for result in results}
+            return {result.action_id: result for result in rehearsed}
         if self.directory is None:
             raise TokenwardError(f"mode {request.mode.value} needs a directory reader")
 

@@ -274,7 +274,10 @@ class Store:
                 values = {**row, "status": INTENT, "intent_at": at}
                 values["finding_ids"] = json.dumps(list(row["finding_ids"]))
                 result = connection.execute(insert(action_ledger).values(**values))
-                ids.append(int(result.inserted_primary_key[0]))
+                key = result.inserted_primary_key
+                if key is None:
+                    raise RuntimeError("the action ledger returned no id for a new row")
+                ids.append(int(key[0]))
         return ids
 
     def record_outcomes(self, outcomes: list[tuple[int, str, str]]) -> None:
