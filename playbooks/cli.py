@@ -34,14 +34,11 @@ from connectors.exports.database import MEMORY_LIMIT, LoadedExports, load_export
 from connectors.exports.loader import LoadSummary
 from connectors.exports.local import LocalKqlSource
 from connectors.exports.schemas import columns_used
-from connectors.graph import GraphOptions, GraphResponder
 from connectors.live import LiveMode, live_source
-from connectors.permissions import check_graph_permissions
-from connectors.retry import RetryPolicy
 from playbooks import logs
 from playbooks.audit import AuditLog
 from playbooks import approvals
-from playbooks.engine import RunRequest, Runner, new_run_id
+from playbooks.engine import NoQueries, RunRequest, Runner, new_run_id
 from playbooks.errors import InputError, PermissionDenied, TokenwardError
 from playbooks.exercises import bundled_scenarios, check_expected, find_scenario, load_scenario
 from playbooks.identities import is_guid, require_upn
@@ -54,6 +51,8 @@ from playbooks.settings import Settings, SourceKind, load_settings
 from playbooks.store import open_store
 from playbooks.times import as_utc, isoformat_z, parse_duration, parse_time, utcnow
 from playbooks.whatif import Thresholds, compare_runs
+from playbooks.wiring import LIVE_SOURCES, graph_responder, permission_check
+from playbooks.wiring import action_kinds as _action_kinds
 
 logger = logging.getLogger(__name__)
 
@@ -325,18 +324,14 @@ def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output:
         settings,
         playbook,
         lambda responder: Runner(
-            playbook, settings, _NoSource(), audit, responder=responder, directory=responder
+            playbook, settings, NoQueries(), audit, responder=responder, directory=responder
         ).execute_plan(plan_id, executed_by=by or _login_name()),
         kinds=[action.action for action in stored.plan.actions],
     )
     _emit(app, report, as_json=as_json, output=output, markdown=None)
     _exit_for(report)
-LIVE_SOURCES: dict[str, LiveMode] = {
-    "loganalytics": "log_analytics",
-    "log_analytics": "log_analytics",
-    "defender": "defender",
-    "live": "live",
-}
+
+
 
 
 async def _hunt(
@@ -363,7 +358,7 @@ async def _hunt(
         source = local if local is not None else live_source(settings, clients, mode=live or "live")
         if not writes:
             return await Runner(playbook, settings, source, audit_log).run(request)
-        responder = await _graph_responder(settings, playbook, credential, clients)
+        responder = await graph_responder(settings, playbook, credential, clients)
         runner = Runner(
             playbook,
             settings,
@@ -790,26 +785,8 @@ def _decide(app: App, plan_id: str, decision: str, by: str, reason: str | None) 
     app.out.print(f"plan {plan_id} {stored.status} by {by} (sha256 {stored.stored_hash[:12]}…)")
 
 
-class _NoSource:
-    description = "none: an approved plan is executed as stored"
-
-    async def run_queries(self, queries: Sequence[Any]) -> list[Any]:
-        raise TokenwardError("executing a stored plan runs no queries")
-
-
-def _action_kinds(playbook: Playbook) -> list[Any]:
-    return [kind for tier in playbook.spec.tiers.values() for kind in tier.actions]
-
-
-async def _permission_check(settings: Settings, playbook: Playbook, kinds: Sequence[Any] | None = None) -> Any:
-    credential = build_credential(settings.azure)
-    async with credential:
-        return await check_graph_permissions(
-            credential,
-            scope=settings.azure.endpoints().graph_scope,
-            kinds=list(kinds) if kinds is not None else _action_kinds(playbook),
-            identity=credential.identity,
-        )
+async def _permission_check(settings: Settings, playbook: Playbook) -> Any:
+    return await permission_check(settings, _action_kinds(playbook))
 
 
 def _warn_unless_permitted(app: App, settings: Settings, playbook: Playbook) -> None:
@@ -823,34 +800,6 @@ def _warn_unless_permitted(app: App, settings: Settings, playbook: Playbook) -> 
         return
     if not check.ok:
         app.err.print(f"warning: {check.summary()}; approve and auto would refuse to start", style="yellow")
-
-
-async def _graph_responder(
-    settings: Settings,
-    playbook: Playbook,
-    credential: Any,
-    clients: Clients,
-    *,
-    kinds: Sequence[Any] | None = None,
-) -> GraphResponder:
-    """The Graph responder, once the token shows every permission it needs."""
-    check = await check_graph_permissions(
-        credential,
-        scope=settings.azure.endpoints().graph_scope,
-        kinds=list(kinds) if kinds is not None else _action_kinds(playbook),
-        identity=credential.identity,
-    )
-    if not check.ok:
-        raise PermissionDenied(f"{check.summary()}; nothing was done (tokenward doctor lists them)")
-    return GraphResponder(
-        clients.graph(),
-        policy=RetryPolicy.from_settings(settings.retry),
-        options=GraphOptions(
-            batch_size=settings.graph.batch_size,
-            concurrency=settings.graph.concurrency,
-            identity_protection_wait=settings.graph.identity_protection_wait,
-        ),
-    )
 
 
 def _with_graph(
@@ -869,7 +818,9 @@ def _with_graph(
     async def run() -> T:
         credential = build_credential(settings.azure)
         async with Clients(settings.azure, credential) as clients:
-            return await use(await _graph_responder(settings, playbook, credential, clients, kinds=kinds))
+            return await use(
+                await graph_responder(settings, playbook, credential, clients, kinds=kinds)
+            )
 
     return asyncio.run(run())
 

@@ -56,7 +56,14 @@ from playbooks.approval_api import (
 )
 from playbooks.audit import AuditLog
 from playbooks.errors import InputError, SettingsError, TokenwardError
-from playbooks.inbox import Accepted, Delivery, Inbox, Refusal
+from playbooks.inbox import (
+    Accepted,
+    Delivery,
+    Inbox,
+    Refusal,
+    WorkspaceRefused,
+    delivery_for,
+)
 from playbooks.incidents import IncidentScope, scope_from_incident
 from playbooks.payloads import (
     PayloadError,
@@ -896,57 +903,25 @@ def _delivery(
     settings: Settings, body: bytes, sender: Caller, received: datetime
 ) -> tuple[Delivery, IncidentScope]:
     try:
-        payload = parse_body(body)
-        check_delivery(payload)
-        scope = scope_from_incident(
-            payload,
-            now=received,
+        return delivery_for(
+            body,
+            caller=sender.label,
+            scheme=sender.scheme,
+            received=received,
             margin_before=parse_duration(settings.sentinel.window_before),
             margin_after=parse_duration(settings.sentinel.window_after),
+            allowed_workspaces=settings.sentinel.allowed_workspaces,
         )
     except PayloadError as failure:
         raise Refused(
             failure.status, str(failure), detail=str(failure), caller=sender.label
         ) from None
+    except WorkspaceRefused as failure:
+        raise Refused(403, str(failure), caller=sender.label) from None
     except InputError as failure:
         raise Refused(
             422, str(failure), detail=str(failure), caller=sender.label
         ) from None
-    allowed = settings.sentinel.allowed_workspaces
-    if allowed and scope.workspace_resource_id not in allowed:
-        raise Refused(
-            403,
-            f"workspace {scope.workspace_resource_id!r} is not in sentinel.allowed_workspaces",
-            caller=sender.label,
-        )
-
-    run_key = hashlib.sha256(
-        f"{scope.incident_key}\n{scope.fingerprint}".encode()
-    ).hexdigest()
-    delivery = Delivery(
-        id=f"d-{secrets.token_hex(8)}",
-        run_id=f"r-{received.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
-        run_key=run_key,
-        incident_key=scope.incident_key,
-        revision=scope.revision[:256],
-        event=scope.event[:32],
-        fingerprint=scope.fingerprint,
-        received_at=isoformat_z(received),
-        caller=sender.label[:256],
-        scheme=sender.scheme,
-        body=body.decode("utf-8"),
-        summary={
-            "incident": scope.incident.resource_id,
-            "number": scope.incident.number,
-            "event": scope.event,
-            "revision": scope.revision[:256],
-            "fingerprint": scope.fingerprint,
-            "users": list(scope.users),
-            "unresolved": len(scope.unresolved),
-            "size": len(body),
-        },
-    )
-    return delivery, scope
 
 
 def _refuse(
