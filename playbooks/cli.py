@@ -30,17 +30,26 @@ from rich.table import Table
 from connectors.clients import Clients
 from connectors.credentials import build_credential
 from connectors.doctor import Check, run_doctor
-from connectors.exports.database import MEMORY_LIMIT, LoadedExports, load_exports, memory_bytes
+from connectors.exports.database import (
+    MEMORY_LIMIT,
+    LoadedExports,
+    load_exports,
+    memory_bytes,
+)
 from connectors.exports.loader import LoadSummary
 from connectors.exports.local import LocalKqlSource
 from connectors.exports.schemas import columns_used
 from connectors.live import LiveMode, live_source
-from playbooks import logs
+from playbooks import approvals, logs
 from playbooks.audit import AuditLog
-from playbooks import approvals
-from playbooks.engine import NoQueries, RunRequest, Runner, new_run_id
-from playbooks.errors import InputError, PermissionDenied, TokenwardError
-from playbooks.exercises import bundled_scenarios, check_expected, find_scenario, load_scenario
+from playbooks.engine import NoQueries, Runner, RunRequest, new_run_id
+from playbooks.errors import InputError, TokenwardError
+from playbooks.exercises import (
+    bundled_scenarios,
+    check_expected,
+    find_scenario,
+    load_scenario,
+)
 from playbooks.identities import is_guid, require_upn
 from playbooks.models import Containment, Mode, RunReport, RunStatus, Window
 from playbooks.playbook import Playbook, load_playbook, parse_set, read_overrides
@@ -619,17 +628,22 @@ def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
 # -- serve and worker ------------------------------------------------------------
 
 
+SERVICE_SOURCE = "files:DIR, loganalytics, defender or live"
+
+
 @cli.command()
-@click.option("--source", "source_spec", metavar="files:DIR", help="Where webhook-triggered runs hunt: files:DIR for exported logs.")
+@click.option("--source", "source_spec", metavar="SOURCE", help=f"Where the service's runs hunt: {SERVICE_SOURCE}.")
 @click.option("--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day.")
 @click.option("--host", help="Listen address (default: server.host).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Listen port (default: server.port).")
 @click.option("--no-worker", is_flag=True, help="Only accept deliveries; run `tokenward worker` apart.")
 @pass_app
 def serve(app: App, source_spec: str | None, now_text: str | None, host: str | None, port: int | None, no_worker: bool) -> None:
-    """Serve the Sentinel webhook, plan approvals and health checks (uvicorn)."""
-    from playbooks.server import SourceSpec, build_parts
+    """Serve the Sentinel webhook, plan approvals, health checks and metrics (uvicorn);
+    with [schedule], also hunt and reconcile on a schedule."""
+    from playbooks.server import build_parts
     from playbooks.server import serve as run_server
+    from playbooks.wiring import SourceSpec
 
     settings = app.settings()
     if host or port:
@@ -644,28 +658,52 @@ def serve(app: App, source_spec: str | None, now_text: str | None, host: str | N
 
 
 @cli.command()
-@click.option("--source", "source_spec", required=True, metavar="files:DIR", help="Where runs hunt: files:DIR for exported logs.")
+@click.option("--source", "source_spec", required=True, metavar="SOURCE", help=f"Where runs hunt: {SERVICE_SOURCE}.")
 @click.option("--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day.")
 @pass_app
 def worker(app: App, source_spec: str, now_text: str | None) -> None:
-    """Process stored webhook deliveries (for workers apart from tokenward serve)."""
-    import signal
-
-    from playbooks.server import SourceSpec, build_worker
+    """Process the inbox: webhook deliveries, scheduled cycles, approved plans
+    (for workers apart from tokenward serve)."""
+    from playbooks.server import build_worker
+    from playbooks.wiring import SourceSpec
 
     settings = app.settings()
     spec = SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
     processing = build_worker(settings, spec)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await processing.run_forever(stop)
-
     app.err.print(f"tokenward worker {processing.owner} processing the inbox", style="dim")
-    asyncio.run(run())
+    asyncio.run(_until_signalled(processing.run_forever))
+
+
+@cli.command()
+@click.option("--source", "source_spec", default="live", show_default=True, metavar="SOURCE", help=f"Where the scheduled hunt looks: {SERVICE_SOURCE}.")
+@pass_app
+def watch(app: App, source_spec: str) -> None:
+    """Hunt and reconcile on the schedule in [schedule], with no webhook: one
+    process with the worker and a Prometheus listener (metrics.host:port)."""
+    from playbooks.watch import watch as run_watch
+    from playbooks.wiring import SourceSpec
+
+    settings = app.settings()
+    spec = SourceSpec.parse(source_spec)
+    app.err.print("tokenward watching: " + ", ".join(_jobs_line(settings)), style="dim")
+    asyncio.run(_until_signalled(lambda stop: run_watch(settings, spec, stop)))
+
+
+def _jobs_line(settings: Settings) -> list[str]:
+    from playbooks.schedule import job_intervals
+
+    return [f"{name} every {every:g} s" for name, every in job_intervals(settings.schedule)] or ["no job is turned on"]
+
+
+async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run *run* with an event that SIGINT or SIGTERM sets."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await run(stop)
 
 
 # -- helpers -------------------------------------------------------------------

@@ -54,12 +54,21 @@ RECONCILER = "tokenward reconciliation"
 
 
 def hunt_window(
-    watermark: datetime | None, now: datetime, schedule: ScheduleSettings
+    watermark: datetime | None,
+    now: datetime,
+    schedule: ScheduleSettings,
+    *,
+    queued: datetime | None = None,
 ) -> Window:
-    """The next window: from the last one's end less the ingestion delay, to now."""
+    """The next window: from the last one's end less the ingestion delay, to now.
+
+    The first window (no watermark yet) reaches ``first_window`` back from
+    when its cycle was *queued*, so every attempt at that cycle hunts from
+    the same start.
+    """
     overlap = parse_duration(schedule.max_ingestion_delay)
     if watermark is None:
-        start = now - parse_duration(schedule.first_window)
+        start = min(queued or now, now) - parse_duration(schedule.first_window)
     else:
         # A watermark ahead of the clock (a clock set back) still overlaps.
         start = min(watermark, now) - overlap

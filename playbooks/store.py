@@ -364,30 +364,31 @@ class Store:
     def advance_job(
         self, name: str, *, watermark: str, run_id: str, detail: dict[str, Any]
     ) -> bool:
-        """Move *name*'s watermark forward to *watermark* (never back); False if
-        it already stood there or later."""
-        now = isoformat_z(utcnow())
-        values = {
-            "watermark": watermark,
-            "run_id": run_id,
-            "updated_at": now,
-            "detail": json.dumps(detail, sort_keys=True),
-        }
+        """Record a completed cycle of *name*: its run and detail always, its
+        watermark only forward (a later cycle of an earlier window, or a clock
+        set back, never moves it back). True if the watermark moved."""
         with self.engine.begin() as connection:
             current = connection.execute(
                 select(job_state.c.watermark).where(job_state.c.job == name)
             ).first()
+            moved = (
+                current is None
+                or current.watermark is None
+                or as_utc(watermark) > as_utc(current.watermark)
+            )
+            values = {
+                "watermark": watermark if moved else current.watermark,
+                "run_id": run_id,
+                "updated_at": isoformat_z(utcnow()),
+                "detail": json.dumps(detail, sort_keys=True),
+            }
             if current is None:
                 connection.execute(insert(job_state).values(job=name, **values))
-                return True
-            if current.watermark is not None and as_utc(current.watermark) >= as_utc(
-                watermark
-            ):
-                return False
-            connection.execute(
-                update(job_state).where(job_state.c.job == name).values(**values)
-            )
-        return True
+            else:
+                connection.execute(
+                    update(job_state).where(job_state.c.job == name).values(**values)
+                )
+        return moved
 
     # -- findings: first detection, first containment ---------------------------------
 

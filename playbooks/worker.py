@@ -33,14 +33,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from playbooks.audit import AuditLog
 from playbooks.approvals import PlanRefused, load_plan
+from playbooks.audit import AuditLog
 from playbooks.dryrun import DryRunResponder
 from playbooks.engine import NoQueries, Runner, RunRequest
 from playbooks.errors import TokenwardError
 from playbooks.inbox import DONE, EXECUTE, FAILED, RECONCILED, Claimed, FollowUp, Inbox
-from playbooks.jobs import HUNT, RECONCILE, cycle_problem, hunt_window, reconcile, window_note
 from playbooks.incidents import scope_from_incident
+from playbooks.jobs import (
+    HUNT,
+    RECONCILE,
+    cycle_problem,
+    hunt_window,
+    reconcile,
+    window_note,
+)
 from playbooks.models import Mode, RunReport, RunStatus
 from playbooks.playbook import Playbook
 from playbooks.ports import (
@@ -290,7 +297,8 @@ class Worker:
         now = tools.now or utcnow()
         state = await asyncio.to_thread(store.job, HUNT)
         watermark = as_utc(state["watermark"]) if state and state["watermark"] else None
-        window = hunt_window(watermark, now, schedule)
+        queued = parse_time(claimed.received_at).value
+        window = hunt_window(watermark, now, schedule, queued=queued)
         mode = Mode(schedule.mode)
         responder, directory = self._acting(tools, mode)
         request = RunRequest(
@@ -349,14 +357,25 @@ class Worker:
         if tools.incidents is None:
             return Done({}, error="reconciliation needs the Sentinel incidents API")
         store = self.audit.store
-        found = await reconcile(
-            feed=tools.incidents,
-            inbox=self.inbox,
-            audit=self.audit,
-            settings=self.settings,
-            run_id=claimed.run_id,
-            now=tools.now or utcnow(),
-        )
+        try:
+            found = await reconcile(
+                feed=tools.incidents,
+                inbox=self.inbox,
+                audit=self.audit,
+                settings=self.settings,
+                run_id=claimed.run_id,
+                now=tools.now or utcnow(),
+            )
+        except TokenwardError as failure:
+            # The incidents API unreachable: what this pass recovered is in the
+            # inbox already; the watermark stays, so the next pass lists again.
+            await asyncio.to_thread(
+                self.audit.record,
+                claimed.run_id,
+                "reconcile.not_completed",
+                {"why": str(failure)[:500]},
+            )
+            return Done({"run_status": "failed"}, error=str(failure)[:500])
         state = await asyncio.to_thread(store.job, RECONCILE)
         total = int((state or {}).get("detail", {}).get("recovered_total", 0))
         detail = {**found.as_record(), "recovered_total": total + found.recovered}
