@@ -84,7 +84,6 @@ from playbooks.webhook_auth import (
     verify_signature,
 )
 from playbooks.wiring import (
-    SOURCE_HELP,
     ServiceTools,
     SourceSpec,
     require_permissions,
@@ -1117,8 +1116,9 @@ def build_parts(
     if with_worker:
         if spec is None:
             raise SettingsError(
-                f"the worker needs a query source: {SOURCE_HELP} with --source "
-                "(or --no-worker and run tokenward worker apart)"
+                "the worker needs a query source: give --source files:DIR (exported "
+                "logs), loganalytics, defender or live (or --no-worker and run "
+                "tokenward worker apart)"
             )
         # Load the playbook here once, and check the Graph permissions, so a
         # mistake stops serve at once instead of a worker failing out of sight.
