@@ -50,6 +50,19 @@ def phish_tables(sign_in: datetime) -> tuple[dict[str, list[dict[str, Any]]], di
     return moved, row_out
 
 
+def recent(created_minutes_ago: float, **properties: Any) -> dict[str, Any]:
+    """A fresh incident (trigger body) of the seed phish, created that many minutes ago."""
+    from tests.service import incident
+
+    created = minutes_ago(created_minutes_ago)
+    return incident(
+        createdTimeUtc=isoformat_z(created),
+        firstActivityTimeUtc=isoformat_z(created - timedelta(minutes=6)),
+        lastActivityTimeUtc=isoformat_z(created - timedelta(minutes=3)),
+        **properties,
+    )
+
+
 def scheduled_settings(emu: Any, directory: Path, **sections: dict[str, Any]) -> Settings:
     """Settings for a scheduled hunt against *emu*, every half second, in auto."""
     base: dict[str, dict[str, Any]] = {

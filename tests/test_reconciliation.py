@@ -9,7 +9,6 @@ where a worker runs it like a delivery.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -21,9 +20,10 @@ from playbooks.inbox import RECONCILED, Inbox, delivery_for
 from playbooks.jobs import RECONCILE
 from playbooks.metrics import metrics_response
 from playbooks.store import inbox, open_store
-from playbooks.times import isoformat_z, parse_duration
+from playbooks.times import parse_duration
 from tests.scheduled import (
     minutes_ago,
+    recent,
     phish_tables,
     records,
     revokes,
@@ -40,17 +40,6 @@ WORKSPACE = (
     "/providers/Microsoft.OperationalInsights/workspaces/law-soc"
 )
 OTHER_RULE = WORKSPACE + "/providers/Microsoft.SecurityInsights/alertRules/99999999-0000-4000-8000-000000000009"
-
-
-def recent(created_minutes_ago: float, **properties: Any) -> dict[str, Any]:
-    """A fresh incident of the seed phish, created that many minutes ago."""
-    created = minutes_ago(created_minutes_ago)
-    return incident(
-        createdTimeUtc=isoformat_z(created),
-        firstActivityTimeUtc=isoformat_z(created - timedelta(minutes=6)),
-        lastActivityTimeUtc=isoformat_z(created - timedelta(minutes=3)),
-        **properties,
-    )
 
 
 def reconcile_settings(emu: Any, directory: Path) -> Any:
