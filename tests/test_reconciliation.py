@@ -23,8 +23,8 @@ from playbooks.store import inbox, open_store
 from playbooks.times import parse_duration
 from tests.scheduled import (
     minutes_ago,
-    recent,
     phish_tables,
+    recent,
     records,
     revokes,
     scheduled_settings,
