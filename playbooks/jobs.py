@@ -58,17 +58,18 @@ def hunt_window(
     now: datetime,
     schedule: ScheduleSettings,
     *,
-    queued: datetime | None = None,
+    first_start: datetime | None = None,
 ) -> Window:
     """The next window: from the last one's end less the ingestion delay, to now.
 
-    The first window (no watermark yet) reaches ``first_window`` back from
-    when its cycle was *queued*, so every attempt at that cycle hunts from
-    the same start.
+    The first window (no watermark yet) starts at *first_start*, fixed by the
+    first cycle ever tried (:meth:`~playbooks.store.Store.job_origin`), so a
+    first cycle that fails leaves no gap at its start; without it,
+    ``first_window`` before now.
     """
     overlap = parse_duration(schedule.max_ingestion_delay)
     if watermark is None:
-        start = min(queued or now, now) - parse_duration(schedule.first_window)
+        start = first_start or now - parse_duration(schedule.first_window)
     else:
         # A watermark ahead of the clock (a clock set back) still overlaps.
         start = min(watermark, now) - overlap

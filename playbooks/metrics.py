@@ -170,7 +170,8 @@ class StoreCollector:
                 continue
             if row["watermark"]:
                 watermark.add_metric([name], as_utc(row["watermark"]).timestamp())
-            completed.add_metric([name], as_utc(row["updated_at"]).timestamp())
+            if row["run_id"]:
+                completed.add_metric([name], as_utc(row["updated_at"]).timestamp())
         yield watermark
         yield completed
 
@@ -233,7 +234,7 @@ def service_state(store: Store) -> dict[str, Any]:
         if row is not None:
             jobs[name] = {
                 "watermark": row["watermark"],
-                "last_completed": row["updated_at"],
+                "last_completed": row["updated_at"] if row["run_id"] else None,
                 "last_run": row["run_id"],
             }
     return {"recovered_incidents": recovered_total(store.job(RECONCILE)), "jobs": jobs}

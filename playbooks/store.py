@@ -361,6 +361,28 @@ class Store:
         found["detail"] = json.loads(found["detail"]) if found["detail"] else {}
         return found
 
+    def job_origin(self, name: str, first_start: str) -> str:
+        """Where *name*'s first window starts: *first_start*, unless an earlier
+        cycle already fixed it (a failed first cycle's retry, or the next
+        cycle that ran before it) and nothing has completed since."""
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(job_state.c.detail).where(job_state.c.job == name)
+            ).first()
+            if row is None:
+                connection.execute(
+                    insert(job_state).values(
+                        job=name,
+                        watermark=None,
+                        run_id=None,
+                        updated_at=isoformat_z(utcnow()),
+                        detail=json.dumps({"first_start": first_start}),
+                    )
+                )
+                return first_start
+        detail = json.loads(row.detail) if row.detail else {}
+        return str(detail.get("first_start") or first_start)
+
     def advance_job(
         self, name: str, *, watermark: str, run_id: str, detail: dict[str, Any]
     ) -> bool:

@@ -297,8 +297,16 @@ class Worker:
         now = tools.now or utcnow()
         state = await asyncio.to_thread(store.job, HUNT)
         watermark = as_utc(state["watermark"]) if state and state["watermark"] else None
-        queued = parse_time(claimed.received_at).value
-        window = hunt_window(watermark, now, schedule, queued=queued)
+        first_start = None
+        if watermark is None:
+            # Fixed once, so every first cycle tried hunts from the same start.
+            reach = parse_time(claimed.received_at).value - parse_duration(
+                schedule.first_window
+            )
+            first_start = as_utc(
+                await asyncio.to_thread(store.job_origin, HUNT, isoformat_z(reach))
+            )
+        window = hunt_window(watermark, now, schedule, first_start=first_start)
         mode = Mode(schedule.mode)
         responder, directory = self._acting(tools, mode)
         request = RunRequest(
