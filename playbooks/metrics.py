@@ -241,7 +241,9 @@ def service_state(store: Store) -> dict[str, Any]:
 
 
 def _buckets(values: list[float]) -> list[tuple[str, float]]:
-    buckets = [(str(bound), float(sum(1 for v in values if v <= bound))) for bound in BUCKETS]
+    buckets = [
+        (str(bound), float(sum(1 for v in values if v <= bound))) for bound in BUCKETS
+    ]
     return [*buckets, ("+Inf", float(len(values)))]
 
 

@@ -167,7 +167,9 @@ class ServiceTools:
     and the Sentinel client that writes back and lists incidents.
     """
 
-    def __init__(self, settings: Settings, playbook: Playbook, spec: SourceSpec) -> None:
+    def __init__(
+        self, settings: Settings, playbook: Playbook, spec: SourceSpec
+    ) -> None:
         self._settings = settings
         self._playbook = playbook
         self._spec = spec
