@@ -1,4 +1,4 @@
-"""Microsoft Sentinel incidents: comments and labels, through Resource Manager.
+"""Microsoft Sentinel incidents: comments, labels and listings, through Resource Manager.
 
 A plain azure-core pipeline (:func:`connectors.clients.arm_client`) rather
 than ``azure-mgmt-securityinsight``, whose only stable release speaks a 2021
@@ -14,6 +14,11 @@ api-version through the retired ``msrest``. The api-version is a setting.
   refused with 412 (or 409); tokenward then reads the incident again and
   retries, a bounded number of times.
 
+* The incident list (for reconciliation) is read a page at a time,
+  filtered and ordered by creation time, following ``nextLink``; an
+  incident's entities come from its ``entities`` action, as the list does
+  not carry them.
+
 Every call goes through the one retry layer; failures leave this module as
 :mod:`playbooks.errors` types that say which incident and what was refused.
 """
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.core import AsyncPipelineClient
 from azure.core.exceptions import HttpResponseError
@@ -37,8 +44,8 @@ from connectors.retry import (
 )
 from playbooks.errors import BadRequest, ConnectorError, ServiceUnavailable
 from playbooks.identities import is_guid
-from playbooks.incidents import INCIDENT_ID
-from playbooks.ports import CallAttempt, IncidentWrite, report_attempt
+from playbooks.incidents import INCIDENT_ID, WORKSPACE_ID
+from playbooks.ports import CallAttempt, IncidentPage, IncidentWrite, report_attempt
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +205,75 @@ class SentinelIncidents:
             "(412 each time); its labels were left as they were"
         )
 
+    # -- listing, for reconciliation ------------------------------------------------
+
+    async def incidents_created_after(
+        self,
+        *,
+        workspace: str,
+        after: datetime,
+        page_size: int,
+        next_link: str | None = None,
+    ) -> IncidentPage:
+        """One page of *workspace*'s incidents created after *after*, oldest first.
+
+        The first page is asked for with ``$filter`` on
+        ``properties/createdTimeUtc``, ``$orderby`` and ``$top``; later ones by
+        the ``nextLink`` the service returned, which must point at the same
+        Resource Manager host (the token goes nowhere else).
+        """
+        name = _name(workspace)
+        url: str | None = None
+        params: dict[str, str] = {}
+        if next_link:
+            url = self._same_host(next_link)
+        else:
+            params = {
+                "$filter": f"properties/createdTimeUtc gt {_odata_time(after)}",
+                "$orderby": "properties/createdTimeUtc asc",
+                "$top": str(page_size),
+            }
+        response, _ = await self._send(
+            "GET",
+            f"{_workspace_path(workspace)}/providers/Microsoft.SecurityInsights/incidents",
+            what=f"the incidents of workspace {name}",
+            operation="list_incidents",
+            subject=name,
+            url=url,
+            params=params,
+        )
+        page = _json(response, what=f"the incidents of workspace {name}")
+        listed = [item for item in page.get("value") or [] if isinstance(item, dict)]
+        link = page.get("nextLink")
+        logger.info("listed %d incident(s) of workspace %s", len(listed), name)
+        return IncidentPage(
+            incidents=listed, next_link=link if isinstance(link, str) and link else None
+        )
+
+    async def entities(self, *, incident_id: str) -> list[dict[str, Any]]:
+        """The incident's entities (``POST …/incidents/{id}/entities``)."""
+        name = _name(incident_id)
+        response, _ = await self._send(
+            "POST",
+            f"{_incident_path(incident_id)}/entities",
+            {},
+            what=f"the entities of incident {name}",
+            operation="list_entities",
+            subject=name,
+        )
+        answer = _json(response, what=f"the entities of incident {name}")
+        return [item for item in answer.get("entities") or [] if isinstance(item, dict)]
+
+    def _same_host(self, link: str) -> str:
+        base = urlsplit(self._client.format_url("/"))
+        given = urlsplit(link)
+        if (given.scheme, given.netloc.lower()) != (base.scheme, base.netloc.lower()):
+            raise ServiceUnavailable(
+                f"{SERVICE} answered with a nextLink to another host "
+                f"({given.netloc[:80]!r}); the listing was stopped there"
+            )
+        return link
+
     async def _send(
         self,
         method: str,
@@ -207,6 +283,8 @@ class SentinelIncidents:
         what: str,
         operation: str,
         subject: str,
+        url: str | None = None,
+        params: dict[str, str] | None = None,
     ) -> tuple[AsyncHttpResponse, int]:
         attempts = 0
 
@@ -216,10 +294,11 @@ class SentinelIncidents:
             report_attempt(attempt)
 
         async def once() -> AsyncHttpResponse:
+            # A nextLink carries its own api-version and skip token.
             request = HttpRequest(
                 method,
-                self._client.format_url(path),
-                params={"api-version": self._api_version},
+                url or self._client.format_url(path),
+                params={} if url else {"api-version": self._api_version, **(params or {})},
                 json=body,
             )
             # Not streamed: the body is read before send_request returns.
@@ -250,6 +329,18 @@ def _incident_path(incident_id: str) -> str:
             f"{incident_id[:200]!r} is not a Sentinel incident resource id"
         )
     return incident_id
+
+
+def _workspace_path(workspace: str) -> str:
+    if not WORKSPACE_ID.match(workspace):
+        raise BadRequest(f"{workspace[:200]!r} is not a Log Analytics workspace resource id")
+    return workspace.rstrip("/")
+
+
+def _odata_time(moment: datetime) -> str:
+    """An OData datetime literal (UTC, milliseconds)."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def _comment_id(comment_id: str) -> str:

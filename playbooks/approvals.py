@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from playbooks.approval_api import (
+    ApprovalRefused,
+    ApprovalRequest,
+    PlanNotFound,
+    PlanView,
+)
 from playbooks.audit import AuditLog
 from playbooks.errors import GuardrailRefused, InputError
 from playbooks.models import Plan
 from playbooks.planning import plan_hash
+from playbooks.settings import ApprovalSettings
 from playbooks.store import Store
 from playbooks.times import as_utc, isoformat_z, utcnow
 
@@ -116,8 +123,9 @@ def decide(
     reason: str | None,
     require_distinct_approver: bool,
     now: datetime | None = None,
+    approver: dict[str, str] | None = None,
 ) -> StoredPlan:
-    """Approve or reject a pending plan as *by*."""
+    """Approve or reject a pending plan as *by* (*approver*: who their token says)."""
     stored = load_plan(store, plan_id)
     moment = now or utcnow()
     if not by.strip():
@@ -144,14 +152,32 @@ def decide(
     audit.record(
         stored.plan.run_id,
         f"plan.{decision}",
-        {"plan": plan_id, "hash": stored.stored_hash, "by": by, "reason": reason},
+        {
+            "plan": plan_id,
+            "hash": stored.stored_hash,
+            "by": by,
+            "reason": reason,
+            **({"approver": approver} if approver else {}),
+        },
         actor=by,
     )
     return load_plan(store, plan_id)
 
 
-def claim_for_execution(store: Store, plan_id: str, *, now: datetime | None = None) -> StoredPlan:
-    """The approved plan, exactly as approved, marked as executing (once)."""
+def claim_for_execution(
+    store: Store, plan_id: str, *, now: datetime | None = None, resume: bool = False
+) -> StoredPlan:
+    """The approved plan, exactly as approved, marked as executing (once).
+
+    With *resume*, a plan left ``executing`` by an execution that stopped
+    midway (a worker killed while it ran) is handed back to the caller that
+    takes that execution over: the action ledger screens what the first
+    attempt sent, so nothing is sent twice.
+    """
+    if resume:
+        current = load_plan(store, plan_id)
+        if current.status == EXECUTING:
+            return _approved_as_stored(current)
     stored = executable(store, plan_id, now=now)
     if not store.set_plan_status(plan_id, EXECUTING, expected=APPROVED):
         raise PlanRefused(f"plan {plan_id} is being executed by another process")
@@ -168,9 +194,15 @@ def executable(store: Store, plan_id: str, *, now: datetime | None = None) -> St
         raise PlanRefused(f"plan {plan_id} is {stored.status}: only an approved plan is executed")
     if moment >= stored.expires_at:
         raise PlanRefused(f"plan {plan_id} expired at {isoformat_z(stored.expires_at)}")
+    return _approved_as_stored(stored)
+
+
+def _approved_as_stored(stored: StoredPlan) -> StoredPlan:
     _check_hash(stored)
-    if stored.approval["plan_hash"] != stored.stored_hash:
-        raise PlanRefused(f"plan {plan_id} is not the plan that was approved (its hash changed)")
+    if stored.approval is None or stored.approval["plan_hash"] != stored.stored_hash:
+        raise PlanRefused(
+            f"plan {stored.plan.id} is not the plan that was approved (its hash changed)"
+        )
     return stored
 
 
@@ -181,3 +213,101 @@ def _check_hash(stored: StoredPlan) -> None:
             f"plan {stored.plan.id} changed after it was stored: its actions hash to "
             f"{actual[:12]}…, not {stored.stored_hash[:12]}…"
         )
+
+
+class StoredApprovals:
+    """:class:`~playbooks.approval_api.PlanApprovals` over the stored plans.
+
+    The approval endpoints' storage: a decision is bound to the hash the
+    approver saw, recorded with who they are (their token's object id, name,
+    tenant and client) and audited; four eyes hold as the settings say, the
+    requester being matched by any name the approver goes by.
+    """
+
+    def __init__(self, audit: AuditLog, settings: ApprovalSettings) -> None:
+        self._audit = audit
+        self._store = audit.store
+        self._settings = settings
+
+    def plans(self, *, status: str | None, limit: int) -> list[PlanView]:
+        rows = self._store.list_plans(limit=limit, status=status)
+        return [plan_view(load_plan(self._store, row["id"])) for row in rows]
+
+    def plan(self, plan_id: str) -> PlanView | None:
+        if self._store.plan(plan_id) is None:
+            return None
+        return plan_view(load_plan(self._store, plan_id))
+
+    def decide(self, request: ApprovalRequest) -> PlanView:
+        if self._store.plan(request.plan_id) is None:
+            raise PlanNotFound(f"there is no plan {request.plan_id!r}")
+        stored = load_plan(self._store, request.plan_id)
+        if request.plan_hash != stored.stored_hash:
+            raise ApprovalRefused(
+                f"plan {stored.plan.id} is not the plan you saw: its hash is "
+                f"{stored.stored_hash[:12]}…, not {request.plan_hash[:12]}…; "
+                "look at it again"
+            )
+        who = request.approver
+        names = {value.strip().lower() for value in (who.name, who.principal_id) if value}
+        if (
+            request.decision == APPROVED
+            and self._settings.require_distinct_approver
+            and stored.requested_by.strip().lower() in names
+        ):
+            raise ApprovalRefused(
+                f"{who.name or who.principal_id} requested plan {stored.plan.id} and may "
+                "not approve it too (approvals.require_distinct_approver)"
+            )
+        try:
+            decided = decide(
+                self._store,
+                self._audit,
+                request.plan_id,
+                decision=request.decision,
+                by=who.name or who.principal_id,
+                reason=request.reason or None,
+                require_distinct_approver=self._settings.require_distinct_approver,
+                now=request.at,
+                approver={
+                    "principal_id": who.principal_id,
+                    "name": who.name,
+                    "tenant_id": who.tenant_id,
+                    "app_id": who.app_id,
+                },
+            )
+        except PlanRefused as refused:
+            raise ApprovalRefused(str(refused)) from None
+        return plan_view(decided)
+
+
+def plan_view(stored: StoredPlan) -> PlanView:
+    """A stored plan as the approval endpoints show it: every request it sends."""
+    return PlanView(
+        plan_id=stored.plan.id,
+        run_id=stored.plan.run_id,
+        status=stored.status,
+        content_hash=stored.stored_hash,
+        created_at=stored.plan.created_at,
+        actions=tuple(
+            {
+                "id": action.id,
+                "action": action.action.value,
+                "targets": [target.label for target in action.targets],
+                "gate": action.gate.value,
+                "request": action.request.model_dump(mode="json"),
+                "decisions": [d.model_dump(mode="json") for d in action.decisions],
+            }
+            for action in stored.plan.actions
+        ),
+        decisions=tuple(
+            {
+                "decision": item["decision"],
+                "by": item["by"],
+                "reason": item["reason"],
+                "at": item["at"],
+                "plan_hash": item["plan_hash"],
+            }
+            for item in stored.decisions
+        ),
+    )

@@ -30,20 +30,26 @@ from rich.table import Table
 from connectors.clients import Clients
 from connectors.credentials import build_credential
 from connectors.doctor import Check, run_doctor
-from connectors.exports.database import MEMORY_LIMIT, LoadedExports, load_exports, memory_bytes
+from connectors.exports.database import (
+    MEMORY_LIMIT,
+    LoadedExports,
+    load_exports,
+    memory_bytes,
+)
 from connectors.exports.loader import LoadSummary
 from connectors.exports.local import LocalKqlSource
 from connectors.exports.schemas import columns_used
-from connectors.graph import GraphOptions, GraphResponder
 from connectors.live import LiveMode, live_source
-from connectors.permissions import check_graph_permissions
-from connectors.retry import RetryPolicy
-from playbooks import logs
+from playbooks import aio, approvals, logs
 from playbooks.audit import AuditLog
-from playbooks import aio, approvals
-from playbooks.engine import RunRequest, Runner, new_run_id
-from playbooks.errors import InputError, PermissionDenied, TokenwardError
-from playbooks.exercises import bundled_scenarios, check_expected, find_scenario, load_scenario
+from playbooks.engine import NoQueries, Runner, RunRequest, new_run_id
+from playbooks.errors import InputError, TokenwardError
+from playbooks.exercises import (
+    bundled_scenarios,
+    check_expected,
+    find_scenario,
+    load_scenario,
+)
 from playbooks.identities import is_guid, require_upn
 from playbooks.models import Containment, Mode, RunReport, RunStatus, Window
 from playbooks.playbook import Playbook, load_playbook, parse_set, read_overrides
@@ -54,6 +60,8 @@ from playbooks.settings import Settings, SourceKind, load_settings
 from playbooks.store import open_store
 from playbooks.times import as_utc, isoformat_z, parse_duration, parse_time, utcnow
 from playbooks.whatif import Thresholds, compare_runs
+from playbooks.wiring import LIVE_SOURCES, graph_responder, permission_check
+from playbooks.wiring import action_kinds as _action_kinds
 
 logger = logging.getLogger(__name__)
 
@@ -326,18 +334,14 @@ def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output:
         settings,
         playbook,
         lambda responder: Runner(
-            playbook, settings, _NoSource(), audit, responder=responder, directory=responder
+            playbook, settings, NoQueries(), audit, responder=responder, directory=responder
         ).execute_plan(plan_id, executed_by=by or _login_name()),
         kinds=[action.action for action in stored.plan.actions],
     )
     _emit(app, report, as_json=as_json, output=output, markdown=None)
     _exit_for(report)
-LIVE_SOURCES: dict[str, LiveMode] = {
-    "loganalytics": "log_analytics",
-    "log_analytics": "log_analytics",
-    "defender": "defender",
-    "live": "live",
-}
+
+
 
 
 async def _hunt(
@@ -364,7 +368,7 @@ async def _hunt(
         source = local if local is not None else live_source(settings, clients, mode=live or "live")
         if not writes:
             return await Runner(playbook, settings, source, audit_log).run(request)
-        responder = await _graph_responder(settings, playbook, credential, clients)
+        responder = await graph_responder(settings, playbook, credential, clients)
         runner = Runner(
             playbook,
             settings,
@@ -625,17 +629,22 @@ def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
 # -- serve and worker ------------------------------------------------------------
 
 
+SERVICE_SOURCE = "files:DIR, loganalytics, defender or live"
+
+
 @cli.command()
-@click.option("--source", "source_spec", metavar="files:DIR", help="Where webhook-triggered runs hunt: files:DIR for exported logs.")
+@click.option("--source", "source_spec", metavar="SOURCE", help=f"Where the service's runs hunt: {SERVICE_SOURCE}.")
 @click.option("--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day.")
 @click.option("--host", help="Listen address (default: server.host).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Listen port (default: server.port).")
 @click.option("--no-worker", is_flag=True, help="Only accept deliveries; run `tokenward worker` apart.")
 @pass_app
 def serve(app: App, source_spec: str | None, now_text: str | None, host: str | None, port: int | None, no_worker: bool) -> None:
-    """Serve the Sentinel webhook, plan approvals and health checks (uvicorn)."""
-    from playbooks.server import SourceSpec, build_parts
+    """Serve the Sentinel webhook, plan approvals, health checks and metrics (uvicorn);
+    with [schedule], also hunt and reconcile on a schedule."""
+    from playbooks.server import build_parts
     from playbooks.server import serve as run_server
+    from playbooks.wiring import SourceSpec
 
     settings = app.settings()
     if host or port:
@@ -650,28 +659,52 @@ def serve(app: App, source_spec: str | None, now_text: str | None, host: str | N
 
 
 @cli.command()
-@click.option("--source", "source_spec", required=True, metavar="files:DIR", help="Where runs hunt: files:DIR for exported logs.")
+@click.option("--source", "source_spec", required=True, metavar="SOURCE", help=f"Where runs hunt: {SERVICE_SOURCE}.")
 @click.option("--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day.")
 @pass_app
 def worker(app: App, source_spec: str, now_text: str | None) -> None:
-    """Process stored webhook deliveries (for workers apart from tokenward serve)."""
-    import signal
-
-    from playbooks.server import SourceSpec, build_worker
+    """Process the inbox: webhook deliveries, scheduled cycles, approved plans
+    (for workers apart from tokenward serve)."""
+    from playbooks.server import build_worker
+    from playbooks.wiring import SourceSpec
 
     settings = app.settings()
     spec = SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
     processing = build_worker(settings, spec)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await processing.run_forever(stop)
-
     app.err.print(f"tokenward worker {processing.owner} processing the inbox", style="dim")
-    aio.run(run())
+    aio.run(_until_signalled(processing.run_forever))
+
+
+@cli.command()
+@click.option("--source", "source_spec", default="live", show_default=True, metavar="SOURCE", help=f"Where the scheduled hunt looks: {SERVICE_SOURCE}.")
+@pass_app
+def watch(app: App, source_spec: str) -> None:
+    """Hunt and reconcile on the schedule in [schedule], with no webhook: one
+    process with the worker and a Prometheus listener (metrics.host:port)."""
+    from playbooks.watch import watch as run_watch
+    from playbooks.wiring import SourceSpec
+
+    settings = app.settings()
+    spec = SourceSpec.parse(source_spec)
+    app.err.print("tokenward watching: " + ", ".join(_jobs_line(settings)), style="dim")
+    aio.run(_until_signalled(lambda stop: run_watch(settings, spec, stop)))
+
+
+def _jobs_line(settings: Settings) -> list[str]:
+    from playbooks.schedule import job_intervals
+
+    return [f"{name} every {every:g} s" for name, every in job_intervals(settings.schedule)] or ["no job is turned on"]
+
+
+async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run *run* with an event that SIGINT or SIGTERM sets."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await run(stop)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -791,26 +824,8 @@ def _decide(app: App, plan_id: str, decision: str, by: str, reason: str | None) 
     app.out.print(f"plan {plan_id} {stored.status} by {by} (sha256 {stored.stored_hash[:12]}…)")
 
 
-class _NoSource:
-    description = "none: an approved plan is executed as stored"
-
-    async def run_queries(self, queries: Sequence[Any]) -> list[Any]:
-        raise TokenwardError("executing a stored plan runs no queries")
-
-
-def _action_kinds(playbook: Playbook) -> list[Any]:
-    return [kind for tier in playbook.spec.tiers.values() for kind in tier.actions]
-
-
-async def _permission_check(settings: Settings, playbook: Playbook, kinds: Sequence[Any] | None = None) -> Any:
-    credential = build_credential(settings.azure)
-    async with credential:
-        return await check_graph_permissions(
-            credential,
-            scope=settings.azure.endpoints().graph_scope,
-            kinds=list(kinds) if kinds is not None else _action_kinds(playbook),
-            identity=credential.identity,
-        )
+async def _permission_check(settings: Settings, playbook: Playbook) -> Any:
+    return await permission_check(settings, _action_kinds(playbook))
 
 
 def _warn_unless_permitted(app: App, settings: Settings, playbook: Playbook) -> None:
@@ -824,34 +839,6 @@ def _warn_unless_permitted(app: App, settings: Settings, playbook: Playbook) -> 
         return
     if not check.ok:
         app.err.print(f"warning: {check.summary()}; approve and auto would refuse to start", style="yellow")
-
-
-async def _graph_responder(
-    settings: Settings,
-    playbook: Playbook,
-    credential: Any,
-    clients: Clients,
-    *,
-    kinds: Sequence[Any] | None = None,
-) -> GraphResponder:
-    """The Graph responder, once the token shows every permission it needs."""
-    check = await check_graph_permissions(
-        credential,
-        scope=settings.azure.endpoints().graph_scope,
-        kinds=list(kinds) if kinds is not None else _action_kinds(playbook),
-        identity=credential.identity,
-    )
-    if not check.ok:
-        raise PermissionDenied(f"{check.summary()}; nothing was done (tokenward doctor lists them)")
-    return GraphResponder(
-        clients.graph(),
-        policy=RetryPolicy.from_settings(settings.retry),
-        options=GraphOptions(
-            batch_size=settings.graph.batch_size,
-            concurrency=settings.graph.concurrency,
-            identity_protection_wait=settings.graph.identity_protection_wait,
-        ),
-    )
 
 
 def _with_graph(
@@ -870,7 +857,9 @@ def _with_graph(
     async def run() -> T:
         credential = build_credential(settings.azure)
         async with Clients(settings.azure, credential) as clients:
-            return await use(await _graph_responder(settings, playbook, credential, clients, kinds=kinds))
+            return await use(
+                await graph_responder(settings, playbook, credential, clients, kinds=kinds)
+            )
 
     return aio.run(run())
 

@@ -21,7 +21,7 @@ from typing import Any
 from playbooks.actions import IncidentRef
 from playbooks.approvals import claim_for_execution, store_plan
 from playbooks.audit import AuditLog
-from playbooks.containment import WRITES, holds_privileged_role, summarise
+from playbooks.containment import CONTAINING, WRITES, holds_privileged_role, summarise
 from playbooks.correlation import (
     Flow,
     baseline_for,
@@ -71,7 +71,7 @@ from playbooks.scoring import (
     score,
 )
 from playbooks.settings import Settings
-from playbooks.times import utcnow
+from playbooks.times import as_utc, isoformat_z, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,12 @@ class Runner:
     # Where a run triggered by an incident reports back; None: it does not.
     writer: IncidentWriter | None = None
     _acting: Executor | None = field(default=None, init=False, repr=False)
+    _started: datetime = field(default_factory=utcnow, init=False, repr=False)
 
     async def run(self, request: RunRequest) -> RunReport:
         run_id = request.run_id or new_run_id()
         started = utcnow()
+        self._started = started
         self.audit.record(
             run_id,
             "run.started",
@@ -168,6 +170,7 @@ class Runner:
             run_id,
             "run.finished",
             {
+                "trigger": report.trigger,
                 "status": report.status.value,
                 "findings": report.tier_counts(),
                 "actions": _status_counts(report.actions),
@@ -214,6 +217,9 @@ class Runner:
                 },
             )
 
+        # Detected: the first time a flow scores at a tier that acts.
+        self._detected(run_id, request, findings)
+
         # Follow the token of high findings: what it touched after the sign-in.
         findings, follow_warnings = await self._follow_on(steps, request, findings, results["hunt"].rows)
         self._executor().flush(run_id)
@@ -245,6 +251,7 @@ class Runner:
             },
         )
         results_by_action = await self._gate_and_act(run_id, request, plan, findings, directory)
+        self._contained(run_id, plan.actions, results_by_action, at=self._clock(request))
         containment, users_contained = summarise(plan.actions, results_by_action)
         self._executor().flush(run_id)
 
@@ -273,6 +280,99 @@ class Runner:
                 "users_contained": users_contained,
             }
         )
+
+    def _clock(self, request: RunRequest) -> datetime:
+        """The run's clock now: its ``now`` moved on by the time the run has taken."""
+        return request.now + (utcnow() - self._started)
+
+    def _detected(
+        self, run_id: str, request: RunRequest, findings: Sequence[Finding]
+    ) -> None:
+        """Record (once per flow, ever) when a flow was first found worth acting on."""
+        if request.trigger.startswith("exercise:"):
+            return
+        acting = [
+            finding
+            for finding in findings
+            if any(kind in WRITES for kind in self.playbook.tier(finding.tier).actions)
+        ]
+        at = self._clock(request)
+        new = self.audit.store.first_detections(
+            [
+                {
+                    "id": finding.id,
+                    "user_principal_name": finding.user_principal_name,
+                    "tier": finding.tier.value,
+                    "sign_in_at": isoformat_z(finding.sign_in_time),
+                    "detected_at": isoformat_z(at),
+                    "detected_by": run_id,
+                    "trigger": request.trigger[:64],
+                }
+                for finding in acting
+            ]
+        )
+        by_id = {finding.id: finding for finding in acting}
+        self.audit.record_many(
+            run_id,
+            [
+                (
+                    "finding.detected",
+                    {
+                        "finding": row["id"],
+                        "user": row["user_principal_name"],
+                        "tier": row["tier"],
+                        "trigger": request.trigger,
+                        "sign_in_at": row["sign_in_at"],
+                        "detected_at": row["detected_at"],
+                        "seconds": _seconds(by_id[row["id"]].sign_in_time, at),
+                    },
+                )
+                for row in new
+            ],
+        )
+
+    def _contained(
+        self,
+        run_id: str,
+        actions: Sequence[PlannedAction],
+        results: Mapping[str, ActionResult],
+        *,
+        at: datetime,
+    ) -> None:
+        """Record (once per flow, ever) when containing it first took effect."""
+        effective = sorted(
+            {
+                finding_id
+                for action in actions
+                if action.action in CONTAINING
+                and results.get(action.id) is not None
+                and results[action.id].containment_effective
+                for finding_id in action.finding_ids
+            }
+        )
+        new = self.audit.store.first_containments(
+            effective, at=isoformat_z(at), run_id=run_id
+        )
+        records = []
+        for row in new:
+            sign_in = as_utc(row["sign_in_at"])
+            detected = as_utc(row["detected_at"])
+            records.append(
+                (
+                    "finding.contained",
+                    {
+                        "finding": row["id"],
+                        "user": row["user_principal_name"],
+                        "trigger": row["trigger"],
+                        "sign_in_at": row["sign_in_at"],
+                        "detected_at": row["detected_at"],
+                        "contained_at": isoformat_z(at),
+                        "detection_to_containment_seconds": _seconds(detected, at),
+                        "sign_in_to_containment_seconds": _seconds(sign_in, at),
+                    },
+                )
+            )
+        self.audit.record_many(run_id, records)
 
     async def _nobody_to_hunt(
         self, run_id: str, request: RunRequest, report: RunReport
@@ -584,11 +684,23 @@ class Runner:
             )
         return results
 
-    async def execute_plan(self, plan_id: str, *, executed_by: str) -> RunReport:
-        """Execute an approved plan exactly as approved; refused otherwise."""
-        stored = claim_for_execution(self.audit.store, plan_id)
+    async def execute_plan(
+        self,
+        plan_id: str,
+        *,
+        executed_by: str,
+        run_id: str | None = None,
+        resume: bool = False,
+        incident: IncidentRef | None = None,
+    ) -> RunReport:
+        """Execute an approved plan exactly as approved; refused otherwise.
+
+        *resume* takes over an execution that stopped midway (the same
+        *run_id*, retried); *incident* is where the outcome is reported.
+        """
+        stored = claim_for_execution(self.audit.store, plan_id, resume=resume)
         plan = stored.plan
-        run_id = new_run_id()
+        run_id = run_id or new_run_id()
         started = utcnow()
         self.audit.record(
             run_id,
@@ -612,6 +724,7 @@ class Runner:
         for action in plan.actions:
             if action.id not in results:
                 results[action.id] = _left_alone(action)
+        self._contained(run_id, plan.actions, results, at=utcnow())
         self.audit.store.set_plan_status(plan.id, "executed")
         containment, users_contained = summarise(plan.actions, results)
         report = RunReport(
@@ -631,12 +744,35 @@ class Runner:
             containment=containment,
             users_contained=users_contained,
         )
+        if incident is not None and self.writer is not None:
+            report = await report_to_incident(
+                report,
+                incident=incident,
+                writer=self.writer,
+                audit=self.audit,
+                label_prefix=self.settings.sentinel.label_prefix,
+                api_version=self.settings.sentinel.api_version,
+            )
         self.audit.record(
             run_id,
             "run.finished",
-            {"status": report.status.value, "containment": containment.value, "actions": _status_counts(report.actions)},
+            {
+                "trigger": report.trigger,
+                "status": report.status.value,
+                "containment": containment.value,
+                "actions": _status_counts(report.actions),
+            },
         )
         return report
+
+
+class NoQueries:
+    """The query source of a run that executes a stored plan: it runs none."""
+
+    description = "none: an approved plan is executed as stored"
+
+    async def run_queries(self, queries: Sequence[RenderedQuery]) -> list[Any]:
+        raise TokenwardError("executing a stored plan runs no queries")
 
 
 def colocated(source: QuerySource, first: Sequence[str], second: Sequence[str]) -> bool:
@@ -778,9 +914,13 @@ def _status_counts(reports: Sequence[ActionReport]) -> dict[str, int]:
     return counts
 
 
+def _seconds(start: datetime, end: datetime) -> float:
+    return round((end - start).total_seconds(), 3)
+
+
 def new_run_id(now: datetime | None = None) -> str:
     moment = now or utcnow()
     return f"r-{moment.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
 
 
-__all__ = ["ActionStatus", "Gate", "RunRequest", "Runner", "new_run_id"]
+__all__ = ["ActionStatus", "Gate", "NoQueries", "RunRequest", "Runner", "new_run_id"]

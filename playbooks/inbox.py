@@ -26,22 +26,49 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from playbooks.audit import AuditLog
-from playbooks.errors import AuditError
-from playbooks.store import Store, inbox, runs
+from playbooks.errors import AuditError, InputError
+from playbooks.incidents import IncidentScope, scope_from_incident
+from playbooks.payloads import check_delivery, parse_body
+from playbooks.store import Store, inbox, plans, runs
 from playbooks.times import isoformat_z, utcnow
 
 PENDING = "pending"
 RUNNING = "running"
 DONE = "done"
 FAILED = "failed"
+#: A plan's status once a named approver approved it (playbooks.approvals).
+APPROVED_PLAN = "approved"
 #: The audit's run id for what belongs to no run (refused requests).
 SERVICE_RUN = "webhook"
+#: The event of a row that executes an approved plan (not an incident delivery).
+EXECUTE = "execute"
+#: The scheme of deliveries that reconciliation found in the incidents API.
+RECONCILED = "reconcile"
+#: The scheduled jobs whose cycles are rows of the inbox.
+JOBS = ("hunt", "reconcile")
+
+
+def job_event(job: str) -> str:
+    """The event (and incident key) of *job*'s cycles: ``job:hunt``."""
+    return f"job:{job}"
+
+
+def trigger_of(event: str, scheme: str) -> str:
+    """The run's trigger as reports and metrics name it."""
+    if event.startswith("job:"):
+        return f"schedule:{event.removeprefix('job:')}"
+    if event == EXECUTE:
+        return "plans:execute"
+    if scheme == RECONCILED:
+        return f"reconcile:{event}"
+    return f"sentinel:{event}"
 
 
 @dataclass(frozen=True)
@@ -104,6 +131,79 @@ class Claimed:
     attempts: int
     received_at: str
     event: str
+    scheme: str = ""
+
+    @property
+    def job(self) -> str | None:
+        """The scheduled job this row is a cycle of, if it is one."""
+        return self.event.removeprefix("job:") if self.event.startswith("job:") else None
+
+    @property
+    def trigger(self) -> str:
+        return trigger_of(self.event, self.scheme)
+
+
+def delivery_for(
+    body: bytes,
+    *,
+    caller: str,
+    scheme: str,
+    received: datetime,
+    margin_before: timedelta,
+    margin_after: timedelta,
+    allowed_workspaces: Sequence[str] = (),
+    summary: dict[str, Any] | None = None,
+) -> tuple[Delivery, IncidentScope]:
+    """A checked incident body as a delivery to store, and the scope it names.
+
+    The webhook and reconciliation both build deliveries here, so the same
+    incident found either way has the same run key and is one run.
+    Raises :class:`~playbooks.payloads.PayloadError` (a body that is not a
+    delivery), :class:`~playbooks.errors.InputError` (no incident in it) or
+    :class:`WorkspaceRefused`.
+    """
+    payload = parse_body(body)
+    check_delivery(payload)
+    scope = scope_from_incident(
+        payload, now=received, margin_before=margin_before, margin_after=margin_after
+    )
+    if allowed_workspaces and scope.workspace_resource_id not in allowed_workspaces:
+        raise WorkspaceRefused(
+            f"workspace {scope.workspace_resource_id!r} is not in "
+            "sentinel.allowed_workspaces"
+        )
+    run_key = hashlib.sha256(
+        f"{scope.incident_key}\n{scope.fingerprint}".encode()
+    ).hexdigest()
+    delivery = Delivery(
+        id=f"d-{secrets.token_hex(8)}",
+        run_id=f"r-{received.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
+        run_key=run_key,
+        incident_key=scope.incident_key,
+        revision=scope.revision[:256],
+        event=scope.event[:32],
+        fingerprint=scope.fingerprint,
+        received_at=isoformat_z(received),
+        caller=caller[:256],
+        scheme=scheme,
+        body=body.decode("utf-8"),
+        summary={
+            "incident": scope.incident.resource_id,
+            "number": scope.incident.number,
+            "event": scope.event,
+            "revision": scope.revision[:256],
+            "fingerprint": scope.fingerprint,
+            "users": list(scope.users),
+            "unresolved": len(scope.unresolved),
+            "size": len(body),
+            **(summary or {}),
+        },
+    )
+    return delivery, scope
+
+
+class WorkspaceRefused(InputError):
+    """The incident's workspace is not one tokenward accepts incidents from."""
 
 
 class Inbox:
@@ -301,6 +401,7 @@ class Inbox:
                     attempts=row.attempts,
                     received_at=row.received_at,
                     event=row.event,
+                    scheme=row.scheme,
                 )
         return None
 
@@ -439,6 +540,118 @@ class Inbox:
             )
         return True
 
+    # -- work that is not a delivery: scheduled cycles, approved plans --------------
+
+    def enqueue_job(self, job: str) -> str | None:
+        """A cycle of *job*, unless one already waits; the new cycle's run id.
+
+        One cycle may wait while another runs (it starts when that one ends);
+        a tick that finds one waiting adds nothing, so cycles never pile up
+        behind a slow one and never run side by side (rows of one key are
+        claimed one at a time).
+        """
+        if job not in JOBS:
+            raise ValueError(f"no scheduled job {job!r}")
+        key = job_event(job)
+        now = utcnow()
+        with _write_transaction(self._store) as connection:
+            waiting = connection.execute(
+                select(inbox.c.run_id).where(
+                    inbox.c.incident_key == key, inbox.c.status == PENDING
+                )
+            ).first()
+            if waiting is not None:
+                return None
+            run_id = f"r-{now.strftime('%Y%m%dT%H%M%S')}-{job}-{secrets.token_hex(3)}"
+            values = {
+                "id": f"d-{secrets.token_hex(8)}",
+                "run_id": run_id,
+                "run_key": hashlib.sha256(f"{key}\n{run_id}".encode()).hexdigest(),
+                "incident_key": key,
+                "revision": "",
+                "event": key,
+                "fingerprint": "",
+                "received_at": isoformat_z(now),
+                "caller": "tokenward scheduler",
+                "scheme": "schedule",
+                "body": json.dumps({"job": job}),
+                "status": PENDING,
+                "attempts": 0,
+                "available_at": self._now_ms(),
+            }
+            connection.execute(insert(inbox).values(**values))
+            self._audit.record_in(
+                connection,
+                run_id,
+                "schedule.cycle_due",
+                {"job": job, "delivery": values["id"]},
+                actor="tokenward scheduler",
+            )
+        return run_id
+
+    def enqueue_approved_plans(self, *, created_after: str) -> list[str]:
+        """An execution row for each approved plan of the service's own runs.
+
+        A plan made by a run of this inbox (a delivery, a re-hunt, a scheduled
+        hunt) and approved since is executed by a worker, once: the row's key
+        is the plan's, so however often this is called it is queued once.
+        Plans from ``tokenward hunt --mode approve`` are not the service's:
+        ``tokenward plans execute`` runs them. Returns the plans queued now.
+        """
+        query = (
+            select(
+                plans.c.id,
+                plans.c.run_id,
+                inbox.c.incident_key,
+                inbox.c.body,
+                inbox.c.caller,
+            )
+            .join(inbox, inbox.c.run_id == plans.c.run_id)
+            .where(plans.c.status == APPROVED_PLAN, plans.c.created_at >= created_after)
+        )
+        queued: list[str] = []
+        with _write_transaction(self._store) as connection:
+            found = connection.execute(query).all()
+            keys = {
+                row.id: hashlib.sha256(f"{EXECUTE}\n{row.id}".encode()).hexdigest()
+                for row in found
+            }
+            taken = {
+                row.run_key
+                for row in connection.execute(
+                    select(inbox.c.run_key).where(inbox.c.run_key.in_(list(keys.values())))
+                )
+            } if keys else set()
+            now = utcnow()
+            for row in found:
+                if keys[row.id] in taken:
+                    continue
+                values = {
+                    "id": f"d-{secrets.token_hex(8)}",
+                    "run_id": f"{row.run_id}+execute"[:64],
+                    "run_key": keys[row.id],
+                    "incident_key": row.incident_key,
+                    "revision": "",
+                    "event": EXECUTE,
+                    "fingerprint": "",
+                    "received_at": isoformat_z(now),
+                    "caller": "tokenward approvals",
+                    "scheme": "approval",
+                    "body": json.dumps({"plan_id": row.id, "source": json.loads(row.body)}),
+                    "status": PENDING,
+                    "attempts": 0,
+                    "available_at": self._now_ms(),
+                }
+                _insert_ignoring_conflicts(connection, [values])
+                self._audit.record_in(
+                    connection,
+                    row.run_id,
+                    "plan.execution_queued",
+                    {"plan": row.id, "run": values["run_id"], "delivery": values["id"]},
+                )
+                queued.append(row.id)
+        return queued
+
     # -- what operators and tests read ----------------------------------------------
 
     def get(self, delivery_id: str) -> dict[str, Any] | None:
@@ -449,6 +662,14 @@ class Inbox:
                 .first()
             )
         return dict(row) if row else None
+
+    def knows_incident(self, incident_key: str) -> bool:
+        """Whether any delivery of this incident was stored (by any path)."""
+        with self._store.engine.connect() as connection:
+            row = connection.execute(
+                select(inbox.c.id).where(inbox.c.incident_key == incident_key).limit(1)
+            ).first()
+        return row is not None
 
     def counts(self) -> dict[str, int]:
         with self._store.engine.connect() as connection:
@@ -515,7 +736,7 @@ class Inbox:
             insert(runs).values(
                 id=row.run_id,
                 started_at=isoformat_z(utcnow()),
-                trigger=f"sentinel:{row.event}"[:64],
+                trigger=trigger_of(row.event, row.scheme)[:64],
                 mode=self._mode,
                 status=RUNNING,
             )

@@ -36,6 +36,11 @@ from playbooks.times import parse_time
 
 # Each segment in the characters Azure allows for it, so the id can be used
 # as a URL path as it stands (no "?", "#", "%", "..", spaces).
+WORKSPACE_ID = re.compile(
+    r"^/subscriptions/[0-9A-Fa-f-]{36}/resourceGroups/[-\w.()]{1,90}"
+    r"/providers/Microsoft\.OperationalInsights/workspaces/[A-Za-z0-9-]{1,63}$",
+    re.IGNORECASE,
+)
 INCIDENT_ID = re.compile(
     r"^(?P<workspace>/subscriptions/[0-9A-Fa-f-]{36}/resourceGroups/[-\w.()]{1,90}"
     r"/providers/Microsoft\.OperationalInsights/workspaces/[A-Za-z0-9-]{1,63})"

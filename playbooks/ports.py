@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from playbooks.errors import (
@@ -41,6 +42,8 @@ __all__ = [
     "DirectoryReader",
     "ConnectorError",
     "ExecutionContext",
+    "IncidentFeed",
+    "IncidentPage",
     "IncidentWrite",
     "IncidentWriter",
     "NotFound",
@@ -170,6 +173,35 @@ class IncidentWriter(Protocol):
 
     async def label(self, *, incident_id: str, labels: Sequence[str]) -> IncidentWrite:
         """Make *labels* the incident's tokenward labels; others' labels stay."""
+        ...
+
+
+@dataclass(frozen=True)
+class IncidentPage:
+    """One page of a workspace's incidents, oldest first, and where the next is."""
+
+    incidents: list[dict[str, Any]]
+    # The service's link to the next page; None on the last.
+    next_link: str | None = None
+
+
+class IncidentFeed(Protocol):
+    """Lists a workspace's incidents, for reconciliation with the webhook."""
+
+    async def incidents_created_after(
+        self,
+        *,
+        workspace: str,
+        after: datetime,
+        page_size: int,
+        next_link: str | None = None,
+    ) -> IncidentPage:
+        """Incidents of *workspace* created after *after*, oldest first; with
+        *next_link*, the page it names."""
+        ...
+
+    async def entities(self, *, incident_id: str) -> list[dict[str, Any]]:
+        """The incident's entities (the listing does not carry them)."""
         ...
 
 

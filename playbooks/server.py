@@ -18,9 +18,11 @@ acknowledging stays fast under a burst while every ``202`` still means
 "written to disk". Refusals answer with a fixed, generic message per status;
 the reason goes to the audit and the log, never to the caller.
 
-This module and :mod:`playbooks.cli` are the only places that wire connectors
-in; :func:`run_tools` is the one factory for the connectors of a
-webhook-triggered run.
+The connectors of the service's runs (the sources, the Graph responder in
+approve and auto, the Sentinel client) are built by :mod:`playbooks.wiring`,
+the same code ``tokenward hunt`` uses. When ``[schedule]`` turns them on, the
+scheduled hunt and the reconciliation are queued here on their schedules
+(:mod:`playbooks.schedule`) and run by the worker like deliveries.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import secrets
 import ssl
 import threading
 import time
@@ -39,7 +40,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -56,15 +56,23 @@ from playbooks.approval_api import (
 )
 from playbooks.audit import AuditLog
 from playbooks.errors import InputError, SettingsError, TokenwardError
-from playbooks.inbox import Accepted, Delivery, Inbox, Refusal
-from playbooks.incidents import IncidentScope, scope_from_incident
+from playbooks.inbox import (
+    Accepted,
+    Delivery,
+    Inbox,
+    Refusal,
+    WorkspaceRefused,
+    delivery_for,
+)
+from playbooks.incidents import IncidentScope
+from playbooks.metrics import metrics_response, service_state
 from playbooks.payloads import (
     PayloadError,
-    check_delivery,
     delivery_schema,
     parse_body,
     schema_components,
 )
+from playbooks.schedule import JobScheduler, jobs_configured
 from playbooks.settings import AuthScheme, Settings
 from playbooks.times import isoformat_z, parse_duration, utcnow
 from playbooks.webhook_auth import (
@@ -75,7 +83,13 @@ from playbooks.webhook_auth import (
     validate_bearer,
     verify_signature,
 )
-from playbooks.worker import ToolsFactory, Worker
+from playbooks.wiring import (
+    ServiceTools,
+    SourceSpec,
+    require_permissions,
+    writing_modes,
+)
+from playbooks.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -529,6 +543,8 @@ class ServiceParts:
     approvals: PlanApprovals | None = None
     # The worker process serve starts, if any.
     worker: WorkerProcess | None = None
+    # The schedules of the scheduled hunt and the reconciliation, if configured.
+    scheduler: JobScheduler | None = None
     recorder: Recorder | None = field(default=None, init=False)
 
 
@@ -550,6 +566,15 @@ class ErrorBody(BaseModel):
 class HealthBody(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+    recovered_incidents: int = Field(
+        default=0,
+        description="Incidents reconciliation found in the incidents API that the "
+        "webhook never received, since the store was made",
+    )
+    jobs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Each scheduled job's watermark and last completed cycle",
+    )
 
 
 class DecisionBody(BaseModel):
@@ -592,13 +617,24 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             background.append(
                 asyncio.create_task(_supervise(parts), name="worker-supervisor")
             )
+        if parts.scheduler is not None:
+            parts.scheduler.start()
         parts.audit.record(
-            "webhook", "service.started", {"worker": parts.worker is not None}
+            "webhook",
+            "service.started",
+            {
+                "worker": parts.worker is not None,
+                "jobs": parts.scheduler.jobs if parts.scheduler else [],
+            },
         )
         logger.info("tokenward serve ready")
         try:
             yield
         finally:
+            # No new cycle is queued once stopping; a cycle being run is the
+            # worker's to finish (or, if it is killed, the next start's).
+            if parts.scheduler is not None:
+                parts.scheduler.stop()
             # The supervisor first, so it cannot start the worker it sees stop.
             for task in background:
                 task.cancel()
@@ -706,17 +742,39 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
     async def readyz() -> Response:
         assert parts is not None
         checks = {"store": "ok", "auth": "ok" if parts.gate.ready else "not ready"}
+        state: dict[str, Any] = {}
         try:
             await asyncio.to_thread(parts.inbox.ping)
+            state = await asyncio.to_thread(service_state, parts.audit.store)
         except Exception:
             checks["store"] = "unreachable"
         if parts.worker is not None:
             checks["worker"] = "ok" if parts.worker.alive else "stopped"
+        if parts.scheduler is not None:
+            checks["schedule"] = "ok" if parts.scheduler.running else "stopped"
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks},
+            {"status": "ready" if ready else "not ready", "checks": checks, **state},
             status_code=200 if ready else 503,
         )
+
+    if parts is None or parts.settings.metrics.enabled:
+
+        @app.get(
+            "/metrics",
+            summary="Prometheus metrics",
+            description="Runs, detection and containment times per finding, recovered "
+            "incidents, throttled calls and the inbox, read from the store (so every "
+            "worker's work is counted), in the Prometheus text format. Served only "
+            "when metrics.enabled.",
+            responses={200: {"content": {"text/plain": {}}}},
+        )
+        async def metrics() -> Response:
+            assert parts is not None
+            body, content_type = await asyncio.to_thread(
+                metrics_response, parts.audit.store
+            )
+            return Response(body, media_type=content_type)
 
     @app.get(
         "/plans",
@@ -896,57 +954,25 @@ def _delivery(
     settings: Settings, body: bytes, sender: Caller, received: datetime
 ) -> tuple[Delivery, IncidentScope]:
     try:
-        payload = parse_body(body)
-        check_delivery(payload)
-        scope = scope_from_incident(
-            payload,
-            now=received,
+        return delivery_for(
+            body,
+            caller=sender.label,
+            scheme=sender.scheme,
+            received=received,
             margin_before=parse_duration(settings.sentinel.window_before),
             margin_after=parse_duration(settings.sentinel.window_after),
+            allowed_workspaces=settings.sentinel.allowed_workspaces,
         )
     except PayloadError as failure:
         raise Refused(
             failure.status, str(failure), detail=str(failure), caller=sender.label
         ) from None
+    except WorkspaceRefused as failure:
+        raise Refused(403, str(failure), caller=sender.label) from None
     except InputError as failure:
         raise Refused(
             422, str(failure), detail=str(failure), caller=sender.label
         ) from None
-    allowed = settings.sentinel.allowed_workspaces
-    if allowed and scope.workspace_resource_id not in allowed:
-        raise Refused(
-            403,
-            f"workspace {scope.workspace_resource_id!r} is not in sentinel.allowed_workspaces",
-            caller=sender.label,
-        )
-
-    run_key = hashlib.sha256(
-        f"{scope.incident_key}\n{scope.fingerprint}".encode()
-    ).hexdigest()
-    delivery = Delivery(
-        id=f"d-{secrets.token_hex(8)}",
-        run_id=f"r-{received.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
-        run_key=run_key,
-        incident_key=scope.incident_key,
-        revision=scope.revision[:256],
-        event=scope.event[:32],
-        fingerprint=scope.fingerprint,
-        received_at=isoformat_z(received),
-        caller=sender.label[:256],
-        scheme=sender.scheme,
-        body=body.decode("utf-8"),
-        summary={
-            "incident": scope.incident.resource_id,
-            "number": scope.incident.number,
-            "event": scope.event,
-            "revision": scope.revision[:256],
-            "fingerprint": scope.fingerprint,
-            "users": list(scope.users),
-            "unresolved": len(scope.unresolved),
-            "size": len(body),
-        },
-    )
-    return delivery, scope
 
 
 def _refuse(
@@ -1023,101 +1049,7 @@ def openapi_document() -> dict[str, Any]:
     return document
 
 
-# -- wiring: the connectors of a webhook-triggered run -------------------------------
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """Where webhook-triggered runs hunt: ``files:DIR`` (exported logs)."""
-
-    kind: str
-    argument: str
-    now: datetime | None = None
-
-    @classmethod
-    def parse(cls, text: str, *, now: datetime | None = None) -> SourceSpec:
-        kind, _, argument = text.partition(":")
-        if kind != "files" or not argument:
-            raise SettingsError(
-                f"--source {text!r}: use files:DIR (a directory of exported logs); "
-                "the live Log Analytics source is not in this build"
-            )
-        return cls(kind=kind, argument=argument, now=now)
-
-
-class FileTools:
-    """Connectors for runs over exported logs, with write-back to Sentinel.
-
-    The exports are loaded once; each run reads them through its own cursor.
-    The Sentinel client is made in the worker's event loop on first use and
-    closed with :meth:`aclose`.
-    """
-
-    def __init__(self, settings: Settings, spec: SourceSpec) -> None:
-        import duckdb_kql
-
-        from connectors.exports.loader import ExportLoader
-
-        self._settings = settings
-        self._spec = spec
-        self._con = duckdb_kql.connect()
-        # DuckDB takes every core by default; on a host shared with the webhook
-        # one thread per query keeps acknowledgements from queueing behind a run.
-        self._con.execute("SET threads TO 1")
-        self._summary = ExportLoader(self._con).load_directory(Path(spec.argument))
-        self._clients: Any = None
-
-    @asynccontextmanager
-    async def __call__(self) -> AsyncIterator[Any]:
-        from connectors.exports.local import LocalKqlSource
-        from playbooks.dryrun import DryRunResponder
-        from playbooks.worker import RunTools
-
-        now = self._spec.now
-        source = LocalKqlSource(
-            self._con.cursor(),
-            now=now or utcnow(),
-            origin=f"exported files in {self._spec.argument}",
-        )
-        yield RunTools(
-            source=source, responder=DryRunResponder(), writer=self._writer(), now=now
-        )
-
-    def _writer(self) -> Any:
-        if not self._settings.sentinel.write_back:
-            return None
-        from connectors.clients import Clients
-        from connectors.credentials import build_credential
-        from connectors.retry import RetryPolicy
-        from connectors.sentinel import SentinelIncidents
-
-        if self._clients is None:
-            self._clients = Clients(
-                self._settings.azure, build_credential(self._settings.azure)
-            )
-        return SentinelIncidents(
-            self._clients.arm(),
-            api_version=self._settings.sentinel.api_version,
-            policy=RetryPolicy.from_settings(self._settings.retry),
-            label_prefix=self._settings.sentinel.label_prefix,
-        )
-
-    async def aclose(self) -> None:
-        if self._clients is not None:
-            await self._clients.close()
-        self._con.close()
-
-
-def run_tools(settings: Settings, spec: SourceSpec) -> ToolsFactory:
-    """The connectors each webhook-triggered run gets: the one factory to extend.
-
-    Today: the exported-logs source, the dry-run responder and the Sentinel
-    writer. The live Log Analytics/Defender source and the Graph responder
-    (approve and auto modes) plug in here, chosen from ``spec`` and settings.
-    """
-    if spec.kind == "files":
-        return FileTools(settings, spec)
-    raise SettingsError(f"no query source {spec.kind!r} in this build")
+# -- wiring: the connectors of the service's runs ---------------------------------
 
 
 def open_audit(settings: Settings) -> tuple[Inbox, AuditLog]:
@@ -1132,17 +1064,22 @@ def open_audit(settings: Settings) -> tuple[Inbox, AuditLog]:
 
 
 def build_worker(settings: Settings, spec: SourceSpec) -> Worker:
-    """A worker for the inbox in *settings*, its runs hunting where *spec* says."""
+    """A worker for the inbox in *settings*, its runs hunting where *spec* says.
+
+    Its connectors are :class:`~playbooks.wiring.ServiceTools`, made when it
+    starts: the Graph responder only for approve and auto and only after the
+    permission preflight; in dry-run none is made at all.
+    """
     from playbooks.playbook import load_playbook
 
-    _refuse_unavailable_mode(settings)
+    playbook = load_playbook(settings.playbook.path)
     inbox, audit = open_audit(settings)
     return Worker(
         settings=settings,
-        playbook=load_playbook(settings.playbook.path),
+        playbook=playbook,
         inbox=inbox,
         audit=audit,
-        tools=run_tools(settings, spec),
+        tools=ServiceTools(settings, playbook, spec),
     )
 
 
@@ -1153,13 +1090,19 @@ def build_parts(
     with_worker: bool,
     approvals: PlanApprovals | None = None,
 ) -> ServiceParts:
-    """The service as settings describe it; :class:`SettingsError` if it cannot start."""
+    """The service as settings describe it; :class:`SettingsError` if it cannot start.
+
+    In approve or auto with a worker, the Graph token's permissions are checked
+    first (:class:`~playbooks.errors.PermissionDenied` if one is missing), so a
+    service that could not contain never starts. Approvals are the stored
+    plans' unless *approvals* is given.
+    """
     from connectors.entra_keys import SigningKeys
+    from playbooks.approvals import StoredApprovals
 
     problems = service_problems(settings)
     if problems:
         raise SettingsError("tokenward serve cannot start: " + "; ".join(problems))
-    _refuse_unavailable_mode(settings)
     inbox, audit = open_audit(settings)
 
     keys = None
@@ -1173,32 +1116,33 @@ def build_parts(
     if with_worker:
         if spec is None:
             raise SettingsError(
-                "the worker needs a query source: give --source files:DIR "
-                "(or --no-worker and run tokenward worker apart)"
+                "the worker needs a query source: give --source files:DIR (exported "
+                "logs), loganalytics, defender or live (or --no-worker and run "
+                "tokenward worker apart)"
             )
-        # Load the playbook and the exports here once, so a mistake stops serve
-        # at once instead of a worker process failing out of sight.
+        # Load the playbook here once, and check the Graph permissions, so a
+        # mistake stops serve at once instead of a worker failing out of sight.
         from playbooks.playbook import load_playbook
 
-        load_playbook(settings.playbook.path)
+        playbook = load_playbook(settings.playbook.path)
+        if writing_modes(settings):
+            require_permissions(
+                settings,
+                playbook,
+                why=f"tokenward serve ({', '.join(writing_modes(settings))})",
+            )
         worker = WorkerProcess(settings, spec)
+    scheduler = JobScheduler(settings.schedule, inbox) if jobs_configured(settings) else None
     return ServiceParts(
         settings=settings,
         audit=audit,
         inbox=inbox,
         gate=build_gate(settings, keys=keys),
         keys=keys,
-        approvals=approvals,
+        approvals=approvals or StoredApprovals(audit, settings.approvals),
         worker=worker,
+        scheduler=scheduler,
     )
-
-
-def _refuse_unavailable_mode(settings: Settings) -> None:
-    if settings.webhook.mode != "dry-run":
-        raise SettingsError(
-            f"webhook.mode {settings.webhook.mode!r} needs a Graph responder, which this "
-            "build does not configure; use dry-run"
-        )
 
 
 def serve(parts: ServiceParts) -> None:
@@ -1224,7 +1168,6 @@ def serve(parts: ServiceParts) -> None:
 
 
 __all__ = [
-    "FileTools",
     "Gate",
     "Recorder",
     "ServiceParts",
@@ -1232,7 +1175,6 @@ __all__ = [
     "build_parts",
     "create_app",
     "openapi_document",
-    "run_tools",
     "serve",
     "service_problems",
 ]

@@ -565,6 +565,140 @@ class SentinelSettings(Section):
         return tuple(item.lower() for item in value)
 
 
+class ScheduleSettings(Section):
+    """What tokenward does unprompted: the scheduled hunt and the reconciliation."""
+
+    hunt: bool = Field(
+        default=False, description="Hunt every user on a schedule (serve and watch)."
+    )
+    hunt_every_seconds: float = Field(
+        default=300, ge=0.1, le=86_400, description="Seconds between scheduled hunts."
+    )
+    max_ingestion_delay: str = Field(
+        default="20m",
+        description="How late a sign-in may reach the workspace; each window overlaps "
+        "the last completed one by this much.",
+    )
+    first_window: str = Field(
+        default="1h", description="How far back the first scheduled hunt reaches."
+    )
+    max_window: str = Field(
+        default="24h",
+        description="The longest window one cycle hunts; a longer gap is caught up "
+        "over several cycles.",
+    )
+    mode: str = Field(default="dry-run", description="Mode of scheduled hunts.")
+    reconcile: bool = Field(
+        default=False,
+        description="List the analytic rules' incidents and run those the webhook "
+        "never delivered.",
+    )
+    reconcile_every_seconds: float = Field(
+        default=300, ge=0.1, le=86_400, description="Seconds between reconciliations."
+    )
+    reconcile_overlap: str = Field(
+        default="10m",
+        description="Each listing reaches this far before the newest incident seen.",
+    )
+    reconcile_first_window: str = Field(
+        default="24h", description="How far back the first reconciliation lists."
+    )
+    analytic_rules: tuple[str, ...] = Field(
+        default=(),
+        description="Analytic rule ids (GUIDs or resource ids) whose incidents are "
+        "reconciled.",
+    )
+    workspaces: tuple[str, ...] = Field(
+        default=(), description="Workspace resource ids whose incidents are listed."
+    )
+    page_size: int = Field(
+        default=50, ge=1, le=1000, description="Incidents asked for per page ($top)."
+    )
+    jitter_seconds: float = Field(
+        default=10, ge=0, le=3600, description="Random delay added to each job's start."
+    )
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if value not in ("dry-run", "approve", "auto"):
+            raise ValueError(f"mode {value!r} is not dry-run, approve or auto")
+        return value
+
+    @field_validator(
+        "max_ingestion_delay", "first_window", "max_window", "reconcile_overlap",
+        "reconcile_first_window",
+    )
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from playbooks.times import parse_duration
+
+        parse_duration(value)
+        return value
+
+    @field_validator("analytic_rules")
+    @classmethod
+    def _rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not (is_guid(item) or "/alertrules/" in item.lower()):
+                raise ValueError(
+                    f"{item!r} is neither a rule id (GUID) nor an alert rule resource id"
+                )
+        return tuple(item.lower() for item in value)
+
+    @field_validator("workspaces")
+    @classmethod
+    def _workspaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not _WORKSPACE_ID.fullmatch(item):
+                raise ValueError(f"{item!r} is not a workspace resource id")
+        return value
+
+    @model_validator(mode="after")
+    def _windows(self) -> ScheduleSettings:
+        from playbooks.times import parse_duration
+
+        if parse_duration(self.max_window) <= parse_duration(self.max_ingestion_delay):
+            raise _KeyedError(
+                "schedule.max_window",
+                f"max_window ({self.max_window}) must be longer than "
+                f"max_ingestion_delay ({self.max_ingestion_delay}), or a cycle could "
+                "never move past the overlap",
+            )
+        if self.reconcile and not self.analytic_rules:
+            raise _KeyedError(
+                "schedule.analytic_rules",
+                "reconcile is on but analytic_rules is empty: name the rules whose "
+                "incidents the webhook should deliver (deploy/sentinel's rule id)",
+            )
+        if self.reconcile and not self.workspaces:
+            raise _KeyedError(
+                "schedule.workspaces",
+                "reconcile is on but workspaces is empty: name the Sentinel "
+                "workspace resource ids to list incidents from",
+            )
+        return self
+
+
+class MetricsSettings(Section):
+    enabled: bool = Field(
+        default=True, description="Serve Prometheus metrics (/metrics; watch: a port)."
+    )
+    host: str = Field(
+        default="127.0.0.1", description="Where tokenward watch serves its metrics."
+    )
+    port: int = Field(
+        default=9464, ge=1, le=65535, description="Port of tokenward watch's metrics."
+    )
+
+
+_WORKSPACE_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"Microsoft\.OperationalInsights/workspaces/[^/]+",
+    re.IGNORECASE,
+)
+
+
 class Settings(Section):
     store: StoreSettings = StoreSettings()
     audit: AuditSettings = AuditSettings()
@@ -584,6 +718,9 @@ class Settings(Section):
     webhook: WebhookSettings = WebhookSettings()
     inbox: InboxSettings = InboxSettings()
     sentinel: SentinelSettings = SentinelSettings()
+    # What tokenward does unprompted (serve and watch), and what it reports.
+    schedule: ScheduleSettings = ScheduleSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _timeouts(self) -> Settings:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from playbooks.errors import AuditError, SettingsError
 from playbooks.errors import Location as _Location
-from playbooks.times import isoformat_z, utcnow
+from playbooks.times import as_utc, isoformat_z, utcnow
 
 metadata = MetaData()
 
@@ -176,6 +176,39 @@ inbox = Table(
 )
 
 
+# Where each scheduled job has got to: the end of the last hunt window
+# completed, or the creation time of the newest incident reconciled. A cycle
+# that fails leaves it alone, so the next window starts where the gap began.
+job_state = Table(
+    "job_state",
+    metadata,
+    Column("job", String(32), primary_key=True),
+    Column("watermark", String(40)),
+    Column("run_id", String(64)),
+    Column("updated_at", String(40), nullable=False),
+    # JSON: what the last cycle did (counts), for /readyz and the metrics.
+    Column("detail", Text),
+)
+
+# Each device code flow the first time a run found it worth acting on, and the
+# first time its containment took effect: the SOC's detection and containment
+# times, measured once per finding whichever path (webhook, re-hunt,
+# scheduled hunt, reconciliation, approval) got there first.
+findings = Table(
+    "findings",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_principal_name", String(256), nullable=False),
+    Column("tier", String(16), nullable=False),
+    Column("sign_in_at", String(40), nullable=False),
+    Column("detected_at", String(40), nullable=False),
+    Column("detected_by", String(64), nullable=False),
+    Column("trigger", String(64), nullable=False),
+    Column("contained_at", String(40)),
+    Column("contained_by", String(64)),
+)
+
+
 @dataclass(frozen=True)
 class Store:
     engine: Engine
@@ -229,8 +262,12 @@ class Store:
             row = connection.execute(select(plans).where(plans.c.id == plan_id)).mappings().first()
         return dict(row) if row else None
 
-    def list_plans(self, *, limit: int = 50) -> list[dict[str, Any]]:
+    def list_plans(
+        self, *, limit: int = 50, status: str | None = None
+    ) -> list[dict[str, Any]]:
         query = select(plans).order_by(plans.c.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(plans.c.status == status)
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
@@ -310,6 +347,119 @@ class Store:
         )
         with self.engine.connect() as connection:
             return {str(row[0]) for row in connection.execute(query)}
+
+
+    # -- scheduled jobs --------------------------------------------------------------
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            row = (
+                connection.execute(select(job_state).where(job_state.c.job == name))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        found = dict(row)
+        found["detail"] = json.loads(found["detail"]) if found["detail"] else {}
+        return found
+
+    def job_origin(self, name: str, first_start: str) -> str:
+        """Where *name*'s first window starts: *first_start*, unless an earlier
+        cycle already fixed it (a failed first cycle's retry, or the next
+        cycle that ran before it) and nothing has completed since."""
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(job_state.c.detail).where(job_state.c.job == name)
+            ).first()
+            if row is None:
+                connection.execute(
+                    insert(job_state).values(
+                        job=name,
+                        watermark=None,
+                        run_id=None,
+                        updated_at=isoformat_z(utcnow()),
+                        detail=json.dumps({"first_start": first_start}),
+                    )
+                )
+                return first_start
+        detail = json.loads(row.detail) if row.detail else {}
+        return str(detail.get("first_start") or first_start)
+
+    def advance_job(
+        self, name: str, *, watermark: str, run_id: str, detail: dict[str, Any]
+    ) -> bool:
+        """Record a completed cycle of *name*: its run and detail always, its
+        watermark only forward (a later cycle of an earlier window, or a clock
+        set back, never moves it back). True if the watermark moved."""
+        with self.engine.begin() as connection:
+            current = connection.execute(
+                select(job_state.c.watermark).where(job_state.c.job == name)
+            ).first()
+            moved = (
+                current is None
+                or current.watermark is None
+                or as_utc(watermark) > as_utc(current.watermark)
+            )
+            values = {
+                "watermark": watermark if moved or current is None else current.watermark,
+                "run_id": run_id,
+                "updated_at": isoformat_z(utcnow()),
+                "detail": json.dumps(detail, sort_keys=True),
+            }
+            if current is None:
+                connection.execute(insert(job_state).values(job=name, **values))
+            else:
+                connection.execute(
+                    update(job_state).where(job_state.c.job == name).values(**values)
+                )
+        return moved
+
+    # -- findings: first detection, first containment ---------------------------------
+
+    def first_detections(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record the findings not seen before; the rows that were new."""
+        if not rows:
+            return []
+        with self.engine.begin() as connection:
+            known = {
+                row.id
+                for row in connection.execute(
+                    select(findings.c.id).where(
+                        findings.c.id.in_([item["id"] for item in rows])
+                    )
+                )
+            }
+            new = [item for item in rows if item["id"] not in known]
+            if new:
+                connection.execute(insert(findings), new)
+        return new
+
+    def first_containments(
+        self, finding_ids: list[str], *, at: str, run_id: str
+    ) -> list[dict[str, Any]]:
+        """Mark the findings contained unless they were; the rows newly contained."""
+        if not finding_ids:
+            return []
+        with self.engine.begin() as connection:
+            open_ = [
+                dict(row)
+                for row in connection.execute(
+                    select(findings).where(
+                        findings.c.id.in_(finding_ids), findings.c.contained_at.is_(None)
+                    )
+                ).mappings()
+            ]
+            if open_:
+                connection.execute(
+                    update(findings)
+                    .where(
+                        findings.c.id.in_([row["id"] for row in open_]),
+                        findings.c.contained_at.is_(None),
+                    )
+                    .values(contained_at=at, contained_by=run_id)
+                )
+        return open_
 
 
 def _entry(row: Any) -> LedgerEntry:

@@ -30,18 +30,35 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Protocol
 
+from playbooks.approvals import PlanRefused, load_plan
 from playbooks.audit import AuditLog
-from playbooks.engine import Runner, RunRequest
+from playbooks.dryrun import DryRunResponder
+from playbooks.engine import NoQueries, Runner, RunRequest
 from playbooks.errors import TokenwardError
-from playbooks.inbox import DONE, FAILED, Claimed, FollowUp, Inbox
+from playbooks.inbox import DONE, EXECUTE, FAILED, RECONCILED, Claimed, FollowUp, Inbox
 from playbooks.incidents import scope_from_incident
+from playbooks.jobs import (
+    HUNT,
+    RECONCILE,
+    cycle_problem,
+    hunt_window,
+    reconcile,
+    window_note,
+)
 from playbooks.models import Mode, RunReport, RunStatus
 from playbooks.playbook import Playbook
-from playbooks.ports import IncidentWriter, QuerySource, Responder
+from playbooks.ports import (
+    DirectoryReader,
+    IncidentFeed,
+    IncidentWriter,
+    QuerySource,
+    Responder,
+)
 from playbooks.settings import Settings
-from playbooks.times import isoformat_z, parse_duration, parse_time, utcnow
+from playbooks.times import as_utc, isoformat_z, parse_duration, parse_time, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +68,18 @@ class RunTools:
     """The connectors one run uses."""
 
     source: QuerySource
-    responder: Responder
+    # The Graph responder (also the directory reader) for approve and auto;
+    # None where only dry-runs are configured. A dry-run never gets it.
+    responder: GraphLike | None
     writer: IncidentWriter | None
     # A pinned clock (exports of a past day); None: the wall clock.
     now: datetime | None = None
+    # Lists Sentinel incidents, for reconciliation.
+    incidents: IncidentFeed | None = None
+
+
+class GraphLike(Responder, DirectoryReader, Protocol):
+    """A responder that also reads users back (the Graph responder)."""
 
 
 #: Builds the connectors for one run; the face (server or CLI) provides it.
@@ -84,15 +109,26 @@ class Worker:
         self.owner = owner or worker_id()
         # When this worker last looked at the inbox (for /readyz).
         self.last_poll: float = 0.0
+        self._swept_at = float("-inf")
+        # Only runs in approve or auto store plans an approver can approve.
+        modes = {settings.webhook.mode}
+        if settings.schedule.hunt:
+            modes.add(settings.schedule.mode)
+        self._may_execute = modes != {Mode.DRY_RUN.value}
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Process deliveries with ``inbox.concurrency`` runs at once until *stop*."""
-        logger.info("worker %s started", self.owner)
-        lanes = [
-            asyncio.create_task(self._lane(stop), name=f"lane-{n}")
-            for n in range(self.settings.inbox.concurrency)
-        ]
+        lanes: list[asyncio.Task[None]] = []
         try:
+            # The clients, and the Graph permission preflight, before any claim.
+            start = getattr(self.tools, "start", None)
+            if start is not None:
+                await start()
+            logger.info("worker %s started", self.owner)
+            lanes = [
+                asyncio.create_task(self._lane(stop), name=f"lane-{n}")
+                for n in range(self.settings.inbox.concurrency)
+            ]
             await asyncio.gather(*lanes)
         finally:
             for lane in lanes:
@@ -121,6 +157,14 @@ class Worker:
         inbox = self.settings.inbox
         loop = asyncio.get_running_loop()
         self.last_poll = loop.time()
+        if self._may_execute and loop.time() - self._swept_at >= inbox.poll_seconds:
+            # Plans of the service's runs that an approver approved since.
+            self._swept_at = loop.time()
+            expiry = timedelta(hours=self.settings.approvals.expire_after_hours)
+            await asyncio.to_thread(
+                self.inbox.enqueue_approved_plans,
+                created_after=isoformat_z(utcnow() - expiry),
+            )
         claimed = await asyncio.to_thread(
             self.inbox.claim,
             self.owner,
@@ -141,7 +185,7 @@ class Worker:
             claimed.attempts,
         )
         try:
-            report = await self._run(claimed)
+            done = await self._work(claimed)
         except Exception as failure:
             # A bug or an unreachable store: recorded, retried like a failed run.
             logger.exception("run %s stopped on an internal error", claimed.run_id)
@@ -149,17 +193,31 @@ class Worker:
                 claimed, f"internal error: {type(failure).__name__}"
             )
             return
-        if report.status is RunStatus.FAILED:
-            await self._after_failure(claimed, report.error or "the run failed")
+        if done.error is not None:
+            await self._after_failure(claimed, done.error)
             return
         await asyncio.to_thread(
             self.inbox.finish,
             claimed.id,
             self.owner,
             status=DONE,
-            outcome=_outcome(report),
-            follow_up=self._rehunt(claimed, report),
+            outcome=done.outcome,
+            follow_up=done.follow_up,
         )
+
+    async def _work(self, claimed: Claimed) -> Done:
+        """The row's run: an incident's, a scheduled cycle's or an approved plan's."""
+        async with self.tools() as tools:
+            if claimed.job == HUNT:
+                return await self._hunt_cycle(claimed, tools)
+            if claimed.job == RECONCILE:
+                return await self._reconcile(claimed, tools)
+            if claimed.event == EXECUTE:
+                return await self._execute(claimed, tools)
+            report = await self._incident_run(claimed, tools)
+        if report.status is RunStatus.FAILED:
+            return Done(_outcome(report), error=report.error or "the run failed")
+        return Done(_outcome(report), follow_up=self._rehunt(claimed, report))
 
     def _rehunt(self, claimed: Claimed, report: RunReport) -> FollowUp | None:
         """Field case B20: nothing found may mean nothing arrived yet; look again later."""
@@ -174,42 +232,215 @@ class Worker:
             why="no device code sign-in found yet; sign-in logs can arrive late",
         )
 
-    async def _run(self, claimed: Claimed) -> RunReport:
+    def _acting(
+        self, tools: RunTools, mode: Mode
+    ) -> tuple[Responder, DirectoryReader | None]:
+        """What a run in *mode* acts through: a dry-run never gets the Graph responder."""
+        if mode is Mode.DRY_RUN:
+            return DryRunResponder(), None
+        if tools.responder is None:
+            raise TokenwardError(
+                f"mode {mode.value} needs the Graph responder, which is not configured"
+            )
+        return tools.responder, tools.responder
+
+    async def _incident_run(self, claimed: Claimed, tools: RunTools) -> RunReport:
         # The scope, as the delivery's body says it; the clock is the run's.
         sentinel = self.settings.sentinel
-        async with self.tools() as tools:
-            now = tools.now or utcnow()
-            scope = scope_from_incident(
-                json.loads(claimed.body),
-                now=now,
-                margin_before=parse_duration(sentinel.window_before),
-                margin_after=parse_duration(sentinel.window_after),
+        now = tools.now or utcnow()
+        scope = scope_from_incident(
+            json.loads(claimed.body),
+            now=now,
+            margin_before=parse_duration(sentinel.window_before),
+            margin_after=parse_duration(sentinel.window_after),
+        )
+        warnings = scope.unresolved + scope.warnings + self._rehunt_note(claimed)
+        if claimed.scheme == RECONCILED:
+            warnings += (
+                "Sentinel never delivered this incident to tokenward's webhook; "
+                "reconciliation found it in the incidents API and ran it",
             )
-            warnings = scope.unresolved + scope.warnings + self._rehunt_note(claimed)
-            if claimed.attempts > 1:
-                warnings += (
-                    f"attempt {claimed.attempts}: an earlier attempt did not finish",
-                )
-            request = RunRequest(
-                trigger=f"sentinel:{claimed.event}",
-                mode=Mode(self.settings.webhook.mode),
-                window=scope.window,
-                now=now,
-                users=scope.users,
-                incident=scope.incident,
-                low_confidence_users=scope.low_confidence_users,
-                warnings=warnings,
+        if claimed.attempts > 1:
+            warnings += (
+                f"attempt {claimed.attempts}: an earlier attempt did not finish",
+            )
+        mode = Mode(self.settings.webhook.mode)
+        request = RunRequest(
+            trigger=claimed.trigger,
+            mode=mode,
+            window=scope.window,
+            now=now,
+            users=scope.users,
+            incident=scope.incident,
+            low_confidence_users=scope.low_confidence_users,
+            warnings=warnings,
+            run_id=claimed.run_id,
+        )
+        responder, directory = self._acting(tools, mode)
+        label = scope.incident.number if scope.incident.number is not None else scope.name
+        runner = Runner(
+            self.playbook,
+            self.settings,
+            tools.source,
+            self.audit,
+            responder=responder,
+            directory=directory,
+            requested_by=f"tokenward serve for Sentinel incident {label}",
+            writer=tools.writer,
+        )
+        return await runner.run(request)
+
+    async def _hunt_cycle(self, claimed: Claimed, tools: RunTools) -> Done:
+        """One scheduled hunt over every user, then the watermark if it completed."""
+        schedule = self.settings.schedule
+        store = self.audit.store
+        now = tools.now or utcnow()
+        state = await asyncio.to_thread(store.job, HUNT)
+        watermark = as_utc(state["watermark"]) if state and state["watermark"] else None
+        first_start = None
+        if watermark is None:
+            # Fixed once, so every first cycle tried hunts from the same start.
+            reach = parse_time(claimed.received_at).value - parse_duration(
+                schedule.first_window
+            )
+            first_start = as_utc(
+                await asyncio.to_thread(store.job_origin, HUNT, isoformat_z(reach))
+            )
+        window = hunt_window(watermark, now, schedule, first_start=first_start)
+        mode = Mode(schedule.mode)
+        responder, directory = self._acting(tools, mode)
+        request = RunRequest(
+            trigger=claimed.trigger,
+            mode=mode,
+            window=window,
+            now=now,
+            warnings=(window_note(window, watermark, now),),
+            run_id=claimed.run_id,
+        )
+        runner = Runner(
+            self.playbook,
+            self.settings,
+            tools.source,
+            self.audit,
+            responder=responder,
+            directory=directory,
+            requested_by="tokenward scheduled hunt",
+        )
+        report = await runner.run(request)
+        outcome = {
+            **_outcome(report),
+            "window": [isoformat_z(window.start), isoformat_z(window.end)],
+        }
+        problem = cycle_problem(report)
+        if problem is not None:
+            await asyncio.to_thread(
+                self.audit.record,
+                claimed.run_id,
+                "schedule.window_not_completed",
+                {"job": HUNT, "window": outcome["window"], "why": problem},
+            )
+            return Done(outcome, error=problem)
+        await asyncio.to_thread(
+            store.advance_job,
+            HUNT,
+            watermark=isoformat_z(window.end),
+            run_id=claimed.run_id,
+            detail={"window": outcome["window"], "findings": report.tier_counts()},
+        )
+        await asyncio.to_thread(
+            self.audit.record,
+            claimed.run_id,
+            "schedule.window_completed",
+            {
+                "job": HUNT,
+                "window": outcome["window"],
+                "findings": report.tier_counts(),
+                "caught_up": window.end >= now,
+            },
+        )
+        return Done(outcome)
+
+    async def _reconcile(self, claimed: Claimed, tools: RunTools) -> Done:
+        """One reconciliation pass; the incidents it recovers run as deliveries."""
+        if tools.incidents is None:
+            return Done({}, error="reconciliation needs the Sentinel incidents API")
+        store = self.audit.store
+        try:
+            found = await reconcile(
+                feed=tools.incidents,
+                inbox=self.inbox,
+                audit=self.audit,
+                settings=self.settings,
                 run_id=claimed.run_id,
+                now=tools.now or utcnow(),
             )
-            runner = Runner(
-                self.playbook,
-                self.settings,
-                tools.source,
-                self.audit,
-                responder=tools.responder,
-                writer=tools.writer,
+        except TokenwardError as failure:
+            # The incidents API unreachable: what this pass recovered is in the
+            # inbox already; the watermark stays, so the next pass lists again.
+            await asyncio.to_thread(
+                self.audit.record,
+                claimed.run_id,
+                "reconcile.not_completed",
+                {"why": str(failure)[:500]},
             )
-            return await runner.run(request)
+            return Done({"run_status": "failed"}, error=str(failure)[:500])
+        state = await asyncio.to_thread(store.job, RECONCILE)
+        total = int((state or {}).get("detail", {}).get("recovered_total", 0))
+        detail = {**found.as_record(), "recovered_total": total + found.recovered}
+        if found.newest is not None:
+            await asyncio.to_thread(
+                store.advance_job,
+                RECONCILE,
+                watermark=isoformat_z(found.newest),
+                run_id=claimed.run_id,
+                detail=detail,
+            )
+        await asyncio.to_thread(
+            self.audit.record, claimed.run_id, "reconcile.finished", detail
+        )
+        logger.info(
+            "reconciliation %s: %d listed, %d of the rules, %d recovered",
+            claimed.run_id,
+            found.listed,
+            found.matched,
+            found.recovered,
+        )
+        return Done({"run_status": "complete", **detail})
+
+    async def _execute(self, claimed: Claimed, tools: RunTools) -> Done:
+        """Execute a plan a named approver approved, exactly as approved."""
+        body = json.loads(claimed.body)
+        plan_id = str(body["plan_id"])
+        stored = await asyncio.to_thread(load_plan, self.audit.store, plan_id)
+        approver = stored.approval["by"] if stored.approval else "?"
+        incident = None
+        source = body.get("source")
+        if isinstance(source, dict) and ("object" in source or "properties" in source):
+            incident = scope_from_incident(source, now=utcnow()).incident
+        if tools.responder is None:
+            return Done({}, error="executing a plan needs the Graph responder")
+        runner = Runner(
+            self.playbook,
+            self.settings,
+            NoQueries(),
+            self.audit,
+            responder=tools.responder,
+            directory=tools.responder,
+            writer=tools.writer,
+        )
+        try:
+            report = await runner.execute_plan(
+                plan_id,
+                executed_by=f"tokenward serve on approval by {approver}",
+                run_id=claimed.run_id,
+                resume=claimed.attempts > 1,
+                incident=incident,
+            )
+        except PlanRefused as refused:
+            # Already executed (a retry after the work was done), or expired.
+            logger.info("plan %s not executed: %s", plan_id, refused)
+            return Done({"run_status": "skipped", "plan_id": plan_id, "why": str(refused)})
+        return Done(_outcome(report))
 
     def _rehunt_note(self, claimed: Claimed) -> tuple[str, ...]:
         delays = self.settings.sentinel.rehunt_after
@@ -277,6 +508,15 @@ class Worker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TokenwardError):
                 await task
+
+
+@dataclass(frozen=True)
+class Done:
+    """How a row's run ended: its outcome, or an error to retry it for."""
+
+    outcome: dict[str, object]
+    error: str | None = None
+    follow_up: FollowUp | None = None
 
 
 def rehunt_number(event: str) -> int:

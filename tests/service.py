@@ -116,12 +116,16 @@ def running_service(
     settings: Settings | None = None,
     approvals: Any = None,
     wait_for_keys: bool = True,
+    source: SourceSpec | None = None,
 ) -> Iterator[Service]:
+    """The service over the seed's exports (its clock pinned), or over *source*."""
     scenario = seed_scenario()
     settings = settings or service_settings(emu, directory)
     settings = scenario.with_settings(settings)
-    exports = export_scenario(scenario, directory / "exports")
-    parts = build_parts(settings, spec=SourceSpec("files", str(exports), now=scenario.clock), with_worker=worker, approvals=approvals)
+    if source is None:
+        exports = export_scenario(scenario, directory / "exports")
+        source = SourceSpec("files", str(exports), now=scenario.clock)
+    parts = build_parts(settings, spec=source, with_worker=worker, approvals=approvals)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

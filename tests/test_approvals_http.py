@@ -135,9 +135,11 @@ def test_unknown_plans_and_bad_decision_bodies_are_4xx(service: Service, plan: P
     assert bad.status_code == 400 and "plan_hash" in bad.json()["message"]
 
 
-def test_without_approval_storage_the_endpoints_say_so(emu: Any, tmp_path: Any) -> None:
+def test_by_default_the_endpoints_serve_the_stored_plans(emu: Any, tmp_path: Any) -> None:
     with running_service(emu, tmp_path, worker=False) as service:
         with service.client() as client:
             answer = client.get("/plans", headers=person(service))
-    assert answer.status_code == 501
-    assert answer.json()["error"] == "not_implemented"
+            missing = client.get("/plans/plan-r-none", headers=person(service))
+    assert answer.status_code == 200
+    assert answer.json() == []
+    assert missing.status_code == 404

@@ -168,7 +168,7 @@ def test_health_and_readiness(svc: Service) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"store": "ok", "auth": "ok", "worker": "ok"}}
+    assert ready.json() == {"status": "ready", "checks": {"store": "ok", "auth": "ok", "worker": "ok"}, "recovered_incidents": 0, "jobs": {}}
 
 
 def test_the_service_does_not_publish_its_own_docs(svc: Service) -> None:

@@ -3,8 +3,11 @@
 Served as the REST reference documents it: incidents under a workspace,
 ``GET``/``PUT`` of an incident with its ``etag`` (a stale etag is refused with
 412, ``title``/``severity``/``status`` are required, closing needs a
-``classification``), the incident list, and comments ``PUT`` by a caller-chosen
-id (201 created, 200 updated, so the same id never makes a second comment).
+``classification``), the incident list (``$filter`` on
+``properties/createdTimeUtc`` with ``gt``/``ge``/``lt``/``le``, ``$orderby``
+on it, ``$top`` and a ``nextLink`` with a ``$skipToken`` to page on), the
+``POST .../entities`` action, and comments ``PUT`` by a caller-chosen id (201
+created, 200 updated, so the same id never makes a second comment).
 Paths are matched without regard to case, as Resource Manager does.
 
 Tests seed incidents with ``emulator.sentinel.add(incident)`` (the ``object``
@@ -19,7 +22,9 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -33,8 +38,11 @@ _PATH = re.compile(
     r"^(?P<incident>/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
     r"Microsoft\.OperationalInsights/workspaces/[^/]+/providers/"
     r"Microsoft\.SecurityInsights/incidents(?:/(?P<name>[^/]+))?)"
-    r"(?:/comments(?:/(?P<comment>[^/]+))?)?$",
+    r"(?:/comments(?:/(?P<comment>[^/]+))?|/(?P<entities>entities))?$",
     re.IGNORECASE,
+)
+_FILTER = re.compile(
+    r"^properties/createdTimeUtc (?P<op>gt|ge|lt|le) (?P<at>\S+)$", re.IGNORECASE
 )
 MAX_COMMENT = 30_000
 
@@ -45,20 +53,26 @@ class SentinelState:
     incidents: dict[str, dict[str, Any]] = field(default_factory=dict)
     # lower-cased incident resource id -> comment id -> the comment resource
     comments: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # lower-cased incident resource id -> its entities (the entities action)
+    entities: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         with self.lock:
             self.incidents.clear()
             self.comments.clear()
+            self.entities.clear()
 
     def add(self, incident: dict[str, Any]) -> dict[str, Any]:
-        """Seed an incident; it gets a fresh etag."""
+        """Seed an incident; it gets a fresh etag. As the service does, the
+        listing leaves its ``relatedEntities`` out: the entities action has them."""
         stored = copy.deepcopy(incident)
         stored["etag"] = _etag()
         stored.setdefault("type", "Microsoft.SecurityInsights/Incidents")
+        entities = stored.get("properties", {}).pop("relatedEntities", None) or []
         with self.lock:
             self.incidents[stored["id"].lower()] = stored
+            self.entities[stored["id"].lower()] = entities
         return stored
 
     def incident(self, resource_id: str) -> dict[str, Any]:
@@ -85,7 +99,7 @@ def install(emulator: Emulator) -> None:
 
     @router.api_route(
         "/subscriptions/{subscription}/resourceGroups/{rest:path}",
-        methods=["GET", "PUT"],
+        methods=["GET", "PUT", "POST"],
     )
     async def sentinel(request: Request) -> Response:
         refused = refuse_unless_audience(request, emulator.audiences["arm"])
@@ -101,6 +115,16 @@ def install(emulator: Emulator) -> None:
                 "The api-version query parameter (?api-version=) is required for all requests.",
             )
         key = match["incident"].lower()
+        if match["entities"]:
+            if request.method != "POST" or not match["name"]:
+                return _error(405, "MethodNotAllowed", "entities is a POST action")
+            with state.lock:
+                if key not in state.incidents:
+                    return _error(404, "NotFound", "the incident was not found")
+                found = copy.deepcopy(state.entities.get(key, []))
+            return JSONResponse({"entities": found, "metaData": []})
+        if request.method == "POST":
+            return _error(405, "MethodNotAllowed", "no such action")
         if match["comment"]:
             if request.method != "PUT":
                 return _error(405, "MethodNotAllowed", "comments are written with PUT")
@@ -110,10 +134,7 @@ def install(emulator: Emulator) -> None:
                 listed = list(state.comments.get(key, {}).values())
             return JSONResponse({"value": listed})
         if not match["name"]:
-            with state.lock:
-                prefix = key + "/"
-                listed = [i for k, i in state.incidents.items() if k.startswith(prefix)]
-            return JSONResponse({"value": listed})
+            return _list(state, key, request)
         if request.method == "GET":
             with state.lock:
                 found = state.incidents.get(key)
@@ -128,6 +149,50 @@ def install(emulator: Emulator) -> None:
         )
 
     emulator.app.include_router(router)
+
+
+def _list(state: SentinelState, key: str, request: Request) -> Response:
+    """A page of the workspace's incidents, as ``$filter``/``$orderby``/``$top`` ask."""
+    params = request.query_params
+    with state.lock:
+        prefix = key + "/"
+        listed = [
+            copy.deepcopy(i) for k, i in state.incidents.items() if k.startswith(prefix)
+        ]
+    text = params.get("$filter")
+    if text:
+        match = _FILTER.match(text.strip())
+        if match is None:
+            return _error(400, "BadRequest", f"unsupported $filter: {text[:100]}")
+        at = _instant(match["at"])
+        test = {
+            "gt": lambda v: v > at,
+            "ge": lambda v: v >= at,
+            "lt": lambda v: v < at,
+            "le": lambda v: v <= at,
+        }[match["op"].lower()]
+        listed = [i for i in listed if test(_created(i))]
+    order = (params.get("$orderby") or "").strip().lower()
+    if order.startswith("properties/createdtimeutc"):
+        listed.sort(key=_created, reverse=order.endswith(" desc"))
+    skip = int(params.get("$skipToken") or 0)
+    top = int(params.get("$top") or 50)
+    page = listed[skip : skip + top]
+    body: dict[str, Any] = {"value": page}
+    if skip + top < len(listed):
+        query = {k: v for k, v in params.items() if k != "$skipToken"}
+        query["$skipToken"] = str(skip + top)
+        body["nextLink"] = str(request.url.replace(query=urlencode(query)))
+    return JSONResponse(body)
+
+
+def _created(incident: dict[str, Any]) -> datetime:
+    value = incident.get("properties", {}).get("createdTimeUtc")
+    return _instant(value) if isinstance(value, str) else datetime.min.replace(tzinfo=UTC)
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 async def _put_incident(

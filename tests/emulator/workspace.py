@@ -4,6 +4,10 @@ Queries run through duckdb-kql over tables loaded by tokenward's own export
 loader, so the emulator answers the rendered templates with real results, not
 canned ones. The service-side ``timespan`` is honoured the way Log Analytics
 does it: every table is cut to rows whose ``TimeGenerated`` falls inside it.
+
+Ingestion delay: :meth:`Workspace.add_later` adds rows that no query sees
+until some seconds have passed, as sign-in logs reach a real workspace
+minutes after the sign-in their ``TimeGenerated`` records.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import re
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,10 +57,46 @@ class Workspace:
     now: datetime | None = None
     _con: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+    # (monotonic time it becomes visible, table, row), not yet visible.
+    _pending: list[tuple[float, str, dict[str, Any]]] = field(
+        default_factory=list, repr=False
+    )
 
     def reset(self) -> None:
         self.now = None
+        with self._lock:
+            self._pending = []
         self.load({})
+
+    def add_later(
+        self, tables: dict[str, list[dict[str, Any]]], *, after_seconds: float
+    ) -> float:
+        """Add *tables*' rows, visible to queries only *after_seconds* from now
+        (an ingestion delay); the monotonic time they become visible."""
+        visible = time.monotonic() + after_seconds
+        with self._lock:
+            self._pending.extend(
+                (visible, name, row) for name, rows in tables.items() for row in rows
+            )
+        return visible
+
+    @property
+    def pending(self) -> int:
+        """Rows added with a delay that no query sees yet."""
+        with self._lock:
+            return len(self._pending)
+
+    def _release_due(self) -> None:
+        with self._lock:
+            due = [item for item in self._pending if item[0] <= time.monotonic()]
+            if not due:
+                return
+            self._pending = [item for item in self._pending if item not in due]
+            tables = {name: list(rows) for name, rows in self._tables.items()}
+        for _, name, row in due:
+            tables.setdefault(name, []).append(row)
+        self.load(tables)
 
     def load(self, tables: dict[str, list[dict[str, Any]]]) -> None:
         """Replace the data with *tables* (rows as a Sentinel export has them)."""
@@ -76,9 +117,11 @@ class Workspace:
             if self._con is not None:
                 self._con.close()
             self._con = con
+            self._tables = {name: list(rows) for name, rows in tables.items()}
 
     def run(self, query: str, *, start: datetime | None, end: datetime | None) -> Result:
         """Run *query* over the rows inside [start, end] (either may be open)."""
+        self._release_due()
         with self._lock:
             con = self._con
             self._limit_tables(con, start, end)

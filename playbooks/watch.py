@@ -1,0 +1,68 @@
+"""``tokenward watch``: the scheduled hunt and the reconciliation in one process.
+
+For a deployment with no webhook (nothing calls tokenward): the inbox worker,
+the job schedules and a Prometheus listener share one event loop. Cycles go
+through the inbox exactly as under ``tokenward serve``, so a watch process
+and a serve process on the same store never run two cycles of a job at once
+and never act on a sign-in twice; stopping (SIGINT, SIGTERM) stops the
+schedules and lets the cycle in flight finish, and a killed process's cycle
+is taken over by the next start when its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import start_http_server
+
+from playbooks.errors import SettingsError
+from playbooks.inbox import SERVICE_RUN
+from playbooks.metrics import registry_for
+from playbooks.schedule import JobScheduler, jobs_configured
+from playbooks.server import build_worker
+from playbooks.settings import Settings
+from playbooks.wiring import SourceSpec
+
+logger = logging.getLogger(__name__)
+
+
+async def watch(settings: Settings, spec: SourceSpec, stop: asyncio.Event) -> None:
+    """Run the scheduled jobs until *stop* is set."""
+    if not jobs_configured(settings):
+        raise SettingsError(
+            "tokenward watch has nothing to do: set schedule.hunt = true "
+            "or schedule.reconcile = true"
+        )
+    worker = build_worker(settings, spec)
+    scheduler = JobScheduler(settings.schedule, worker.inbox)
+    listener = None
+    if settings.metrics.enabled:
+        metrics = settings.metrics
+        listener, _ = start_http_server(
+            metrics.port, addr=metrics.host, registry=registry_for(worker.audit.store)
+        )
+        logger.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
+    await asyncio.to_thread(
+        worker.audit.record,
+        SERVICE_RUN,
+        "service.started",
+        {"face": "watch", "worker": worker.owner, "jobs": scheduler.jobs},
+    )
+    working = asyncio.create_task(worker.run_forever(stop), name="worker")
+    scheduler.start()
+    try:
+        await working
+    finally:
+        scheduler.stop()
+        if not working.done():
+            stop.set()
+            await asyncio.gather(working, return_exceptions=True)
+        if listener is not None:
+            listener.shutdown()
+        await asyncio.to_thread(
+            worker.audit.record, SERVICE_RUN, "service.stopped", {"face": "watch"}
+        )
+
+
+__all__ = ["watch"]
