@@ -56,9 +56,7 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "tokenward/0.1"
 
 
-def logs_client(
-    azure: AzureSettings, credential: AsyncTokenCredential
-) -> LogsQueryClient:
+def logs_client(azure: AzureSettings, credential: AsyncTokenCredential) -> LogsQueryClient:
     """The async Log Analytics query client for the configured cloud."""
     endpoints = azure.endpoints()
     options: dict[str, Any] = {
@@ -114,13 +112,9 @@ def graph_client(
     # Passing options replaces msgraph's defaults, so they are carried over.
     options = {
         **msgraph_default_options,
-        RetryHandlerOption.get_key(): RetryHandlerOption(
-            max_retries=0, should_retry=False
-        ),
+        RetryHandlerOption.get_key(): RetryHandlerOption(max_retries=0, should_retry=False),
     }
-    http = GraphClientFactory.create_with_default_middleware(
-        client=http, options=options
-    )
+    http = GraphClientFactory.create_with_default_middleware(client=http, options=options)
     auth = AzureIdentityAuthenticationProvider(
         credential,
         scopes=[endpoints.graph_scope],
@@ -153,9 +147,7 @@ def arm_client(
         UserAgentPolicy(base_user_agent=USER_AGENT),
         AsyncBearerTokenCredentialPolicy(credential, endpoints.arm_scope),
     ]
-    return AsyncPipelineClient(
-        base_url=endpoints.arm_endpoint, policies=policies, **options
-    )
+    return AsyncPipelineClient(base_url=endpoints.arm_endpoint, policies=policies, **options)
 
 
 @dataclass
@@ -185,9 +177,7 @@ class Clients:
     def graph(self) -> GraphServiceClient:
         if self._graph is None:
             self._graph_http = graph_http_client(self.azure)
-            self._graph = graph_client(
-                self.azure, self.credential, http=self._graph_http
-            )
+            self._graph = graph_client(self.azure, self.credential, http=self._graph_http)
         return self._graph
 
     def arm(self) -> AsyncPipelineClient[Any, Any]:

@@ -96,9 +96,7 @@ class SigningIn:
     ) -> AccessTokenInfo:
         try:
             async with self._lock(scopes):
-                info: AccessTokenInfo = await self._inner.get_token_info(
-                    *scopes, options=options
-                )
+                info: AccessTokenInfo = await self._inner.get_token_info(*scopes, options=options)
         except Exception as failure:
             raise self._translated(failure, scopes) from failure
         return info
@@ -153,9 +151,7 @@ def _azure_identity_credential(
     if kind is CredentialKind.MANAGED_IDENTITY:
         logger.info(
             "signing in with a managed identity (%s)",
-            f"client id {settings.client_id}"
-            if settings.client_id
-            else "system-assigned",
+            f"client id {settings.client_id}" if settings.client_id else "system-assigned",
         )
         identity = (
             f"managed identity {settings.client_id}"
@@ -169,9 +165,7 @@ def _azure_identity_credential(
             "azure.credential.client_id set to the one tokenward uses"
         )
         return (
-            ManagedIdentityCredential(
-                client_id=settings.client_id or None, **transport
-            ),
+            ManagedIdentityCredential(client_id=settings.client_id or None, **transport),
             identity,
             hint,
         )
@@ -205,9 +199,7 @@ def _azure_identity_credential(
     if kind is CredentialKind.CLIENT_CERTIFICATE:
         path = _readable(settings.certificate_path, "azure.credential.certificate_path")
         password = settings.certificate_password
-        logger.info(
-            "signing in as app %s with certificate %s", settings.client_id, path
-        )
+        logger.info("signing in as app %s with certificate %s", settings.client_id, path)
         try:
             certificate = CertificateCredential(
                 azure.tenant_id,
@@ -225,9 +217,7 @@ def _azure_identity_credential(
                 source=Location(key="azure.credential.certificate_path"),
             ) from None
         return certificate, f"app {settings.client_id}", ""
-    token_file = _readable(
-        settings.federated_token_file, "azure.credential.federated_token_file"
-    )
+    token_file = _readable(settings.federated_token_file, "azure.credential.federated_token_file")
     logger.info("signing in as app %s with workload identity", settings.client_id)
     workload = WorkloadIdentityCredential(
         tenant_id=azure.tenant_id,
@@ -246,9 +236,7 @@ def _transport(azure: AzureSettings) -> dict[str, Any]:
         "retry_total": 0,
     }
     if azure.ca_bundle is not None:
-        options["connection_verify"] = str(
-            _readable(azure.ca_bundle, "azure.ca_bundle")
-        )
+        options["connection_verify"] = str(_readable(azure.ca_bundle, "azure.ca_bundle"))
     return options
 
 
@@ -271,9 +259,7 @@ def _readable(path: Path | None, key: str) -> Path:
     if path is None:
         raise SettingsError(f"{key} is not set", source=Location(key=key))
     if not path.is_file():
-        raise SettingsError(
-            f"{path} does not exist or is not a file", source=Location(key=key)
-        )
+        raise SettingsError(f"{path} does not exist or is not a file", source=Location(key=key))
     return path
 
 

@@ -124,9 +124,7 @@ class DefenderSource:
             )
         except ConnectorError as failure:
             error = _with_hint(failure)
-            logger.warning(
-                "query %s failed in Defender: %s", query.name, error.error_class
-            )
+            logger.warning("query %s failed in Defender: %s", query.name, error.error_class)
             return QueryOutcome(
                 name=query.name,
                 rows=[],
@@ -161,20 +159,13 @@ def hunting_rows(result: Any) -> list[dict[str, Any]]:
     for column in getattr(result, "schema", None) or []:
         extra = getattr(column, "additional_data", None) or {}
         name = getattr(column, "name", None) or extra.get("Name") or extra.get("name")
-        kind = (
-            getattr(column, "type", None)
-            or extra.get("Type")
-            or extra.get("type")
-            or ""
-        )
+        kind = getattr(column, "type", None) or extra.get("Type") or extra.get("type") or ""
         if name:
             kinds[str(name)] = _KINDS.get(str(kind).lower(), "string")
     rows = []
     for item in getattr(result, "results", None) or []:
         values = getattr(item, "additional_data", None) or {}
-        rows.append(
-            {name: _cell(kinds.get(name, ""), value) for name, value in values.items()}
-        )
+        rows.append({name: _cell(kinds.get(name, ""), value) for name, value in values.items()})
     return rows
 
 
@@ -225,9 +216,7 @@ def iso_duration(span: timedelta) -> str:
     hours, minutes = divmod(rest, 60)
     text = f"P{days}D" if days else "P"
     if hours or minutes:
-        text += (
-            "T" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
-        )
+        text += "T" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
     return text
 
 
@@ -236,9 +225,7 @@ def _with_hint(error: ConnectorError) -> ConnectorError:
     if isinstance(error, PermissionDenied):
         hint = "the app needs the ThreatHunting.Read.All application permission on Microsoft Graph"
     elif isinstance(error, AuthenticationFailed):
-        hint = (
-            "check [azure.credential] and that the token is issued for Microsoft Graph"
-        )
+        hint = "check [azure.credential] and that the token is issued for Microsoft Graph"
     elif isinstance(error, BadRequest):
         hint = "the query text was refused: check the template it was rendered from"
     if not hint or hint in str(error):

@@ -59,9 +59,7 @@ def decode_claims(service: str, token: str) -> TokenClaims:
     """The claims of a JWT access token; empty claims for an opaque token."""
     try:
         payload = token.split(".")[1]
-        claims = json.loads(
-            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-        )
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError):
         claims = {}
     if not isinstance(claims, dict):

@@ -42,8 +42,8 @@ from kiota_abstractions.method import Method
 from kiota_abstractions.native_response_handler import NativeResponseHandler
 from kiota_abstractions.request_information import RequestInformation
 from kiota_http.middleware.options import ResponseHandlerOption
-from msgraph.graph_service_client import GraphServiceClient
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.graph_service_client import GraphServiceClient
 
 from connectors.permissions import permission_hint
 from connectors.retry import (
@@ -523,14 +523,14 @@ def _problem(error: ConnectorError) -> Problem:
 
 def _reading(key: str, user: Settled, roles: Settled) -> DirectoryUser:
     if user.error is not None:
-        return DirectoryUser(
-            key=key, error=str(user.error), error_class=user.error.error_class
-        )
+        return DirectoryUser(key=key, error=str(user.error), error_class=user.error.error_class)
     body = user.value.body if isinstance(user.value.body, dict) else {}
     role_names: list[str] = []
     if roles.error is None and isinstance(roles.value.body, dict):
         for role in roles.value.body.get("value", []):
-            role_names += [str(role[name]) for name in ("displayName", "roleTemplateId") if role.get(name)]
+            role_names += [
+                str(role[name]) for name in ("displayName", "roleTemplateId") if role.get(name)
+            ]
     return DirectoryUser(
         key=key,
         id=str(body.get("id") or ""),

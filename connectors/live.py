@@ -49,9 +49,7 @@ class Routing:
     def kind_for(self, query_name: str, tables: Sequence[str]) -> SourceKind:
         kinds = {self.tables.get(table, self.default) for table in tables}
         if len(kinds) > 1:
-            spread = ", ".join(
-                f"{t} ({self.tables.get(t, self.default).value})" for t in tables
-            )
+            spread = ", ".join(f"{t} ({self.tables.get(t, self.default).value})" for t in tables)
             raise QueryError(
                 f"the {query_name} query reads tables from different sources ({spread}); "
                 "route them to one source in [sources.tables]",
@@ -75,9 +73,7 @@ class Routing:
         async def run(kind: SourceKind, indexes: list[int]) -> list[QueryOutcome]:
             return await self.sources[kind].run_queries([queries[i] for i in indexes])
 
-        answers = await asyncio.gather(
-            *(run(kind, indexes) for kind, indexes in groups.items())
-        )
+        answers = await asyncio.gather(*(run(kind, indexes) for kind, indexes in groups.items()))
         outcomes: dict[int, QueryOutcome] = {}
         for indexes, answer in zip(groups.values(), answers, strict=True):
             outcomes.update(zip(indexes, answer, strict=True))

@@ -185,9 +185,7 @@ class LogAnalyticsSource:
                 body = json.loads(http.body() or b"null")
             except ValueError:
                 return
-            for entry in (
-                (body or {}).get("responses", []) if isinstance(body, dict) else []
-            ):
+            for entry in (body or {}).get("responses", []) if isinstance(body, dict) else []:
                 if isinstance(entry, Mapping):
                     raw.items[str(entry.get("id"))] = entry
 
@@ -200,9 +198,7 @@ class LogAnalyticsSource:
         for item, request, result in zip(pending, batch, results, strict=True):
             item.retryable = None
             entry = raw.items.get(request.id, {})
-            item.outcome, item.retryable = self._read(
-                item.query, result, entry, started
-            )
+            item.outcome, item.retryable = self._read(item.query, result, entry, started)
 
     def _read(
         self,
@@ -222,9 +218,7 @@ class LogAnalyticsSource:
                 duration_ms=elapsed,
             ), None
         if isinstance(result, LogsQueryPartialResult):
-            rows = [
-                row for table in (result.partial_data or [])[:1] for row in _rows(table)
-            ]
+            rows = [row for table in (result.partial_data or [])[:1] for row in _rows(table)]
             partial = _partial_error(entry, result)
             logger.warning(
                 "query %s came back partial (%s) with %d rows",
@@ -347,9 +341,7 @@ def _with_hint(error: ConnectorError, workspace_id: str) -> ConnectorError:
     )
 
 
-def _partial_error(
-    entry: Mapping[str, Any], result: LogsQueryPartialResult
-) -> dict[str, Any]:
+def _partial_error(entry: Mapping[str, Any], result: LogsQueryPartialResult) -> dict[str, Any]:
     """The partial error as data the audit can keep, innermost code included."""
     body = entry.get("body")
     if isinstance(body, str):
@@ -387,10 +379,7 @@ def _rows(table: LogsTable) -> list[dict[str, Any]]:
     kinds = list(table.columns_types or [])
     names = list(table.columns)
     return [
-        {
-            name: _cell(kinds[i] if i < len(kinds) else "", row[i])
-            for i, name in enumerate(names)
-        }
+        {name: _cell(kinds[i] if i < len(kinds) else "", row[i]) for i, name in enumerate(names)}
         for row in table.rows
     ]
 

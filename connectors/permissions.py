@@ -106,9 +106,7 @@ class PermissionCheck:
     def summary(self) -> str:
         if self.ok:
             return f"{self.identity} has every Graph permission the configured actions need"
-        names = ", ".join(
-            f"{item.permission} (for {item.needed_for})" for item in self.missing
-        )
+        names = ", ".join(f"{item.permission} (for {item.needed_for})" for item in self.missing)
         return f"{self.identity} lacks the Graph application permission(s) {names}"
 
 

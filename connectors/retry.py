@@ -86,9 +86,7 @@ class RetryPolicy:
     retry_timeouts: bool = True
 
     @classmethod
-    def from_settings(
-        cls, settings: RetrySettings, *, retry_timeouts: bool = True
-    ) -> RetryPolicy:
+    def from_settings(cls, settings: RetrySettings, *, retry_timeouts: bool = True) -> RetryPolicy:
         return cls(
             max_attempts=settings.max_attempts,
             wait_initial=settings.wait_initial,
@@ -184,9 +182,7 @@ async def call_with_retries(
                 )
             )
             return result
-    raise AssertionError(
-        "unreachable: tenacity either returns or raises"
-    )  # pragma: no cover
+    raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
 
 K = TypeVar("K")
@@ -285,7 +281,10 @@ async def call_each_with_retries(
         if again:
             logger.info(
                 "%s: %d of %d calls throttled or failing; retrying them in %.2f s",
-                service, len(again), len(pending), max(waits),
+                service,
+                len(again),
+                len(pending),
+                max(waits),
             )
             await sleep(max(waits))
         pending = again
@@ -308,9 +307,7 @@ def _decide(
             ),
         )
     if number >= policy.max_attempts:
-        return _Decision(
-            retry=False, reason=f"retry.max_attempts ({policy.max_attempts}) reached"
-        )
+        return _Decision(retry=False, reason=f"retry.max_attempts ({policy.max_attempts}) reached")
     if error.retry_after is not None and error.retry_after > 0:
         wait = error.retry_after
     else:
@@ -382,9 +379,7 @@ def _final(error: ConnectorError, attempts: int, reason: str) -> ConnectorError:
     if attempts == 1 and not reason:
         return error
     tried = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-    text = (
-        f"{error} (after {tried}; {reason})" if reason else f"{error} (after {tried})"
-    )
+    text = f"{error} (after {tried}; {reason})" if reason else f"{error} (after {tried})"
     final = type(error)(
         text,
         status=error.status,
@@ -523,16 +518,12 @@ def graph_error(failure: BaseException, *, what: str) -> ConnectorError | None:
         code = getattr(odata, "code", None)
         message = getattr(odata, "message", None)
         inner = getattr(odata, "inner_error", None)
-        request_id = getattr(inner, "request_id", None) or header(
-            headers, *REQUEST_ID_HEADERS
-        )
+        request_id = getattr(inner, "request_id", None) or header(headers, *REQUEST_ID_HEADERS)
         client_request_id = getattr(inner, "client_request_id", None) or header(
             headers, "client-request-id"
         )
         if odata is None and status is not None and status >= 500:
-            detail = (
-                "an error page that is not Graph JSON (a gateway or proxy answered)"
-            )
+            detail = "an error page that is not Graph JSON (a gateway or proxy answered)"
         else:
             detail = message or "no message"
         label = f"{status} {code}" if code else f"{status}"
@@ -588,9 +579,7 @@ def graph_answer_error(
     )
 
 
-def azure_error(
-    failure: BaseException, *, service: str, what: str
-) -> ConnectorError | None:
+def azure_error(failure: BaseException, *, service: str, what: str) -> ConnectorError | None:
     """An azure-core failure (HttpResponseError, transport, credential) as a tokenward error."""
     if isinstance(failure, ConnectorError):
         return failure
@@ -607,31 +596,19 @@ def azure_error(
             f"{service} refused {what} ({label}: {message})",
             code=code,
             request_id=header(headers, *REQUEST_ID_HEADERS),
-            client_request_id=header(
-                headers, "x-ms-client-request-id", "client-request-id"
-            ),
+            client_request_id=header(headers, "x-ms-client-request-id", "client-request-id"),
             retry_after=retry_after_seconds(headers),
         )
     return transport_error(failure, service=service, what=what)
 
 
-def transport_error(
-    failure: BaseException, *, service: str, what: str
-) -> ConnectorError | None:
+def transport_error(failure: BaseException, *, service: str, what: str) -> ConnectorError | None:
     """A connection or timeout failure from any of the HTTP stacks, or ``None``."""
     if isinstance(failure, ServiceRequestTimeoutError | ServiceResponseTimeoutError):
-        return TimedOut(
-            f"{service} did not answer {what} in time ({_first_line(failure)})"
-        )
-    if isinstance(
-        failure, httpx.TimeoutException | asyncio.TimeoutError | TimeoutError
-    ):
-        return TimedOut(
-            f"{service} did not answer {what} in time ({type(failure).__name__})"
-        )
-    if isinstance(
-        failure, ServiceRequestError | ServiceResponseError | httpx.TransportError
-    ):
+        return TimedOut(f"{service} did not answer {what} in time ({_first_line(failure)})")
+    if isinstance(failure, httpx.TimeoutException | asyncio.TimeoutError | TimeoutError):
+        return TimedOut(f"{service} did not answer {what} in time ({type(failure).__name__})")
+    if isinstance(failure, ServiceRequestError | ServiceResponseError | httpx.TransportError):
         return ServiceUnavailable(
             f"{service} could not be reached for {what} ({_first_line(failure)})"
         )
@@ -649,9 +626,7 @@ def _azure_code(failure: HttpResponseError) -> tuple[str | None, str]:
     """The service's error code and innermost message, from the model or the body."""
     model = failure.model
     code = (
-        getattr(model, "code", None)
-        if model is not None and not isinstance(model, type)
-        else None
+        getattr(model, "code", None) if model is not None and not isinstance(model, type) else None
     )
     message = getattr(model, "message", None) if code else None
     if code is None and failure.error is not None:
@@ -668,11 +643,7 @@ def _azure_code(failure: HttpResponseError) -> tuple[str | None, str]:
             code = error.get("code")
             message = _innermost_message(error)
     if message is None:
-        message = (
-            "no message"
-            if code
-            else "the body is not a service error (a gateway page?)"
-        )
+        message = "no message" if code else "the body is not a service error (a gateway page?)"
     return code, str(message)
 
 

@@ -89,9 +89,7 @@ class SentinelIncidents:
         self._prefix = label_prefix
         self._max_conflicts = max_conflicts
 
-    async def comment(
-        self, *, incident_id: str, comment_id: str, message: str
-    ) -> IncidentWrite:
+    async def comment(self, *, incident_id: str, comment_id: str, message: str) -> IncidentWrite:
         path = f"{_incident_path(incident_id)}/comments/{_comment_id(comment_id)}"
         if len(message) > MAX_COMMENT:
             raise BadRequest(
@@ -120,9 +118,7 @@ class SentinelIncidents:
             attempts=attempts,
             request_id=header(dict(response.headers), *REQUEST_ID_HEADERS),
             created=created,
-            detail="comment created"
-            if created
-            else "comment updated (same id, no duplicate)",
+            detail="comment created" if created else "comment updated (same id, no duplicate)",
         )
 
     async def label(self, *, incident_id: str, labels: Sequence[str]) -> IncidentWrite:
@@ -147,9 +143,7 @@ class SentinelIncidents:
             incident = _json(current, what=f"incident {name}")
             properties = incident.get("properties") or {}
             existing = [
-                label
-                for label in properties.get("labels") or []
-                if isinstance(label, dict)
+                label for label in properties.get("labels") or [] if isinstance(label, dict)
             ]
             kept = [
                 label
@@ -187,9 +181,7 @@ class SentinelIncidents:
             except ConnectorError as failure:
                 attempts += 1
                 if failure.status in (409, 412):
-                    logger.info(
-                        "incident %s changed while labelling it; reading it again", name
-                    )
+                    logger.info("incident %s changed while labelling it; reading it again", name)
                     continue
                 raise
             attempts += tries
@@ -302,9 +294,7 @@ class SentinelIncidents:
                 json=body,
             )
             # Not streamed: the body is read before send_request returns.
-            response: AsyncHttpResponse = await self._client.send_request(
-                request, stream=False
-            )
+            response: AsyncHttpResponse = await self._client.send_request(request, stream=False)
             if response.status_code >= 400:
                 raise HttpResponseError(response=response)
             return response
@@ -325,9 +315,7 @@ def _incident_path(incident_id: str) -> str:
     # The id came from a webhook body: it is used as a URL path only in the
     # shape that is safe as one.
     if not INCIDENT_ID.match(incident_id):
-        raise BadRequest(
-            f"{incident_id[:200]!r} is not a Sentinel incident resource id"
-        )
+        raise BadRequest(f"{incident_id[:200]!r} is not a Sentinel incident resource id")
     return incident_id
 
 

@@ -58,7 +58,9 @@ def confirm_compromised(targets: Sequence[Target]) -> ServiceRequest:
     )
 
 
-READ_BACK_FIELDS = "id,accountEnabled,userType,onPremisesSyncEnabled,signInSessionsValidFromDateTime"
+READ_BACK_FIELDS = (
+    "id,accountEnabled,userType,onPremisesSyncEnabled,signInSessionsValidFromDateTime"
+)
 
 
 def read_back(target: Target) -> ServiceRequest:
@@ -78,10 +80,7 @@ def incident_comment(incident: IncidentRef, *, run_id: str, api_version: str) ->
     return ServiceRequest(
         service="sentinel",
         method="PUT",
-        path=(
-            f"{incident.resource_id}/comments/{comment_id(run_id)}"
-            f"?api-version={api_version}"
-        ),
+        path=(f"{incident.resource_id}/comments/{comment_id(run_id)}?api-version={api_version}"),
         body={"properties": {"message": "(the run's findings and action outcomes)"}},
     )
 

@@ -131,7 +131,9 @@ def decide(
     if not by.strip():
         raise PlanRefused("an approval needs the approver's name (--by)")
     if stored.status != PENDING:
-        raise PlanRefused(f"plan {plan_id} is {stored.status}, not pending: nothing to {decision[:-2]}e")
+        raise PlanRefused(
+            f"plan {plan_id} is {stored.status}, not pending: nothing to {decision[:-2]}e"
+        )
     if moment >= stored.expires_at:
         raise PlanRefused(f"plan {plan_id} expired at {isoformat_z(stored.expires_at)}")
     _check_hash(stored)

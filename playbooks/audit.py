@@ -145,9 +145,13 @@ class AuditLog:
             return
         try:
             with self._store.engine.begin() as connection:
-                self.record_many_in(connection, [(run_id, kind, data, actor) for kind, data in items])
+                self.record_many_in(
+                    connection, [(run_id, kind, data, actor) for kind, data in items]
+                )
         except SQLAlchemyError as failure:
-            raise AuditError(f"{len(items)} audit records could not be written: {failure}") from None
+            raise AuditError(
+                f"{len(items)} audit records could not be written: {failure}"
+            ) from None
 
     def record_many_in(
         self,
@@ -234,9 +238,13 @@ class AuditLog:
                     data = json.loads(row.data)
                 except ValueError:
                     data = None
-                digest = self._digest(row.seq, row.run_id, row.at, row.kind, row.actor, data, row.prev_hash)
+                digest = self._digest(
+                    row.seq, row.run_id, row.at, row.kind, row.actor, data, row.prev_hash
+                )
                 if data is None or not hmac.compare_digest(digest, row.hash):
-                    result.problems.append(f"record {row.seq} ({row.kind}) was edited: its hash does not match")
+                    result.problems.append(
+                        f"record {row.seq} ({row.kind}) was edited: its hash does not match"
+                    )
                 expected_seq, prev = row.seq + 1, row.hash
 
         if head is None and total:
@@ -253,7 +261,15 @@ class AuditLog:
         self, seq: int, run_id: str, at: str, kind: str, actor: str, data: Any, prev: str
     ) -> str:
         payload = _canonical(
-            {"seq": seq, "run_id": run_id, "at": at, "kind": kind, "actor": actor, "data": data, "prev": prev}
+            {
+                "seq": seq,
+                "run_id": run_id,
+                "at": at,
+                "kind": kind,
+                "actor": actor,
+                "data": data,
+                "prev": prev,
+            }
         ).encode()
         if self._key:
             return hmac.new(self._key, payload, hashlib.sha256).hexdigest()

@@ -124,13 +124,41 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
 @click.option("--end", help="Window end (ISO 8601); default: --now.")
 @click.option("--since", help="Window length back from the end, e.g. 24h or 7d.")
 @click.option("--now", "now_text", help="The run's clock (ISO 8601); default: the wall clock.")
-@click.option("--user", "users", multiple=True, metavar="UPN|ID", help="Hunt only these users (repeatable).")
-@click.option("--mode", type=click.Choice([mode.value for mode in Mode]), default=Mode.DRY_RUN.value, show_default=True, help="dry-run sends nothing; approve stores the plan for an approver; auto runs the unattended tiers.")
-@click.option("--requested-by", "requested_by", metavar="NAME", help="Who asks for the plan (default: the login name).")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as Markdown.")
-@click.option("--report", "html_report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as one self-contained HTML file.")
+@click.option(
+    "--user", "users", multiple=True, metavar="UPN|ID", help="Hunt only these users (repeatable)."
+)
+@click.option(
+    "--mode",
+    type=click.Choice([mode.value for mode in Mode]),
+    default=Mode.DRY_RUN.value,
+    show_default=True,
+    help="dry-run sends nothing; approve stores the plan for an approver; auto runs the unattended tiers.",
+)
+@click.option(
+    "--requested-by",
+    "requested_by",
+    metavar="NAME",
+    help="Who asks for the plan (default: the login name).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the JSON report to this file.",
+)
+@click.option(
+    "--markdown",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as Markdown.",
+)
+@click.option(
+    "--report",
+    "html_report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as one self-contained HTML file.",
+)
 @click.option(
     "--cache",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -206,12 +234,25 @@ def hunt(
                 local = LocalKqlSource(loaded.con, now=now, origin=f"exported files in {directory}")
                 warnings = tuple(loaded.summary.warnings)
         request = RunRequest(
-            trigger="cli:hunt", mode=run_mode, window=window, now=now, users=scope, warnings=warnings
+            trigger="cli:hunt",
+            mode=run_mode,
+            window=window,
+            now=now,
+            users=scope,
+            warnings=warnings,
         )
         if run_mode is Mode.DRY_RUN:
             _warn_unless_permitted(app, settings, playbook)
         report = aio.run(
-            _hunt(settings, playbook, audit, request, local=local, live=live, requester=requested_by or _login_name())
+            _hunt(
+                settings,
+                playbook,
+                audit,
+                request,
+                local=local,
+                live=live,
+                requester=requested_by or _login_name(),
+            )
         )
     context = ReportContext(thresholds=_thresholds(playbook), correlation=_correlation(playbook))
     _emit(app, report, as_json=as_json, output=output, markdown=markdown, context=context)
@@ -220,8 +261,7 @@ def hunt(
         app.err.print(f"HTML report: {html_report}", style="dim")
     if report.plan_id and approvals_pending(audit, report.plan_id):
         app.err.print(
-            f"plan stored for approval: {report.plan_id} "
-            f"(tokenward plans show {report.plan_id})"
+            f"plan stored for approval: {report.plan_id} (tokenward plans show {report.plan_id})"
         )
     _exit_for(report)
 
@@ -262,13 +302,19 @@ def plans_show(app: App, plan_id: str, as_json: bool) -> None:
     """One plan: every request it would send, its gates, hash and decisions."""
     stored = approvals.load_plan(app.audit(app.settings()).store, plan_id)
     if as_json:
-        click.echo(json.dumps({
-            "plan": stored.plan.model_dump(mode="json"),
-            "status": stored.status,
-            "requested_by": stored.requested_by,
-            "expires_at": isoformat_z(stored.expires_at),
-            "decisions": list(stored.decisions),
-        }, indent=2, sort_keys=True))
+        click.echo(
+            json.dumps(
+                {
+                    "plan": stored.plan.model_dump(mode="json"),
+                    "status": stored.status,
+                    "requested_by": stored.requested_by,
+                    "expires_at": isoformat_z(stored.expires_at),
+                    "decisions": list(stored.decisions),
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return
     plan = stored.plan
     app.out.print(f"[bold]{plan.id}[/]  {stored.status}  from run {plan.run_id} ({stored.mode})")
@@ -285,7 +331,9 @@ def plans_show(app: App, plan_id: str, as_json: bool) -> None:
         app.out.print(f"- {action.action.value} {who} [{action.gate.value}]", highlight=False)
         app.out.print(f"    {request.method} {request.path}{body}", highlight=False, markup=False)
         for decision in action.decisions:
-            app.out.print(f"    {decision.guardrail}: {decision.detail}", style="dim", highlight=False)
+            app.out.print(
+                f"    {decision.guardrail}: {decision.detail}", style="dim", highlight=False
+            )
         for note in action.notes:
             app.out.print(f"    note: {note}", style="dim", highlight=False)
     for taken in stored.decisions:
@@ -320,10 +368,18 @@ def plans_reject(app: App, plan_id: str, by: str, reason: str | None) -> None:
 @plans.command("execute")
 @click.argument("plan_id")
 @click.option("--by", "by", metavar="NAME", help="Who executes it (default: the login name).")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the JSON report to this file.",
+)
 @pass_app
-def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output: Path | None) -> None:
+def plans_execute(
+    app: App, plan_id: str, by: str | None, as_json: bool, output: Path | None
+) -> None:
     """Execute an approved plan, exactly as approved."""
     settings = app.settings()
     audit = app.audit(settings)
@@ -340,8 +396,6 @@ def plans_execute(app: App, plan_id: str, by: str | None, as_json: bool, output:
     )
     _emit(app, report, as_json=as_json, output=output, markdown=None)
     _exit_for(report)
-
-
 
 
 async def _hunt(
@@ -451,13 +505,44 @@ def doctor(app: App) -> None:
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_only", is_flag=True, help="List the bundled scenarios.")
-@click.option("--file", "scenario_file", type=click.Path(dir_okay=False, path_type=Path), help="Run a scenario from a YAML file (format: docs/scenarios.md).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="What-if: override a playbook key, e.g. scoring.thresholds.high=60 (repeatable).")
-@click.option("--overrides", "override_file", type=click.Path(dir_okay=False, path_type=Path), help="What-if: a YAML file of playbook keys to override.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the Markdown report (default: reports/NAME.md).")
-@click.option("--report", "html_report", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the HTML report (default: reports/NAME.html).")
+@click.option(
+    "--file",
+    "scenario_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Run a scenario from a YAML file (format: docs/scenarios.md).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="What-if: override a playbook key, e.g. scoring.thresholds.high=60 (repeatable).",
+)
+@click.option(
+    "--overrides",
+    "override_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="What-if: a YAML file of playbook keys to override.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the JSON report to this file.",
+)
+@click.option(
+    "--markdown",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the Markdown report (default: reports/NAME.md).",
+)
+@click.option(
+    "--report",
+    "html_report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the HTML report (default: reports/NAME.html).",
+)
 @pass_app
 def exercise(
     app: App,
@@ -605,7 +690,9 @@ def audit_verify(app: App) -> None:
         return
     for problem in result.problems:
         app.err.print(f"tampered: {problem}", style="red")
-    _fail(f"the audit chain is broken ({len(result.problems)} problem(s) in {result.checked} records)")
+    _fail(
+        f"the audit chain is broken ({len(result.problems)} problem(s) in {result.checked} records)"
+    )
 
 
 @audit.command("show")
@@ -623,7 +710,11 @@ def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
         summary = json.dumps(record.data, sort_keys=True)
         if len(summary) > 160:
             summary = summary[:157] + "..."
-        app.out.print(f"{record.seq:>6} {record.at} {record.run_id} [bold]{record.kind}[/] {summary}", markup=True, highlight=False)
+        app.out.print(
+            f"{record.seq:>6} {record.at} {record.run_id} [bold]{record.kind}[/] {summary}",
+            markup=True,
+            highlight=False,
+        )
 
 
 # -- serve and worker ------------------------------------------------------------
@@ -633,13 +724,29 @@ SERVICE_SOURCE = "files:DIR, loganalytics, defender or live"
 
 
 @cli.command()
-@click.option("--source", "source_spec", metavar="SOURCE", help=f"Where the service's runs hunt: {SERVICE_SOURCE}.")
-@click.option("--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day.")
+@click.option(
+    "--source",
+    "source_spec",
+    metavar="SOURCE",
+    help=f"Where the service's runs hunt: {SERVICE_SOURCE}.",
+)
+@click.option(
+    "--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day."
+)
 @click.option("--host", help="Listen address (default: server.host).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Listen port (default: server.port).")
-@click.option("--no-worker", is_flag=True, help="Only accept deliveries; run `tokenward worker` apart.")
+@click.option(
+    "--no-worker", is_flag=True, help="Only accept deliveries; run `tokenward worker` apart."
+)
 @pass_app
-def serve(app: App, source_spec: str | None, now_text: str | None, host: str | None, port: int | None, no_worker: bool) -> None:
+def serve(
+    app: App,
+    source_spec: str | None,
+    now_text: str | None,
+    host: str | None,
+    port: int | None,
+    no_worker: bool,
+) -> None:
     """Serve the Sentinel webhook, plan approvals, health checks and metrics (uvicorn);
     with [schedule], also hunt and reconcile on a schedule."""
     from playbooks.server import build_parts
@@ -648,19 +755,38 @@ def serve(app: App, source_spec: str | None, now_text: str | None, host: str | N
 
     settings = app.settings()
     if host or port:
-        server = settings.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v})
-        settings = settings.model_copy(update={"server": type(settings.server).model_validate(server.model_dump())})
+        server = settings.server.model_copy(
+            update={k: v for k, v in (("host", host), ("port", port)) if v}
+        )
+        settings = settings.model_copy(
+            update={"server": type(settings.server).model_validate(server.model_dump())}
+        )
     with_worker = settings.inbox.worker and not no_worker
-    spec = SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None) if source_spec else None
+    spec = (
+        SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
+        if source_spec
+        else None
+    )
     parts = build_parts(settings, spec=spec, with_worker=with_worker)
     scheme = "https" if settings.server.certfile else "http"
-    app.err.print(f"tokenward serving on {scheme}://{settings.server.host}:{settings.server.port}", style="dim")
+    app.err.print(
+        f"tokenward serving on {scheme}://{settings.server.host}:{settings.server.port}",
+        style="dim",
+    )
     run_server(parts)
 
 
 @cli.command()
-@click.option("--source", "source_spec", required=True, metavar="SOURCE", help=f"Where runs hunt: {SERVICE_SOURCE}.")
-@click.option("--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day.")
+@click.option(
+    "--source",
+    "source_spec",
+    required=True,
+    metavar="SOURCE",
+    help=f"Where runs hunt: {SERVICE_SOURCE}.",
+)
+@click.option(
+    "--now", "now_text", help="Pin the runs' clock (ISO 8601), for exports of a past day."
+)
 @pass_app
 def worker(app: App, source_spec: str, now_text: str | None) -> None:
     """Process the inbox: webhook deliveries, scheduled cycles, approved plans
@@ -676,7 +802,14 @@ def worker(app: App, source_spec: str, now_text: str | None) -> None:
 
 
 @cli.command()
-@click.option("--source", "source_spec", default="live", show_default=True, metavar="SOURCE", help=f"Where the scheduled hunt looks: {SERVICE_SOURCE}.")
+@click.option(
+    "--source",
+    "source_spec",
+    default="live",
+    show_default=True,
+    metavar="SOURCE",
+    help=f"Where the scheduled hunt looks: {SERVICE_SOURCE}.",
+)
 @pass_app
 def watch(app: App, source_spec: str) -> None:
     """Hunt and reconcile on the schedule in [schedule], with no webhook: one
@@ -693,7 +826,9 @@ def watch(app: App, source_spec: str) -> None:
 def _jobs_line(settings: Settings) -> list[str]:
     from playbooks.schedule import job_intervals
 
-    return [f"{name} every {every:g} s" for name, every in job_intervals(settings.schedule)] or ["no job is turned on"]
+    return [f"{name} every {every:g} s" for name, every in job_intervals(settings.schedule)] or [
+        "no job is turned on"
+    ]
 
 
 async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -766,7 +901,9 @@ def _instant(text: str, option: str) -> datetime:
     try:
         return parse_time(text).value
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a time (use e.g. 2026-01-15T09:00:00Z)", param_hint=option) from None
+        raise click.BadParameter(
+            f"{text!r} is not a time (use e.g. 2026-01-15T09:00:00Z)", param_hint=option
+        ) from None
 
 
 def _window(start: str | None, end: str | None, since: str, now: datetime) -> Window:
@@ -784,7 +921,9 @@ def _window(start: str | None, end: str | None, since: str, now: datetime) -> Wi
             param_hint="--start/--end",
         )
     if end_at - start_at > MAX_WINDOW:
-        raise click.BadParameter(f"the window is longer than {MAX_WINDOW.days} days", param_hint="--start/--since")
+        raise click.BadParameter(
+            f"the window is longer than {MAX_WINDOW.days} days", param_hint="--start/--since"
+        )
     return Window(start=as_utc(start_at), end=as_utc(end_at))
 
 
@@ -838,7 +977,9 @@ def _warn_unless_permitted(app: App, settings: Settings, playbook: Playbook) -> 
         app.err.print(f"warning: the permission preflight could not run: {failure}", style="yellow")
         return
     if not check.ok:
-        app.err.print(f"warning: {check.summary()}; approve and auto would refuse to start", style="yellow")
+        app.err.print(
+            f"warning: {check.summary()}; approve and auto would refuse to start", style="yellow"
+        )
 
 
 def _with_graph(
@@ -871,7 +1012,9 @@ def _failed_runs_audited(audit_log: AuditLog, *, trigger: str, mode: Mode) -> It
     try:
         yield
     except (TokenwardError, click.ClickException) as failure:
-        reason = failure.format_message() if isinstance(failure, click.ClickException) else str(failure)
+        reason = (
+            failure.format_message() if isinstance(failure, click.ClickException) else str(failure)
+        )
         run_id = new_run_id()
         audit_log.record(run_id, "run.started", {"trigger": trigger, "mode": mode.value})
         audit_log.record(run_id, "run.failed", {"error": f"{type(failure).__name__}: {reason}"})
@@ -951,4 +1094,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(70)
     if isinstance(code, int) and code:
         sys.exit(code)
-

@@ -171,9 +171,7 @@ def derive_endpoints(
     graph_audience = f"https://{hosts[Service.GRAPH][0]}"
     logs_audience = f"https://{hosts[Service.LOG_ANALYTICS][0]}"
     arm_audience = f"https://{hosts[Service.ARM][0]}"
-    authority_known = (urlsplit(authority).hostname or "") in _all_hosts(
-        Service.AUTHORITY
-    )
+    authority_known = (urlsplit(authority).hostname or "") in _all_hosts(Service.AUTHORITY)
     return AzureEndpoints(
         cloud=cloud,
         authority_host=authority,
@@ -202,15 +200,11 @@ def _endpoint(
     if parts.scheme != "https" or not parts.hostname:
         raise EndpointConflict(key, f"{key} must be an https:// URL, not {override!r}")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise EndpointConflict(
-            key, f"{key} must be a plain https://host URL, not {override!r}"
-        )
+        raise EndpointConflict(key, f"{key} must be a plain https://host URL, not {override!r}")
     path = parts.path.rstrip("/")
     if path not in allowed_paths:
         shown = " or ".join(repr(p) for p in allowed_paths if p) or "none"
-        raise EndpointConflict(
-            key, f"{key} may not have the path {path!r} (allowed: {shown})"
-        )
+        raise EndpointConflict(key, f"{key} may not have the path {path!r} (allowed: {shown})")
 
     host = parts.hostname.lower()
     own = _HOSTS[cloud][service]

@@ -151,7 +151,9 @@ def screen(
         chosen = _worst(action.id, verdicts)
         if chosen.verdict is Verdict.SEND:
             for target in action.targets:
-                count.added.add(user_key(target, users.get(target.user_id or target.user_principal_name)))
+                count.added.add(
+                    user_key(target, users.get(target.user_id or target.user_principal_name))
+                )
         screenings.append(chosen)
     return screenings
 
@@ -173,12 +175,16 @@ def _screen_target(
 
     # Stops for everyone, approved or not.
     if policy.kill_switch:
-        return Screening(action.id, Verdict.BLOCK, "kill_switch", "the kill switch is on: nothing is written")
+        return Screening(
+            action.id, Verdict.BLOCK, "kill_switch", "the kill switch is on: nothing is written"
+        )
     names = {target.user_principal_name.lower(), target.user_id.lower()}
     if user is not None:
         names |= {user.id.lower(), user.user_principal_name.lower()}
     if (names - {""}) & policy.protected_accounts:
-        return Screening(action.id, Verdict.BLOCK, "protected_account", f"{who} is a protected account")
+        return Screening(
+            action.id, Verdict.BLOCK, "protected_account", f"{who} is a protected account"
+        )
     if user is None or not user.found:
         reason = user.error if user is not None else "it was not read"
         problem = {
@@ -199,8 +205,7 @@ def _screen_target(
     mine = [
         entry
         for entry in ledger
-        if entry.kind == kind.value
-        and entry.user_key in (key, target.user_principal_name.lower())
+        if entry.kind == kind.value and entry.user_key in (key, target.user_principal_name.lower())
     ]
     for entry in mine:
         same_sign_in = entry.action_id == action.id or bool(
@@ -224,12 +229,13 @@ def _screen_target(
                 Verdict.SKIP,
                 "ledger",
                 f"an interrupted run ({entry.run_id}) sent it: the read-back shows it took effect",
-                containment_effective=kind in CONTAINING and not (
-                    kind is ActionKind.REVOKE_SESSIONS and user.is_guest
-                ),
+                containment_effective=kind in CONTAINING
+                and not (kind is ActionKind.REVOKE_SESSIONS and user.is_guest),
                 settles=((entry.id, ActionStatus.SUCCEEDED.value, "confirmed by read-back"),),
             )
-        settles.append((entry.id, ActionStatus.UNKNOWN.value, "not visible in the read-back; sent again"))
+        settles.append(
+            (entry.id, ActionStatus.UNKNOWN.value, "not visible in the read-back; sent again")
+        )
 
     # The user is already where the action would put them.
     if kind is ActionKind.REVOKE_SESSIONS and sign_in and user.sign_in_sessions_valid_from:
@@ -260,7 +266,9 @@ def _screen_target(
         detail = f"{who} holds {', '.join(sorted(privileged))}"
         if approved:
             detail += ", which the approved plan did not show: approve a new plan"
-        return Screening(action.id, Verdict.HOLD, "privileged_account", detail, settles=tuple(settles))
+        return Screening(
+            action.id, Verdict.HOLD, "privileged_account", detail, settles=tuple(settles)
+        )
     if not user.roles_known and not approved:
         return Screening(
             action.id,
@@ -369,13 +377,18 @@ def verify(
         notes.append("Graph did not answer, but the read-back shows the change")
         result = result.model_copy(update={"status": ActionStatus.SUCCEEDED, "problem": None})
     if result.status is ActionStatus.FAILED:
-        if kind is ActionKind.DISABLE_ACCOUNT and before.on_premises_sync_enabled and (
-            result.problem in (Problem.BAD_REQUEST, Problem.REQUIRES_ONPREM)
+        if (
+            kind is ActionKind.DISABLE_ACCOUNT
+            and before.on_premises_sync_enabled
+            and (result.problem in (Problem.BAD_REQUEST, Problem.REQUIRES_ONPREM))
         ):
             notes.append("the account is synced from on-premises: disable it in AD DS")
             return result.model_copy(
-                update={"problem": Problem.REQUIRES_ONPREM, "detail": "; ".join(_unique(notes)),
-                        "containment_effective": False}
+                update={
+                    "problem": Problem.REQUIRES_ONPREM,
+                    "detail": "; ".join(_unique(notes)),
+                    "containment_effective": False,
+                }
             )
         return result.model_copy(update={"containment_effective": False})
     if result.status is not ActionStatus.SUCCEEDED:
@@ -384,8 +397,11 @@ def verify(
     if not changed:
         notes.append(
             "but the read-back does not show it "
-            + ("(signInSessionsValidFromDateTime did not move)" if kind is ActionKind.REVOKE_SESSIONS
-               else "(accountEnabled is not false)")
+            + (
+                "(signInSessionsValidFromDateTime did not move)"
+                if kind is ActionKind.REVOKE_SESSIONS
+                else "(accountEnabled is not false)"
+            )
         )
         return result.model_copy(
             update={

@@ -110,7 +110,7 @@ def merge_clicks(rows: Iterable[Row], reference: datetime) -> tuple[UrlClickEvid
         groups[key].append(row)
 
     clicks = []
-    for key, members in groups.items():
+    for members in groups.values():
         members.sort(key=lambda row: timestamp(row.get("Timestamp")))
         actions = sorted({text(row.get("ActionType")) for row in members} - {""})
         clicked_through = any(flag(row.get("IsClickedThrough")) for row in members)

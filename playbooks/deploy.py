@@ -55,7 +55,9 @@ def analytic_rule(playbook: Playbook) -> dict[str, Any]:
     rule = {
         "type": "Microsoft.OperationalInsights/workspaces/providers/alertRules",
         "apiVersion": "2024-09-01",
-        "name": "[concat(parameters('workspaceName'), '/Microsoft.SecurityInsights/', '" + RULE_ID + "')]",
+        "name": "[concat(parameters('workspaceName'), '/Microsoft.SecurityInsights/', '"
+        + RULE_ID
+        + "')]",
         "kind": "Scheduled",
         "properties": {
             "displayName": "tokenward: device code sign-in",
@@ -85,7 +87,10 @@ def analytic_rule(playbook: Playbook) -> dict[str, Any]:
                         {"identifier": "UPNSuffix", "columnName": "AccountUPNSuffix"},
                     ],
                 },
-                {"entityType": "IP", "fieldMappings": [{"identifier": "Address", "columnName": "IPAddress"}]},
+                {
+                    "entityType": "IP",
+                    "fieldMappings": [{"identifier": "Address", "columnName": "IPAddress"}],
+                },
             ],
             "eventGroupingSettings": {"aggregationKind": "AlertPerResult"},
             "incidentConfiguration": {

@@ -29,11 +29,11 @@ from playbooks.correlation import (
     group_flows,
     index_by_hit,
 )
-from playbooks.incident_report import report_to_incident
 from playbooks.dryrun import DryRunResponder
 from playbooks.errors import QueryError, TokenwardError
 from playbooks.execution import Executor, execution_policy, target_key
 from playbooks.followon import follow_on_for
+from playbooks.incident_report import report_to_incident
 from playbooks.kql import HitsTable, ParamType, TrustedQuery
 from playbooks.models import (
     ActionKind,
@@ -200,7 +200,9 @@ class Runner:
                 f"({failed[0].error}){self._template_hint(failed[0].name)}; "
                 "nothing was decided or done"
             )
-        partial = [ran.outcome.name for ran in results.values() if ran.outcome.status is RunStatus.PARTIAL]
+        partial = [
+            ran.outcome.name for ran in results.values() if ran.outcome.status is RunStatus.PARTIAL
+        ]
 
         # Score: one finding per device code flow.
         findings = self._assess(results)
@@ -221,7 +223,9 @@ class Runner:
         self._detected(run_id, request, findings)
 
         # Follow the token of high findings: what it touched after the sign-in.
-        findings, follow_warnings = await self._follow_on(steps, request, findings, results["hunt"].rows)
+        findings, follow_warnings = await self._follow_on(
+            steps, request, findings, results["hunt"].rows
+        )
         self._executor().flush(run_id)
         report = report.model_copy(update={"queries": tuple(steps.records)})
 
@@ -245,7 +249,12 @@ class Runner:
                 "plan": plan.id,
                 "hash": plan.content_hash,
                 "actions": [
-                    {"id": a.id, "action": a.action.value, "targets": [t.label for t in a.targets], "gate": a.gate.value}
+                    {
+                        "id": a.id,
+                        "action": a.action.value,
+                        "targets": [t.label for t in a.targets],
+                        "gate": a.gate.value,
+                    }
                     for a in plan.actions
                 ],
             },
@@ -285,9 +294,7 @@ class Runner:
         """The run's clock now: its ``now`` moved on by the time the run has taken."""
         return request.now + (utcnow() - self._started)
 
-    def _detected(
-        self, run_id: str, request: RunRequest, findings: Sequence[Finding]
-    ) -> None:
+    def _detected(self, run_id: str, request: RunRequest, findings: Sequence[Finding]) -> None:
         """Record (once per flow, ever) when a flow was first found worth acting on."""
         if request.trigger.startswith("exercise:"):
             return
@@ -350,9 +357,7 @@ class Runner:
                 for finding_id in action.finding_ids
             }
         )
-        new = self.audit.store.first_containments(
-            effective, at=isoformat_z(at), run_id=run_id
-        )
+        new = self.audit.store.first_containments(effective, at=isoformat_z(at), run_id=run_id)
         records = []
         for row in new:
             sign_in = as_utc(row["sign_in_at"])
@@ -397,9 +402,7 @@ class Runner:
             update={
                 "plan_id": plan.id,
                 "plan_hash": plan.content_hash,
-                "actions": tuple(
-                    _action_report(a, results[a.id]) for a in plan.actions
-                ),
+                "actions": tuple(_action_report(a, results[a.id]) for a in plan.actions),
                 "warnings": (
                     *report.warnings,
                     "no account of the incident could be resolved to an Entra ID user; nothing was hunted",
@@ -407,9 +410,7 @@ class Runner:
             }
         )
 
-    async def _write_back(
-        self, run_id: str, request: RunRequest, report: RunReport
-    ) -> RunReport:
+    async def _write_back(self, run_id: str, request: RunRequest, report: RunReport) -> RunReport:
         """Report: the incident's labels and the run's one comment (after acting)."""
         if request.incident is None or self.writer is None:
             return report
@@ -445,7 +446,9 @@ class Runner:
             if name == "hunt":
                 text = self.playbook.render("hunt", values)
             else:
-                given = hits if hits is not None else TrustedQuery(self.playbook.render("hunt", values))
+                given = (
+                    hits if hits is not None else TrustedQuery(self.playbook.render("hunt", values))
+                )
                 text = self.playbook.render_with_hits(name, values, given)
             return RenderedQuery(
                 name=name, tables=spec.tables, text=text, window=_reads(spec.parameters, values)
@@ -553,7 +556,15 @@ class Runner:
         intel = results.get("threat_intel")
         context = self._scoring_context(intel.rows if intel else [])
         return [
-            _finding(flow, self.playbook, context, clicks=clicks, emails=emails, baselines=baselines, days=spec.baseline.days)
+            _finding(
+                flow,
+                self.playbook,
+                context,
+                clicks=clicks,
+                emails=emails,
+                baselines=baselines,
+                days=spec.baseline.days,
+            )
             for flow in flows
         ]
 
@@ -609,7 +620,11 @@ class Runner:
     async def _read_directory(
         self, run_id: str, request: RunRequest, findings: Sequence[Finding]
     ) -> dict[str, DirectoryUser] | None:
-        if request.mode is Mode.DRY_RUN or self.directory is None or not self.responder.sends_requests:
+        if (
+            request.mode is Mode.DRY_RUN
+            or self.directory is None
+            or not self.responder.sends_requests
+        ):
             return None
         targets = [
             _target(finding)
@@ -658,9 +673,16 @@ class Runner:
         # Auto: what the playbook lets run unattended runs now, through the
         # execution-time guardrails and the ledger.
         if request.mode is Mode.AUTO:
-            unattended = [a for a in plan.actions if a.gate is Gate.UNATTENDED and a.action in WRITES]
+            unattended = [
+                a for a in plan.actions if a.gate is Gate.UNATTENDED and a.action in WRITES
+            ]
             results = await self._executor().act(
-                run_id, unattended, approved=False, plan_id=plan.id, sign_in_times=sign_in_times, users=directory
+                run_id,
+                unattended,
+                approved=False,
+                plan_id=plan.id,
+                sign_in_times=sign_in_times,
+                users=directory,
             )
             held = [a for a in plan.actions if a.gate is Gate.APPROVAL and a.action in WRITES]
             results |= {a.id: _waiting(a) for a in held}
@@ -819,7 +841,11 @@ def _finding(
     evidence = evidence_for(flow, clicks=clicks, emails=emails)
     baseline = baseline_for(flow, baselines, days=days)
     given = SignalInput(
-        sign_in=flow.primary, flow=flow.sign_ins, evidence=evidence, baseline=baseline, context=context
+        sign_in=flow.primary,
+        flow=flow.sign_ins,
+        evidence=evidence,
+        baseline=baseline,
+        context=context,
     )
     thresholds = playbook.spec.scoring.thresholds
     result = score(given, playbook.signals, high=thresholds.high, medium=thresholds.medium)
@@ -854,7 +880,9 @@ def _as_read(finding: Finding, directory: dict[str, DirectoryUser] | None) -> Fi
     user = (directory or {}).get(target_key(_target(finding)))
     if user is None or not user.found:
         return finding
-    return finding.model_copy(update={"user_id": user.id, "is_guest": finding.is_guest or user.is_guest})
+    return finding.model_copy(
+        update={"user_id": user.id, "is_guest": finding.is_guest or user.is_guest}
+    )
 
 
 def _sign_in_times(findings: Sequence[Finding]) -> dict[str, datetime]:
@@ -874,13 +902,19 @@ def _waiting(action: PlannedAction) -> ActionResult:
 def _left_alone(action: PlannedAction) -> ActionResult:
     if action.gate is Gate.BLOCKED:
         reasons = "; ".join(d.detail for d in action.decisions if d.gate is Gate.BLOCKED)
-        return ActionResult(action_id=action.id, status=ActionStatus.BLOCKED, detail=f"never sent: {reasons}")
+        return ActionResult(
+            action_id=action.id, status=ActionStatus.BLOCKED, detail=f"never sent: {reasons}"
+        )
     if action.action is ActionKind.COMMENT_ON_INCIDENT:
         # Incident write-back is a report step of its own (not this runner's).
         return ActionResult(
-            action_id=action.id, status=ActionStatus.SKIPPED, detail="left to the incident write-back step"
+            action_id=action.id,
+            status=ActionStatus.SKIPPED,
+            detail="left to the incident write-back step",
         )
-    return ActionResult(action_id=action.id, status=ActionStatus.AWAITING_APPROVAL, detail="waits for an approver")
+    return ActionResult(
+        action_id=action.id, status=ActionStatus.AWAITING_APPROVAL, detail="waits for an approver"
+    )
 
 
 def _action_report(action: PlannedAction, result: ActionResult) -> ActionReport:

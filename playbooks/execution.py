@@ -79,7 +79,9 @@ class Executor:
         attempts, self._attempts = self._attempts, []
         self.audit.record_many(run_id, [("call.attempt", item.as_record()) for item in attempts])
 
-    async def read(self, run_id: str, targets: Sequence[Target], *, why: str) -> dict[str, DirectoryUser]:
+    async def read(
+        self, run_id: str, targets: Sequence[Target], *, why: str
+    ) -> dict[str, DirectoryUser]:
         """The users as Graph has them now, keyed like the targets; audited."""
         unique = list({target_key(target): target for target in targets}.values())
         if not unique:
@@ -107,7 +109,9 @@ class Executor:
         now = utcnow()
 
         # Read the users (unless the run just did) and what the ledger knows of them.
-        before = users if users is not None else await self.read(run_id, targets, why="before acting")
+        before = (
+            users if users is not None else await self.read(run_id, targets, why="before acting")
+        )
         keys = sorted(
             {user_key(t, before.get(target_key(t))) for t in targets}
             | {t.user_principal_name.lower() for t in targets}
@@ -131,10 +135,17 @@ class Executor:
             store.record_outcomes(settles)
             self.audit.record_many(
                 run_id,
-                [("ledger.resumed", {"ledger_id": i, "status": s, "detail": d}) for i, s, d in settles],
+                [
+                    ("ledger.resumed", {"ledger_id": i, "status": s, "detail": d})
+                    for i, s, d in settles
+                ],
             )
         results: dict[str, ActionResult] = {}
-        unsent = [(a, s) for a, s in zip(actions, screenings, strict=True) if s.verdict is not Verdict.SEND]
+        unsent = [
+            (a, s)
+            for a, s in zip(actions, screenings, strict=True)
+            if s.verdict is not Verdict.SEND
+        ]
         for action, screening in unsent:
             results[action.id] = result_for(screening)
         self.audit.record_many(run_id, [_screened(a, s) for a, s in unsent])
@@ -171,7 +182,11 @@ class Executor:
         def settled(done: Sequence[ActionResult]) -> None:
             self.flush(run_id)
             store.record_outcomes(
-                [(i, r.status.value, r.detail) for r in done for i in ledger_ids.get(r.action_id, [])]
+                [
+                    (i, r.status.value, r.detail)
+                    for r in done
+                    for i in ledger_ids.get(r.action_id, [])
+                ]
             )
             self.audit.record_many(run_id, [("action.outcome", _outcome(r)) for r in done])
 
@@ -187,7 +202,9 @@ class Executor:
         late = [a for a in checked if final[a.id].verified is False]
         if late and self.settings.graph.verify_delay:
             await self.sleep(self.settings.graph.verify_delay)
-            again = await self.read(run_id, [t for a in late for t in a.targets], why="read back again")
+            again = await self.read(
+                run_id, [t for a in late for t in a.targets], why="read back again"
+            )
             final |= {a.id: _verified(a, answered[a.id], before, again) for a in late}
         changed = [r for r in final.values() if r.status is not answered[r.action_id].status]
         store.record_outcomes(

@@ -37,9 +37,7 @@ def session_activity(rows: Sequence[Row]) -> SessionActivity | None:
         apps=_sorted(row.get("Apps")),
         resources=_sorted(row.get("Resources")),
         ip_addresses=_sorted(row.get("IPAddresses")),
-        countries=tuple(
-            sorted({c.upper() for c in string_list(row.get("Countries")) if c})
-        ),
+        countries=tuple(sorted({c.upper() for c in string_list(row.get("Countries")) if c})),
         first=_time(row.get("First")),
         last=_time(row.get("Last")),
     )
@@ -63,9 +61,7 @@ def follow_on_for(
         since=since,
         until=until,
         graph_activity=_merge_areas(touched_areas(graph)),
-        session=_merge_sessions(
-            [s for s in (session_activity([row]) for row in session) if s]
-        ),
+        session=_merge_sessions([s for s in (session_activity([row]) for row in session) if s]),
         complete=complete,
         notes=tuple(notes),
     )
@@ -84,9 +80,7 @@ def _merge_areas(areas: Sequence[TouchedArea]) -> tuple[TouchedArea, ...]:
             methods=tuple(sorted(set(known.methods) | set(area.methods))),
             first=_earliest(known.first, area.first),
             last=_latest(known.last, area.last),
-            ip_addresses=tuple(
-                sorted(set(known.ip_addresses) | set(area.ip_addresses))
-            ),
+            ip_addresses=tuple(sorted(set(known.ip_addresses) | set(area.ip_addresses))),
             samples=tuple(sorted(set(known.samples) | set(area.samples)))[:5],
         )
     return tuple(sorted(merged.values(), key=lambda a: AREA_ORDER.get(a.area, 9)))

@@ -19,9 +19,7 @@ from playbooks.errors import IdentityError
 _LOCAL = r"[A-Za-z0-9'_!#^~+\-](?:[A-Za-z0-9'._!#^~+\-]{0,110}[A-Za-z0-9'_!#^~+\-])?"
 _DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 _UPN = re.compile(rf"^{_LOCAL}@{_DOMAIN}$")
-_GUID = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_UPN_LENGTH = 113
 
 

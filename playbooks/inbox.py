@@ -169,12 +169,9 @@ def delivery_for(
     )
     if allowed_workspaces and scope.workspace_resource_id not in allowed_workspaces:
         raise WorkspaceRefused(
-            f"workspace {scope.workspace_resource_id!r} is not in "
-            "sentinel.allowed_workspaces"
+            f"workspace {scope.workspace_resource_id!r} is not in sentinel.allowed_workspaces"
         )
-    run_key = hashlib.sha256(
-        f"{scope.incident_key}\n{scope.fingerprint}".encode()
-    ).hexdigest()
+    run_key = hashlib.sha256(f"{scope.incident_key}\n{scope.fingerprint}".encode()).hexdigest()
     delivery = Delivery(
         id=f"d-{secrets.token_hex(8)}",
         run_id=f"r-{received.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
@@ -255,9 +252,7 @@ class Inbox:
                 ]
                 self._audit.record_many_in(connection, entries)
         except SQLAlchemyError as failure:
-            raise AuditError(
-                f"the inbox could not store the deliveries: {failure}"
-            ) from None
+            raise AuditError(f"the inbox could not store the deliveries: {failure}") from None
         return accepted
 
     def _store_all(
@@ -293,9 +288,9 @@ class Inbox:
             {
                 row.run_key: row
                 for row in connection.execute(
-                    select(
-                        inbox.c.id, inbox.c.run_id, inbox.c.run_key, inbox.c.revision
-                    ).where(inbox.c.run_key.in_(keys))
+                    select(inbox.c.id, inbox.c.run_id, inbox.c.run_key, inbox.c.revision).where(
+                        inbox.c.run_key.in_(keys)
+                    )
                 )
             }
             if keys
@@ -331,9 +326,7 @@ class Inbox:
                     item.caller,
                 )
             )
-            accepted.append(
-                Accepted(first.id, first.run_id, duplicate=True, reason=reason)
-            )
+            accepted.append(Accepted(first.id, first.run_id, duplicate=True, reason=reason))
         return accepted, entries
 
     # -- the worker side ------------------------------------------------------------
@@ -378,9 +371,7 @@ class Inbox:
                 )
                 if taken.rowcount != 1:
                     continue
-                row = connection.execute(
-                    select(inbox).where(inbox.c.id == candidate.id)
-                ).one()
+                row = connection.execute(select(inbox).where(inbox.c.id == candidate.id)).one()
                 self._start_run(connection, row)
                 self._audit.record_in(
                     connection,
@@ -451,9 +442,7 @@ class Inbox:
             )
             if result.rowcount != 1:
                 return False
-            row = connection.execute(
-                select(inbox.c.run_id).where(inbox.c.id == delivery_id)
-            ).one()
+            row = connection.execute(select(inbox.c.run_id).where(inbox.c.id == delivery_id)).one()
             connection.execute(
                 update(runs)
                 .where(runs.c.id == row.run_id)
@@ -497,12 +486,15 @@ class Inbox:
             connection,
             source.run_id,
             "delivery.rehunt_scheduled",
-            {"delivery": values["id"], "run": values["run_id"], "at_ms": follow_up.at_ms, "why": follow_up.why},
+            {
+                "delivery": values["id"],
+                "run": values["run_id"],
+                "at_ms": follow_up.at_ms,
+                "why": follow_up.why,
+            },
         )
 
-    def retry_later(
-        self, delivery_id: str, owner: str, *, after_s: float, error: str
-    ) -> bool:
+    def retry_later(self, delivery_id: str, owner: str, *, after_s: float, error: str) -> bool:
         """Hand the delivery back to be tried again in *after_s* seconds."""
         with self._store.engine.begin() as connection:
             result = connection.execute(
@@ -523,9 +515,7 @@ class Inbox:
             if result.rowcount != 1:
                 return False
             row = connection.execute(
-                select(inbox.c.run_id, inbox.c.attempts).where(
-                    inbox.c.id == delivery_id
-                )
+                select(inbox.c.run_id, inbox.c.attempts).where(inbox.c.id == delivery_id)
             ).one()
             self._audit.record_in(
                 connection,
@@ -556,9 +546,7 @@ class Inbox:
         now = utcnow()
         with _write_transaction(self._store) as connection:
             waiting = connection.execute(
-                select(inbox.c.run_id).where(
-                    inbox.c.incident_key == key, inbox.c.status == PENDING
-                )
+                select(inbox.c.run_id).where(inbox.c.incident_key == key, inbox.c.status == PENDING)
             ).first()
             if waiting is not None:
                 return None
@@ -613,15 +601,18 @@ class Inbox:
         with _write_transaction(self._store) as connection:
             found = connection.execute(query).all()
             keys = {
-                row.id: hashlib.sha256(f"{EXECUTE}\n{row.id}".encode()).hexdigest()
-                for row in found
+                row.id: hashlib.sha256(f"{EXECUTE}\n{row.id}".encode()).hexdigest() for row in found
             }
-            taken = {
-                row.run_key
-                for row in connection.execute(
-                    select(inbox.c.run_key).where(inbox.c.run_key.in_(list(keys.values())))
-                )
-            } if keys else set()
+            taken = (
+                {
+                    row.run_key
+                    for row in connection.execute(
+                        select(inbox.c.run_key).where(inbox.c.run_key.in_(list(keys.values())))
+                    )
+                }
+                if keys
+                else set()
+            )
             now = utcnow()
             for row in found:
                 if keys[row.id] in taken:
@@ -681,9 +672,7 @@ class Inbox:
     def ping(self) -> None:
         """Raise unless the store answers a read."""
         with self._store.engine.connect() as connection:
-            connection.execute(
-                select(func.count()).select_from(inbox).where(inbox.c.id == "")
-            )
+            connection.execute(select(func.count()).select_from(inbox).where(inbox.c.id == ""))
 
     def _give_up(
         self,
@@ -722,14 +711,10 @@ class Inbox:
         )
 
     def _start_run(self, connection: Connection, row: Any) -> None:
-        known = connection.execute(
-            select(runs.c.id).where(runs.c.id == row.run_id)
-        ).first()
+        known = connection.execute(select(runs.c.id).where(runs.c.id == row.run_id)).first()
         if known:
             connection.execute(
-                update(runs)
-                .where(runs.c.id == row.run_id)
-                .values(status=RUNNING, ended_at=None)
+                update(runs).where(runs.c.id == row.run_id).values(status=RUNNING, ended_at=None)
             )
             return
         connection.execute(
@@ -786,9 +771,7 @@ def _write_transaction(store: Store, *, within_s: float = 10.0) -> Iterator[Conn
 _BUSY_TIMEOUT_MS = 10_000
 
 
-def _insert_ignoring_conflicts(
-    connection: Connection, rows: list[dict[str, Any]]
-) -> None:
+def _insert_ignoring_conflicts(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert *rows*, skipping each whose unique keys are taken."""
     dialect = connection.dialect.name
     if dialect == "sqlite":

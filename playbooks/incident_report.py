@@ -159,9 +159,7 @@ async def _label(
     return labelled.detail
 
 
-def _comment_action(
-    incident: IncidentRef, run_id: str, api_version: str
-) -> ActionReport:
+def _comment_action(incident: IncidentRef, run_id: str, api_version: str) -> ActionReport:
     request = actions.incident_comment(incident, run_id=run_id, api_version=api_version)
     return ActionReport(
         id=f"a-comment-{actions.comment_id(run_id)[:8]}",

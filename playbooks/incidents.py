@@ -142,9 +142,7 @@ def scope_from_incident(
     incident, event = _incident_of(payload)
     resource_id = _text(incident.get("id"))
     if not INCIDENT_ID.match(resource_id):
-        raise InputError(
-            "the incident has no valid resource id", source=Location(key="object.id")
-        )
+        raise InputError("the incident has no valid resource id", source=Location(key="object.id"))
     properties = incident.get("properties")
     if not isinstance(properties, Mapping):
         raise InputError("the incident has no properties", source=Location(key="properties"))
@@ -182,14 +180,21 @@ def _incident_of(payload: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     responses = payload.get("responses")
     if isinstance(responses, Mapping):
         for status in ("200", "201"):
-            body = responses.get(status, {}).get("body") if isinstance(responses.get(status), Mapping) else None
+            body = (
+                responses.get(status, {}).get("body")
+                if isinstance(responses.get(status), Mapping)
+                else None
+            )
             if isinstance(body, Mapping):
                 return body, "Example"
     wrapped = payload.get("object")
     if isinstance(wrapped, Mapping):
         schema = _text(payload.get("objectSchemaType")) or "Incident"
         if schema.lower() != "incident":
-            raise InputError(f"the payload carries a {schema}, not an incident", source=Location(key="objectSchemaType"))
+            raise InputError(
+                f"the payload carries a {schema}, not an incident",
+                source=Location(key="objectSchemaType"),
+            )
         return wrapped, _text(payload.get("objectEventType")) or "Create"
     if "properties" in payload and "id" in payload:
         return payload, "Resource"
@@ -205,7 +210,11 @@ def _entities(properties: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     for alert in properties.get("alerts") or ():
         if not isinstance(alert, Mapping):
             continue
-        raw = (alert.get("properties") or {}).get("entities") if isinstance(alert.get("properties"), Mapping) else None
+        raw = (
+            (alert.get("properties") or {}).get("entities")
+            if isinstance(alert.get("properties"), Mapping)
+            else None
+        )
         if isinstance(raw, str):
             try:
                 raw = json.loads(raw)
@@ -228,7 +237,9 @@ def _props(entity: Mapping[str, Any]) -> dict[str, Any]:
     return {str(key).lower(): value for key, value in source.items()}
 
 
-def _accounts(entities: Iterable[Mapping[str, Any]]) -> tuple[tuple[ResolvedAccount, ...], tuple[str, ...]]:
+def _accounts(
+    entities: Iterable[Mapping[str, Any]],
+) -> tuple[tuple[ResolvedAccount, ...], tuple[str, ...]]:
     accounts: dict[str, ResolvedAccount] = {}
     unresolved: list[str] = []
     for entity in entities:
@@ -241,7 +252,9 @@ def _accounts(entities: Iterable[Mapping[str, Any]]) -> tuple[tuple[ResolvedAcco
             unresolved.append(account)
             continue
         known = accounts.get(account.key)
-        if known is None or (known.confidence is Confidence.LOW and account.confidence is Confidence.HIGH):
+        if known is None or (
+            known.confidence is Confidence.LOW and account.confidence is Confidence.HIGH
+        ):
             accounts[account.key] = account
     return tuple(accounts.values()), tuple(unresolved)
 
@@ -267,7 +280,9 @@ def resolve_account(props: Mapping[str, Any]) -> ResolvedAccount | str:
             break
 
     if object_id:
-        return ResolvedAccount(object_id, upn, Confidence.HIGH, "aadUserId" + (f"+{by}" if by else ""))
+        return ResolvedAccount(
+            object_id, upn, Confidence.HIGH, "aadUserId" + (f"+{by}" if by else "")
+        )
     if upn:
         confidence = Confidence.HIGH if by != "accountName" else Confidence.LOW
         return ResolvedAccount("", upn, confidence, by)
@@ -305,13 +320,37 @@ def resolve_mailbox(props: Mapping[str, Any]) -> ResolvedAccount | str:
 KNOWN_KINDS = frozenset(
     kind.lower()
     for kind in (
-        "Account", "Host", "File", "AzureResource", "CloudApplication", "DnsResolution",
-        "FileHash", "Ip", "Malware", "Process", "RegistryKey", "RegistryValue",
-        "SecurityGroup", "Url", "IoTDevice", "SecurityAlert", "Bookmark", "MailCluster",
-        "MailMessage", "Mailbox", "SubmissionMail", "Nic",
+        "Account",
+        "Host",
+        "File",
+        "AzureResource",
+        "CloudApplication",
+        "DnsResolution",
+        "FileHash",
+        "Ip",
+        "Malware",
+        "Process",
+        "RegistryKey",
+        "RegistryValue",
+        "SecurityGroup",
+        "Url",
+        "IoTDevice",
+        "SecurityAlert",
+        "Bookmark",
+        "MailCluster",
+        "MailMessage",
+        "Mailbox",
+        "SubmissionMail",
+        "Nic",
         # Alert entities (SecurityAlert.Entities) spell some with hyphens.
-        "cloud-logon-session", "host-logon-session", "network-connection", "dns",
-        "blob", "blob-container", "mailbox-configuration", "oauth-application",
+        "cloud-logon-session",
+        "host-logon-session",
+        "network-connection",
+        "dns",
+        "blob",
+        "blob-container",
+        "mailbox-configuration",
+        "oauth-application",
     )
 )
 
@@ -323,7 +362,9 @@ def _unknown_kinds(entities: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
         for kind in {_kind(e) for e in entities if e.get("kind") or e.get("Type")}
         if kind.replace("-", "") not in known
     )
-    return tuple(f"entity kind {kind[:64]!r} is not one tokenward knows; ignored" for kind in unknown)
+    return tuple(
+        f"entity kind {kind[:64]!r} is not one tokenward knows; ignored" for kind in unknown
+    )
 
 
 def _addresses(entities: Iterable[Mapping[str, Any]]) -> tuple[tuple[str, ...], tuple[str, ...]]:

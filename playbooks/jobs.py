@@ -97,9 +97,7 @@ def window_note(window: Window, watermark: datetime | None, now: datetime) -> st
             f"scheduled hunt: the first window, {isoformat_z(window.start)} to "
             f"{isoformat_z(window.end)}"
         )
-    behind = (
-        " (catching up: the next cycle goes on from here)" if window.end < now else ""
-    )
+    behind = " (catching up: the next cycle goes on from here)" if window.end < now else ""
     return (
         f"scheduled hunt: {isoformat_z(window.start)} to {isoformat_z(window.end)}, "
         f"overlapping the last window completed (to {isoformat_z(watermark)}) by the "
@@ -203,16 +201,12 @@ async def reconcile(
             for incident in page.incidents:
                 found.listed += 1
                 created = _created(incident)
-                if created is not None and (
-                    found.newest is None or created > found.newest
-                ):
+                if created is not None and (found.newest is None or created > found.newest):
                     found.newest = created
                 if not of_rules(incident, schedule.analytic_rules):
                     continue
                 found.matched += 1
-                run = await _recover(
-                    feed, inbox, audit, settings, incident, workspace, now, run_id
-                )
+                run = await _recover(feed, inbox, audit, settings, incident, workspace, now, run_id)
                 if run is None:
                     found.arrived += 1
                 elif run == "":

@@ -50,8 +50,7 @@ def kql_string(value: str) -> str:
     bad = _FORBIDDEN.search(value)
     if bad:
         raise ValueError(
-            f"control character U+{ord(bad.group()):04X} is not allowed "
-            "in a KQL string literal"
+            f"control character U+{ord(bad.group()):04X} is not allowed in a KQL string literal"
         )
     return '"' + "".join(_ESCAPES.get(char, char) for char in value) + '"'
 

@@ -73,7 +73,8 @@ class StoreCollector:
 
     def _runs(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
-            "tokenward_runs", "Runs by how they started and how they ended",
+            "tokenward_runs",
+            "Runs by how they started and how they ended",
             labels=["path", "status"],
         )
         counts: dict[tuple[str, str], int] = {}
@@ -241,9 +242,7 @@ def service_state(store: Store) -> dict[str, Any]:
 
 
 def _buckets(values: list[float]) -> list[tuple[str, float]]:
-    buckets = [
-        (str(bound), float(sum(1 for v in values if v <= bound))) for bound in BUCKETS
-    ]
+    buckets = [(str(bound), float(sum(1 for v in values if v <= bound))) for bound in BUCKETS]
     return [*buckets, ("+Inf", float(len(values)))]
 
 

@@ -40,9 +40,7 @@ _KIND = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 class PayloadError(InputError):
     """The body is not a Sentinel incident delivery; ``status`` is the HTTP answer."""
 
-    def __init__(
-        self, message: str, *, status: int = 422, problems: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, message: str, *, status: int = 422, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.problems = problems
@@ -53,13 +51,9 @@ def parse_body(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as failure:
-        raise PayloadError(
-            f"the body is not UTF-8 (byte {failure.start})", status=400
-        ) from None
+        raise PayloadError(f"the body is not UTF-8 (byte {failure.start})", status=400) from None
     try:
-        value = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except _Duplicate as duplicate:
         raise PayloadError(
             f"the body repeats the key {duplicate.key!r} in one object", status=400
@@ -81,9 +75,7 @@ def parse_body(body: bytes) -> Any:
 def check_delivery(payload: Any) -> str:
     """Check *payload* against the delivery schema; returns which shape it is."""
     if not isinstance(payload, dict):
-        raise PayloadError(
-            f"the body is a JSON {type(payload).__name__}, not an object"
-        )
+        raise PayloadError(f"the body is a JSON {type(payload).__name__}, not an object")
     model: type[BaseModel]
     if "object" in payload:
         shape, model = "trigger", TriggerBody
@@ -99,9 +91,7 @@ def check_delivery(payload: Any) -> str:
     try:
         model.model_validate(payload)
     except ValidationError as failure:
-        problems = tuple(
-            _problem(error) for error in failure.errors(include_input=False)[:10]
-        )
+        problems = tuple(_problem(error) for error in failure.errors(include_input=False)[:10])
         more = len(failure.errors()) - len(problems)
         message = "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
         raise PayloadError(
@@ -117,17 +107,13 @@ def _timestamp(value: str) -> str:
     try:
         parse_time(value)
     except ValueError:
-        raise ValueError(
-            "is not a timestamp (ISO 8601, e.g. 2026-01-15T09:24:58Z)"
-        ) from None
+        raise ValueError("is not a timestamp (ISO 8601, e.g. 2026-01-15T09:24:58Z)") from None
     return value
 
 
 def _kind(value: str) -> str:
     if not _KIND.match(value):
-        raise ValueError(
-            "is not an entity kind (letters, digits and hyphens, e.g. Account)"
-        )
+        raise ValueError("is not an entity kind (letters, digits and hyphens, e.g. Account)")
     return value
 
 
@@ -177,9 +163,7 @@ class IncidentProperties(Loose):
     lastModifiedTimeUtc: Timestamp | None = None
     labels: list[Label] | None = None
     relatedAnalyticRuleIds: list[StrictStr] | None = None
-    relatedEntities: list[RelatedEntity] | None = Field(
-        default=None, max_length=MAX_ENTITIES
-    )
+    relatedEntities: list[RelatedEntity] | None = Field(default=None, max_length=MAX_ENTITIES)
     alerts: list[Alert] | None = Field(default=None, max_length=MAX_ENTITIES)
 
 
@@ -274,11 +258,7 @@ def _check_string(text: str, where: str) -> None:
 def _problem(error: Any) -> str:
     place = ""
     for part in error["loc"]:
-        place += (
-            f"[{part}]"
-            if isinstance(part, int)
-            else (f".{part}" if place else str(part))
-        )
+        place += f"[{part}]" if isinstance(part, int) else (f".{part}" if place else str(part))
     message = str(error["msg"])
     if error["type"] == "missing":
         message = "is missing"

@@ -124,16 +124,12 @@ class StepRunner:
         )
         return ran
 
-    async def _send(
-        self, step: str, queries: Sequence[RenderedQuery]
-    ) -> list[QueryOutcome]:
+    async def _send(self, step: str, queries: Sequence[RenderedQuery]) -> list[QueryOutcome]:
         try:
             outcomes = await self.source.run_queries(queries)
         except ConnectorError as failure:
             # Nothing ran: every query of the call failed the same way.
-            logger.warning(
-                "the source could not run the %s step: %s", step, failure.error_class
-            )
+            logger.warning("the source could not run the %s step: %s", step, failure.error_class)
             details = {
                 key: value
                 for key, value in {
@@ -187,10 +183,7 @@ _MIN_SPLIT = timedelta(minutes=1)
 def _needs_split(outcome: QueryOutcome) -> bool:
     if outcome.status is RunStatus.PARTIAL:
         return True
-    return (
-        outcome.status is RunStatus.FAILED
-        and outcome.details.get("error_class") == "timeout"
-    )
+    return outcome.status is RunStatus.FAILED and outcome.details.get("error_class") == "timeout"
 
 
 def _merged(first: RenderedQuery, parts: Sequence[_Part]) -> Ran:
@@ -233,9 +226,7 @@ def _merged(first: RenderedQuery, parts: Sequence[_Part]) -> Ran:
     return Ran(first, outcome, parts=len(parts))
 
 
-def _record(
-    ran: Ran, step: str, source: str, *, detail: str | None = None
-) -> QueryRecord:
+def _record(ran: Ran, step: str, source: str, *, detail: str | None = None) -> QueryRecord:
     outcome = ran.outcome
     if detail is None and ran.parts > 1:
         detail = f"re-run over {ran.parts} narrower windows after a partial or timed-out answer"

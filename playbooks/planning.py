@@ -75,16 +75,16 @@ def plan_actions(
 
     planned: list[PlannedAction] = []
     confirm: dict[Gate, list[tuple[Target, Finding, tuple[GuardrailDecision, ...]]]] = {}
-    for user, finding in per_user.items():
+    for _user, finding in per_user.items():
         target = Target(user_principal_name=finding.user_principal_name, user_id=finding.user_id)
         for kind in _user_actions(playbook, finding):
-            gate, decisions, notes = _gate(kind, finding, target, playbook, guardrails, over_cap, len(acting))
+            gate, decisions, notes = _gate(
+                kind, finding, target, playbook, guardrails, over_cap, len(acting)
+            )
             if kind is ActionKind.CONFIRM_COMPROMISED and gate is not Gate.BLOCKED:
                 confirm.setdefault(gate, []).append((target, finding, decisions))
                 continue
-            planned.append(
-                _action(kind, (target,), (finding,), gate, decisions, notes)
-            )
+            planned.append(_action(kind, (target,), (finding,), gate, decisions, notes))
 
     for gate, members in sorted(confirm.items(), key=lambda item: _GATE_ORDER[item[0]]):
         targets = tuple(target for target, _, _ in members)
@@ -93,7 +93,9 @@ def plan_actions(
         planned.append(_action(ActionKind.CONFIRM_COMPROMISED, targets, group, gate, decisions, ()))
 
     if guardrails.incident is not None:
-        planned.append(_comment(guardrails.incident, run_id, guardrails.comment_api_version, findings))
+        planned.append(
+            _comment(guardrails.incident, run_id, guardrails.comment_api_version, findings)
+        )
 
     return Plan(
         id=f"plan-{run_id}",
@@ -134,7 +136,11 @@ def _user_actions(playbook: Playbook, finding: Finding) -> list[ActionKind]:
     kinds = [kind for kind in playbook.tier(finding.tier).actions if kind in USER_ACTIONS]
     # A revoke cannot contain a guest (the home tenant issues their tokens);
     # disabling the guest object here can, so it is offered for approval.
-    if finding.is_guest and ActionKind.REVOKE_SESSIONS in kinds and ActionKind.DISABLE_ACCOUNT not in kinds:
+    if (
+        finding.is_guest
+        and ActionKind.REVOKE_SESSIONS in kinds
+        and ActionKind.DISABLE_ACCOUNT not in kinds
+    ):
         kinds.insert(kinds.index(ActionKind.REVOKE_SESSIONS) + 1, ActionKind.DISABLE_ACCOUNT)
     return kinds
 
@@ -162,7 +168,9 @@ def _gate(
     if target.user_principal_name.lower() in guardrails.privileged_users or (
         target.user_id and target.user_id.lower() in guardrails.privileged_users
     ):
-        hold("privileged_account", Gate.APPROVAL, f"{target.label} holds a privileged directory role")
+        hold(
+            "privileged_account", Gate.APPROVAL, f"{target.label} holds a privileged directory role"
+        )
     if finding.allowlisted:
         hold("sanctioned_use", Gate.APPROVAL, "the sign-in matches a sanctioned use")
     if over_cap:
@@ -175,9 +183,11 @@ def _gate(
         hold("partial_evidence", Gate.APPROVAL, "some evidence arrived partial")
     if target.user_principal_name.lower() in guardrails.low_confidence_users:
         hold("low_confidence_identity", Gate.APPROVAL, "the account was resolved only weakly")
-    if kind is ActionKind.DISABLE_ACCOUNT and (
-        {target.user_principal_name.lower(), target.user_id.lower()} - {""}
-    ) & guardrails.synced_users:
+    if (
+        kind is ActionKind.DISABLE_ACCOUNT
+        and ({target.user_principal_name.lower(), target.user_id.lower()} - {""})
+        & guardrails.synced_users
+    ):
         notes.append(
             "the account is synced from on-premises: a cloud disable may be undone by "
             "the next sync, and Graph may refuse it; disable it in AD DS too"
@@ -191,7 +201,11 @@ def _gate(
         if kind is ActionKind.DISABLE_ACCOUNT and ActionKind.DISABLE_ACCOUNT not in tier.actions:
             hold("guest", Gate.APPROVAL, "disabling the guest object is offered for approval")
 
-    gate = max((decision.gate for decision in decisions), key=_GATE_ORDER.__getitem__, default=Gate.UNATTENDED)
+    gate = max(
+        (decision.gate for decision in decisions),
+        key=_GATE_ORDER.__getitem__,
+        default=Gate.UNATTENDED,
+    )
     return gate, tuple(decisions), tuple(notes)
 
 

@@ -147,7 +147,9 @@ class Playbook:
         later = set(self.spec.follow_on.queries)
         return tuple(name for name in self.spec.queries if name != "hunt" and name not in later)
 
-    def render_with_hits(self, name: str, values: Mapping[str, Any], hits: TrustedQuery | HitsTable) -> str:
+    def render_with_hits(
+        self, name: str, values: Mapping[str, Any], hits: TrustedQuery | HitsTable
+    ) -> str:
         """Query *name* given the hunt as ``hits``: its text, or its rows as a datatable."""
         spec = self.spec.queries[name]
         given = {**values, "hits": hits}
@@ -245,7 +247,9 @@ def parse_set(item: str) -> Override:
         raise PlaybookError(f"{item!r} is not KEY=VALUE", source=where)
     parts = tuple(key.split("."))
     if any(not part for part in parts):
-        raise PlaybookError(f"{key!r} is not a dotted key such as scoring.thresholds.high", source=where)
+        raise PlaybookError(
+            f"{key!r} is not a dotted key such as scoring.thresholds.high", source=where
+        )
     return Override(key=parts, value=_yaml_value(text.strip(), where), source=where)
 
 
@@ -341,9 +345,7 @@ def _signals(document: YamlDocument, spec: PlaybookSpec) -> dict[str, SignalConf
                 f"unknown signal {name!r} (known: {', '.join(sorted(SIGNALS))})",
                 source=document.location(loc),
             )
-        configs[name] = document.validate(
-            known.config, PlaybookError, data=raw or {}, prefix=loc
-        )
+        configs[name] = document.validate(known.config, PlaybookError, data=raw or {}, prefix=loc)
     return configs
 
 

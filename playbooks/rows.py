@@ -154,9 +154,7 @@ def sign_in_from_row(row: Row) -> SignIn | None:
         return None
     code = result_code(row.get("ResultType"))
     signature = text(row.get("ResultSignature"))
-    risk_events = string_list(row.get("RiskEventTypes")) + string_list(
-        row.get("RiskEventTypes_V2")
-    )
+    risk_events = string_list(row.get("RiskEventTypes")) + string_list(row.get("RiskEventTypes_V2"))
     interactive = row.get("IsInteractive")
     return SignIn(
         time=timestamp(row.get("TimeGenerated")),

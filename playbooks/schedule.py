@@ -71,16 +71,12 @@ class JobScheduler:
         """Start the schedules; the first cycle of each job is due at once."""
         if self._scheduler is not None:
             return
-        scheduler = AsyncIOScheduler(
-            event_loop=asyncio.get_running_loop(), timezone=UTC
-        )
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
         now = datetime.now(UTC)
         for name, every in job_intervals(self._schedule):
             scheduler.add_job(
                 self._tick,
-                IntervalTrigger(
-                    seconds=every, jitter=self._schedule.jitter_seconds or None
-                ),
+                IntervalTrigger(seconds=every, jitter=self._schedule.jitter_seconds or None),
                 args=[name],
                 id=name,
                 name=f"tokenward {name}",
@@ -106,9 +102,7 @@ class JobScheduler:
         except Exception as failure:
             # The store is unreachable: the next tick tries again; no window is lost,
             # as a window starts where the last completed one ended.
-            logger.warning(
-                "no %s cycle queued this time: %s", job, type(failure).__name__
-            )
+            logger.warning("no %s cycle queued this time: %s", job, type(failure).__name__)
             return
         if run_id is None:
             logger.info("a %s cycle is still waiting; none added", job)

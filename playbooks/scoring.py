@@ -120,7 +120,9 @@ class DeviceStateConfig(SignalConfig):
 def _unmanaged_device(config: DeviceStateConfig, given: SignalInput) -> Reason | None:
     state = given.sign_in.is_managed
     if state is TriState.FALSE:
-        return _reason("unmanaged_device", config, "the device that redeemed the code is not managed")
+        return _reason(
+            "unmanaged_device", config, "the device that redeemed the code is not managed"
+        )
     if state is TriState.UNKNOWN and config.unknown_weight:
         return _reason(
             "unmanaged_device",
@@ -290,7 +292,9 @@ class UrlPatternConfig(SignalConfig):
     urls: list[str]
 
 
-@signal("click_to_device_login", UrlPatternConfig, "the clicked link leads to the device login page")
+@signal(
+    "click_to_device_login", UrlPatternConfig, "the clicked link leads to the device login page"
+)
 def _click_to_device_login(config: UrlPatternConfig, given: SignalInput) -> Reason | None:
     patterns = [_normal_url(url) for url in config.urls]
     for click in given.evidence.url_clicks:
@@ -465,8 +469,7 @@ def _sign_in_not_successful(config: OutcomeConfig, given: SignalInput) -> Reason
         return _reason(
             "sign_in_not_successful",
             config,
-            f"the flow stopped at error {sign_in.result_type}{description} and no token "
-            "was issued",
+            f"the flow stopped at error {sign_in.result_type}{description} and no token was issued",
             config.interrupted_weight,
         )
     return _reason(

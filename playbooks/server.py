@@ -123,9 +123,7 @@ class Refused(Exception):
     never repeats a value from the request.
     """
 
-    def __init__(
-        self, status: int, reason: str, *, detail: str = "", caller: str = ""
-    ) -> None:
+    def __init__(self, status: int, reason: str, *, detail: str = "", caller: str = "") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -179,9 +177,7 @@ class KeySource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wanted.wait(), wait)
             if self.loaded:
-                await asyncio.sleep(
-                    max(0.0, fetched_at + self.min_refresh_s - loop.time())
-                )
+                await asyncio.sleep(max(0.0, fetched_at + self.min_refresh_s - loop.time()))
 
 
 @dataclass
@@ -209,11 +205,7 @@ class Gate:
         try:
             if authorization and AuthScheme.BEARER in self.schemes:
                 return self._bearer(authorization, self.policy)
-            if (
-                headers.get(SIGNATURE_HEADER)
-                and AuthScheme.HMAC in self.schemes
-                and self.secret
-            ):
+            if headers.get(SIGNATURE_HEADER) and AuthScheme.HMAC in self.schemes and self.secret:
                 verify_signature(
                     body,
                     headers,
@@ -251,9 +243,7 @@ class Gate:
             bool(self.approver_role) and self.approver_role in caller.roles
         )
         if not allowed:
-            raise Refused(
-                403, f"{caller.label} is not an approver", caller=caller.label
-            )
+            raise Refused(403, f"{caller.label} is not an approver", caller=caller.label)
         return caller
 
     def _bearer(self, authorization: str, policy: TokenPolicy | None) -> Caller:
@@ -267,9 +257,7 @@ class Gate:
 
     @property
     def ready(self) -> bool:
-        if AuthScheme.BEARER in self.schemes and (
-            self.keys is None or not self.keys.loaded
-        ):
+        if AuthScheme.BEARER in self.schemes and (self.keys is None or not self.keys.loaded):
             return False
         return not (AuthScheme.HMAC in self.schemes and not self.secret)
 
@@ -312,9 +300,7 @@ def build_gate(settings: Settings, *, keys: KeySource | None) -> Gate:
             allowed_principals=frozenset(webhook.allowed_principals),
         )
         approver_policy = TokenPolicy(audiences=webhook.audiences, issuers=issuers)
-    secret = (
-        webhook.hmac_secret.get_secret_value().encode() if webhook.hmac_secret else None
-    )
+    secret = webhook.hmac_secret.get_secret_value().encode() if webhook.hmac_secret else None
     return Gate(
         schemes=webhook.auth,
         policy=policy,
@@ -329,9 +315,7 @@ def build_gate(settings: Settings, *, keys: KeySource | None) -> Gate:
 
 def openid_metadata_url(settings: Settings) -> str:
     authority = settings.azure.endpoints().authority_host.rstrip("/")
-    return (
-        f"{authority}/{settings.azure.tenant_id}/v2.0/.well-known/openid-configuration"
-    )
+    return f"{authority}/{settings.azure.tenant_id}/v2.0/.well-known/openid-configuration"
 
 
 def _default_issuers(settings: Settings) -> tuple[str, ...]:
@@ -363,9 +347,9 @@ class Recorder:
     def __init__(self, inbox: Inbox, *, max_group: int = 256) -> None:
         self._inbox = inbox
         self._max_group = max_group
-        self._queue: asyncio.Queue[
-            tuple[Delivery | Refusal, asyncio.Future[Accepted] | None]
-        ] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Delivery | Refusal, asyncio.Future[Accepted] | None]] = (
+            asyncio.Queue()
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -401,9 +385,7 @@ class Recorder:
             group = [await self._queue.get()]
             while len(group) < self._max_group and not self._queue.empty():
                 group.append(self._queue.get_nowait())
-            deliveries = [
-                (item, future) for item, future in group if isinstance(item, Delivery)
-            ]
+            deliveries = [(item, future) for item, future in group if isinstance(item, Delivery)]
             refusals = [item for item, _ in group if isinstance(item, Refusal)]
             try:
                 accepted = await asyncio.to_thread(
@@ -462,9 +444,7 @@ class WorkerProcess:
         self._process.terminate()
         self._process.join(grace_s)
         if self._process.is_alive():
-            logger.warning(
-                "the worker did not stop in %g s; its leases will run out", grace_s
-            )
+            logger.warning("the worker did not stop in %g s; its leases will run out", grace_s)
             self._process.kill()
             self._process.join(5)
 
@@ -477,9 +457,7 @@ class WorkerProcess:
         return self._process.exitcode if self._process is not None else None
 
 
-async def _supervise(
-    parts: ServiceParts, *, every_s: float = 5, backoff_s: float = 30
-) -> None:
+async def _supervise(parts: ServiceParts, *, every_s: float = 5, backoff_s: float = 30) -> None:
     """Start the worker again if it died (a crash, the OOM killer), at most every *backoff_s*."""
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -593,10 +571,7 @@ class PlanBody(BaseModel):
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: {"model": ErrorBody, "description": _PUBLIC[status][1]}
-        for status in statuses
-    }
+    return {status: {"model": ErrorBody, "description": _PUBLIC[status][1]} for status in statuses}
 
 
 def create_app(parts: ServiceParts | None = None) -> FastAPI:
@@ -609,14 +584,10 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         parts.recorder = Recorder(parts.inbox)
         parts.recorder.start()
         if parts.keys is not None:
-            background.append(
-                asyncio.create_task(parts.keys.keep_fresh(), name="signing-keys")
-            )
+            background.append(asyncio.create_task(parts.keys.keep_fresh(), name="signing-keys"))
         if parts.worker is not None:
             parts.worker.start()
-            background.append(
-                asyncio.create_task(_supervise(parts), name="worker-supervisor")
-            )
+            background.append(asyncio.create_task(_supervise(parts), name="worker-supervisor"))
         if parts.scheduler is not None:
             parts.scheduler.start()
         parts.audit.record(
@@ -726,9 +697,7 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             status_code=202,
         )
 
-    @app.get(
-        "/healthz", summary="The process is up", responses={200: {"model": HealthBody}}
-    )
+    @app.get("/healthz", summary="The process is up", responses={200: {"model": HealthBody}})
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -771,9 +740,7 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         )
         async def metrics() -> Response:
             assert parts is not None
-            body, content_type = await asyncio.to_thread(
-                metrics_response, parts.audit.store
-            )
+            body, content_type = await asyncio.to_thread(metrics_response, parts.audit.store)
             return Response(body, media_type=content_type)
 
     @app.get(
@@ -782,9 +749,7 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         responses={200: {"model": list[PlanBody]}, **_errors(401, 403, 501)},
         openapi_extra={"security": [{"entraId": []}]},
     )
-    async def list_plans(
-        request: Request, status: str | None = None, limit: int = 50
-    ) -> Response:
+    async def list_plans(request: Request, status: str | None = None, limit: int = 50) -> Response:
         assert parts is not None
         try:
             parts.gate.approver(request.headers)
@@ -833,9 +798,7 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             openapi_extra={
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {"schema": DecisionBody.model_json_schema()}
-                    },
+                    "content": {"application/json": {"schema": DecisionBody.model_json_schema()}},
                 },
                 "security": [{"entraId": []}],
             },
@@ -884,9 +847,7 @@ def _decide_route(
             except PlanNotFound:
                 raise Refused(404, f"no plan {plan_id[:80]!r}", caller=caller) from None
             except ApprovalRefused as refused:
-                raise Refused(
-                    409, str(refused), detail=str(refused), caller=caller
-                ) from None
+                raise Refused(409, str(refused), detail=str(refused), caller=caller) from None
         except Refused as refusal:
             return _refuse(parts, request, refusal, body, caller)
         parts.audit.record(
@@ -970,9 +931,7 @@ def _delivery(
     except WorkspaceRefused as failure:
         raise Refused(403, str(failure), caller=sender.label) from None
     except InputError as failure:
-        raise Refused(
-            422, str(failure), detail=str(failure), caller=sender.label
-        ) from None
+        raise Refused(422, str(failure), detail=str(failure), caller=sender.label) from None
 
 
 def _refuse(
@@ -1009,9 +968,7 @@ def _refuse(
     return _error(refusal.status, detail=detail, headers=headers)
 
 
-def _error(
-    status: int, *, detail: str = "", headers: dict[str, str] | None = None
-) -> JSONResponse:
+def _error(status: int, *, detail: str = "", headers: dict[str, str] | None = None) -> JSONResponse:
     code, message = _PUBLIC[status]
     body: dict[str, Any] = {"error": code, "message": detail or message}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -1031,7 +988,10 @@ def openapi_document() -> dict[str, Any]:
             "type": "http",
             "scheme": "bearer",
             "bearerFormat": "JWT",
-            "description": "An Entra ID access token for webhook.audiences (the Logic App's managed identity; approvers' own tokens).",
+            "description": (
+                "An Entra ID access token for webhook.audiences "
+                "(the Logic App's managed identity; approvers' own tokens)."
+            ),
         },
         "hmacSignature": {
             "type": "apiKey",
@@ -1057,9 +1017,7 @@ def open_audit(settings: Settings) -> tuple[Inbox, AuditLog]:
 
     key = settings.audit.hmac_key
     store = open_store(settings.store.url)
-    audit = AuditLog(
-        store, key=key.get_secret_value().encode() if key is not None else None
-    )
+    audit = AuditLog(store, key=key.get_secret_value().encode() if key is not None else None)
     return Inbox(store, audit, mode=settings.webhook.mode), audit
 
 
@@ -1109,9 +1067,7 @@ def build_parts(
     if AuthScheme.BEARER in settings.webhook.auth:
         ca = settings.azure.ca_bundle
         verify: Any = ssl.create_default_context(cafile=str(ca)) if ca else True
-        keys = KeySource(
-            SigningKeys(metadata_url=openid_metadata_url(settings), verify=verify)
-        )
+        keys = KeySource(SigningKeys(metadata_url=openid_metadata_url(settings), verify=verify))
     worker = None
     if with_worker:
         if spec is None:

@@ -206,7 +206,8 @@ class CredentialKind(StrEnum):
 
 class CredentialSettings(Section):
     kind: CredentialKind | None = Field(
-        default=None, description="managed_identity, workload_identity, client_certificate or client_secret."
+        default=None,
+        description="managed_identity, workload_identity, client_certificate or client_secret.",
     )
     client_id: str = Field(
         default="",
@@ -220,7 +221,8 @@ class CredentialSettings(Section):
         default=False, description="Send the certificate chain (subject name/issuer auth)."
     )
     federated_token_file: Path | None = Field(
-        default=None, description="Workload identity token file (default: $AZURE_FEDERATED_TOKEN_FILE)."
+        default=None,
+        description="Workload identity token file (default: $AZURE_FEDERATED_TOKEN_FILE).",
     )
     client_secret: SecretStr | None = Field(
         default=None, description=f"From {ENV_CLIENT_SECRET} only."
@@ -245,10 +247,14 @@ class AzureSettings(Section):
     cloud: Annotated[Cloud, BeforeValidator(_cloud)] = Field(
         default=Cloud.PUBLIC, description="The cloud every endpoint and scope is derived from."
     )
-    tenant_id: str = Field(default="", description="The Entra tenant id (GUID) or its primary domain.")
+    tenant_id: str = Field(
+        default="", description="The Entra tenant id (GUID) or its primary domain."
+    )
     authority_host: str = Field(default="", description="Override of the sign-in authority.")
     graph_endpoint: str = Field(default="", description="Override of the Microsoft Graph host.")
-    log_analytics_endpoint: str = Field(default="", description="Override of the Log Analytics host.")
+    log_analytics_endpoint: str = Field(
+        default="", description="Override of the Log Analytics host."
+    )
     arm_endpoint: str = Field(default="", description="Override of the Resource Manager host.")
     ca_bundle: Path | None = Field(
         default=None, description="PEM file of CAs trusted instead of the system's."
@@ -283,14 +289,19 @@ class AzureSettings(Section):
 class LogAnalyticsSettings(Section):
     workspace_id: str = Field(default="", description="The Sentinel workspace's id (a GUID).")
     server_timeout: int = Field(
-        default=180, ge=1, le=600, description="Seconds the service may run one query (Prefer: wait)."
+        default=180,
+        ge=1,
+        le=600,
+        description="Seconds the service may run one query (Prefer: wait).",
     )
 
     @field_validator("workspace_id")
     @classmethod
     def _workspace(cls, value: str) -> str:
         if value and not is_guid(value):
-            raise ValueError(f"workspace_id {value!r} is not a GUID (the workspace id, not its name)")
+            raise ValueError(
+                f"workspace_id {value!r} is not a GUID (the workspace id, not its name)"
+            )
         return value.lower()
 
 
@@ -312,7 +323,7 @@ class SourceSettings(Section):
         default=SourceKind.LOG_ANALYTICS, description="Where tables not listed below are read."
     )
     tables: dict[str, SourceKind] = Field(
-        default_factory=dict, description="Table name to source, e.g. EmailEvents = \"defender\"."
+        default_factory=dict, description='Table name to source, e.g. EmailEvents = "defender".'
     )
 
     @field_validator("tables")
@@ -327,12 +338,20 @@ class SourceSettings(Section):
 
 
 class RetrySettings(Section):
-    max_attempts: int = Field(default=4, ge=1, le=10, description="Attempts per call, the first included.")
+    max_attempts: int = Field(
+        default=4, ge=1, le=10, description="Attempts per call, the first included."
+    )
     wait_initial: float = Field(
-        default=0.5, ge=0, le=60, description="First backoff in seconds when no Retry-After is sent."
+        default=0.5,
+        ge=0,
+        le=60,
+        description="First backoff in seconds when no Retry-After is sent.",
     )
     wait_max: float = Field(
-        default=30, ge=0, le=600, description="Longest single wait; a longer Retry-After stops the call."
+        default=30,
+        ge=0,
+        le=600,
+        description="Longest single wait; a longer Retry-After stops the call.",
     )
     deadline: float = Field(
         default=120, gt=0, le=3600, description="Seconds one call may take, waits included."
@@ -341,7 +360,9 @@ class RetrySettings(Section):
     @model_validator(mode="after")
     def _ordered(self) -> RetrySettings:
         if self.wait_initial > self.wait_max:
-            raise ValueError(f"wait_initial ({self.wait_initial}) is above wait_max ({self.wait_max})")
+            raise ValueError(
+                f"wait_initial ({self.wait_initial}) is above wait_max ({self.wait_max})"
+            )
         if self.wait_max > self.deadline:
             raise ValueError(f"wait_max ({self.wait_max}) is above the deadline ({self.deadline})")
         return self
@@ -373,11 +394,15 @@ class GraphSettings(Section):
 
 class ApprovalSettings(Section):
     expire_after_hours: float = Field(
-        default=24, gt=0, le=24 * 30, description="A stored plan can be approved and executed this long."
+        default=24,
+        gt=0,
+        le=24 * 30,
+        description="A stored plan can be approved and executed this long.",
     )
     require_distinct_approver: bool = Field(
         default=True, description="The approver must not be the person who requested the plan."
     )
+
 
 # -- the webhook service: listening, authenticating, the inbox, write-back -------
 
@@ -408,7 +433,9 @@ class ServerSettings(Section):
     @model_validator(mode="after")
     def _tls(self) -> ServerSettings:
         if (self.certfile is None) != (self.keyfile is None):
-            raise _KeyedError("server.keyfile", "certfile and keyfile go together: give both or neither")
+            raise _KeyedError(
+                "server.keyfile", "certfile and keyfile go together: give both or neither"
+            )
         loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
         if self.certfile is None and not loopback and not self.tls_offloaded:
             raise _KeyedError(
@@ -481,7 +508,9 @@ class InboxSettings(Section):
     )
     concurrency: int = Field(default=2, ge=1, le=16, description="Runs at once per worker.")
     lease_seconds: float = Field(
-        default=60, ge=1, le=3600,
+        default=60,
+        ge=1,
+        le=3600,
         description="How long a claimed delivery stays with its worker without a heartbeat.",
     )
     poll_seconds: float = Field(default=1.0, gt=0, le=60, description="Idle wait between polls.")
@@ -548,7 +577,7 @@ class SentinelSettings(Section):
 
         delays = [parse_duration(item) for item in value]
         if delays != sorted(delays) or len(set(delays)) != len(delays):
-            raise ValueError("rehunt_after must grow: e.g. [\"10m\", \"25m\"]")
+            raise ValueError('rehunt_after must grow: e.g. ["10m", "25m"]')
         return value
 
     @field_validator("allowed_workspaces")
@@ -590,8 +619,7 @@ class ScheduleSettings(Section):
     mode: str = Field(default="dry-run", description="Mode of scheduled hunts.")
     reconcile: bool = Field(
         default=False,
-        description="List the analytic rules' incidents and run those the webhook "
-        "never delivered.",
+        description="List the analytic rules' incidents and run those the webhook never delivered.",
     )
     reconcile_every_seconds: float = Field(
         default=300, ge=0.1, le=86_400, description="Seconds between reconciliations."
@@ -605,8 +633,7 @@ class ScheduleSettings(Section):
     )
     analytic_rules: tuple[str, ...] = Field(
         default=(),
-        description="Analytic rule ids (GUIDs or resource ids) whose incidents are "
-        "reconciled.",
+        description="Analytic rule ids (GUIDs or resource ids) whose incidents are reconciled.",
     )
     workspaces: tuple[str, ...] = Field(
         default=(), description="Workspace resource ids whose incidents are listed."
@@ -626,7 +653,10 @@ class ScheduleSettings(Section):
         return value
 
     @field_validator(
-        "max_ingestion_delay", "first_window", "max_window", "reconcile_overlap",
+        "max_ingestion_delay",
+        "first_window",
+        "max_window",
+        "reconcile_overlap",
         "reconcile_first_window",
     )
     @classmethod
@@ -684,9 +714,7 @@ class MetricsSettings(Section):
     enabled: bool = Field(
         default=True, description="Serve Prometheus metrics (/metrics; watch: a port)."
     )
-    host: str = Field(
-        default="127.0.0.1", description="Where tokenward watch serves its metrics."
-    )
+    host: str = Field(default="127.0.0.1", description="Where tokenward watch serves its metrics.")
     port: int = Field(
         default=9464, ge=1, le=65535, description="Port of tokenward watch's metrics."
     )
@@ -781,7 +809,9 @@ def settings_from_dict(
         settings = Settings.model_validate(merged)
     except ValidationError as failure:
         raise _settings_error(failure, file) from None
-    files = tuple(item if item.is_absolute() else base / item for item in settings.threat_intel.files)
+    files = tuple(
+        item if item.is_absolute() else base / item for item in settings.threat_intel.files
+    )
     threat_intel = settings.threat_intel.model_copy(update={"files": files})
     for item in files:
         read_network_file(item)
@@ -884,7 +914,9 @@ def read_network_file(path: Path) -> list[Network]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as failure:
-        raise SettingsError(f"cannot read the file: {failure}", source=Location(file=str(path))) from None
+        raise SettingsError(
+            f"cannot read the file: {failure}", source=Location(file=str(path))
+        ) from None
     networks = []
     for number, raw in enumerate(lines, start=1):
         text = raw.split("#", 1)[0].strip()

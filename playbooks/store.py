@@ -242,7 +242,9 @@ class Store:
             row = connection.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
         return dict(row) if row else None
 
-    def save_plan(self, *, plan_id: str, run_id: str, content_hash: str, status: str, body: str) -> None:
+    def save_plan(
+        self, *, plan_id: str, run_id: str, content_hash: str, status: str, body: str
+    ) -> None:
         with self.engine.begin() as connection:
             connection.execute(
                 insert(plans).values(
@@ -262,9 +264,7 @@ class Store:
             row = connection.execute(select(plans).where(plans.c.id == plan_id)).mappings().first()
         return dict(row) if row else None
 
-    def list_plans(
-        self, *, limit: int = 50, status: str | None = None
-    ) -> list[dict[str, Any]]:
+    def list_plans(self, *, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
         query = select(plans).order_by(plans.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(plans.c.status == status)
@@ -348,7 +348,6 @@ class Store:
         with self.engine.connect() as connection:
             return {str(row[0]) for row in connection.execute(query)}
 
-
     # -- scheduled jobs --------------------------------------------------------------
 
     def job(self, name: str) -> dict[str, Any] | None:
@@ -425,9 +424,7 @@ class Store:
             known = {
                 row.id
                 for row in connection.execute(
-                    select(findings.c.id).where(
-                        findings.c.id.in_([item["id"] for item in rows])
-                    )
+                    select(findings.c.id).where(findings.c.id.in_([item["id"] for item in rows]))
                 )
             }
             new = [item for item in rows if item["id"] not in known]
@@ -485,7 +482,9 @@ def open_store(url: str) -> Store:
     try:
         parsed = make_url(url)
     except Exception:
-        raise SettingsError(f"not a database URL: {url!r}", source=_Location(key="store.url")) from None
+        raise SettingsError(
+            f"not a database URL: {url!r}", source=_Location(key="store.url")
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed)

@@ -60,7 +60,9 @@ def verify_signature(
     if not stamp.isdigit() or len(stamp) > 12:
         raise Unauthorized("the timestamp is not Unix seconds")
     if abs(now - int(stamp)) > tolerance_s:
-        raise Unauthorized(f"the timestamp is {int(now - int(stamp))} s off (a replay or a skewed clock)")
+        raise Unauthorized(
+            f"the timestamp is {int(now - int(stamp))} s off (a replay or a skewed clock)"
+        )
     expected = sign(body, secret=secret, timestamp=int(stamp))
     if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
         raise Unauthorized("the signature does not match the body")
@@ -165,7 +167,9 @@ def validate_bearer(
         is_user="scp" in claims or claims.get("idtyp") == "user",
     )
     if policy.allowed_principals and not _allowed(caller, policy.allowed_principals):
-        raise Unauthorized(f"principal {caller.principal_id or caller.app_id!r} may not call the webhook")
+        raise Unauthorized(
+            f"principal {caller.principal_id or caller.app_id!r} may not call the webhook"
+        )
     return caller
 
 

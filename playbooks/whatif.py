@@ -134,19 +134,13 @@ class WhatIf(Model):
         if not moved:
             scores = sum(1 for change in self.findings if change.score_changed)
             if scores:
-                return (
-                    f"No finding changes tier; {scores} of {len(self.findings)} "
-                    f"change score."
-                )
+                return f"No finding changes tier; {scores} of {len(self.findings)} change score."
             return "No finding changes tier or score."
         up = sum(1 for change in moved if change.direction == "up")
         down = len(moved) - up
         parts = [f"{up} up"] if up else []
         parts += [f"{down} down"] if down else []
-        return (
-            f"{len(moved)} of {len(self.findings)} finding(s) change tier "
-            f"({', '.join(parts)})."
-        )
+        return f"{len(moved)} of {len(self.findings)} finding(s) change tier ({', '.join(parts)})."
 
 
 def compare_runs(
@@ -166,9 +160,7 @@ def compare_runs(
     findings = tuple(_finding_change(key, old.get(key), new.get(key)) for key in order)
 
     old_actions, new_actions = _actions_by_user(before), _actions_by_user(after)
-    users = list(old_actions) + [
-        user for user in new_actions if user not in old_actions
-    ]
+    users = list(old_actions) + [user for user in new_actions if user not in old_actions]
     actions = tuple(
         UserActions(
             user_principal_name=user,
@@ -188,9 +180,7 @@ def compare_runs(
     )
 
 
-def _finding_change(
-    key: str, old: Finding | None, new: Finding | None
-) -> FindingChange:
+def _finding_change(key: str, old: Finding | None, new: Finding | None) -> FindingChange:
     either = new or old
     assert either is not None
     return FindingChange(

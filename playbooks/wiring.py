@@ -47,9 +47,7 @@ LIVE_SOURCES: dict[str, LiveMode] = {
     "defender": "defender",
     "live": "live",
 }
-SOURCE_HELP = (
-    "use files:DIR (a directory of exported logs), loganalytics, defender or live"
-)
+SOURCE_HELP = "use files:DIR (a directory of exported logs), loganalytics, defender or live"
 
 
 @dataclass(frozen=True)
@@ -88,9 +86,7 @@ def writing_modes(settings: Settings) -> list[str]:
     return [f"{key} = {mode!r}" for key, mode in chosen if mode != Mode.DRY_RUN.value]
 
 
-async def permission_check(
-    settings: Settings, kinds: Sequence[ActionKind]
-) -> PermissionCheck:
+async def permission_check(settings: Settings, kinds: Sequence[ActionKind]) -> PermissionCheck:
     """The Graph token's roles against *kinds*, with a credential of its own."""
     credential = build_credential(settings.azure)
     async with credential:
@@ -102,9 +98,7 @@ async def permission_check(
         )
 
 
-def require_permissions(
-    settings: Settings, playbook: Playbook, *, why: str
-) -> None:
+def require_permissions(settings: Settings, playbook: Playbook, *, why: str) -> None:
     """Refuse to start (:class:`PermissionDenied`) without the Graph permissions.
 
     Runs its own event loop: call it before the face starts its own.
@@ -132,9 +126,7 @@ async def graph_responder(
         identity=credential.identity,
     )
     if not check.ok:
-        raise PermissionDenied(
-            f"{check.summary()}; nothing was done (tokenward doctor lists them)"
-        )
+        raise PermissionDenied(f"{check.summary()}; nothing was done (tokenward doctor lists them)")
     return GraphResponder(
         clients.graph(),
         policy=RetryPolicy.from_settings(settings.retry),
@@ -167,9 +159,7 @@ class ServiceTools:
     and the Sentinel client that writes back and lists incidents.
     """
 
-    def __init__(
-        self, settings: Settings, playbook: Playbook, spec: SourceSpec
-    ) -> None:
+    def __init__(self, settings: Settings, playbook: Playbook, spec: SourceSpec) -> None:
         self._settings = settings
         self._playbook = playbook
         self._spec = spec

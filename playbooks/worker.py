@@ -148,9 +148,7 @@ class Worker:
                 worked = False
             if not worked:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        stop.wait(), self.settings.inbox.poll_seconds
-                    )
+                    await asyncio.wait_for(stop.wait(), self.settings.inbox.poll_seconds)
 
     async def run_once(self) -> bool:
         """Claim and process one delivery; False when none was due."""
@@ -189,9 +187,7 @@ class Worker:
         except Exception as failure:
             # A bug or an unreachable store: recorded, retried like a failed run.
             logger.exception("run %s stopped on an internal error", claimed.run_id)
-            await self._after_failure(
-                claimed, f"internal error: {type(failure).__name__}"
-            )
+            await self._after_failure(claimed, f"internal error: {type(failure).__name__}")
             return
         if done.error is not None:
             await self._after_failure(claimed, done.error)
@@ -232,9 +228,7 @@ class Worker:
             why="no device code sign-in found yet; sign-in logs can arrive late",
         )
 
-    def _acting(
-        self, tools: RunTools, mode: Mode
-    ) -> tuple[Responder, DirectoryReader | None]:
+    def _acting(self, tools: RunTools, mode: Mode) -> tuple[Responder, DirectoryReader | None]:
         """What a run in *mode* acts through: a dry-run never gets the Graph responder."""
         if mode is Mode.DRY_RUN:
             return DryRunResponder(), None
@@ -261,9 +255,7 @@ class Worker:
                 "reconciliation found it in the incidents API and ran it",
             )
         if claimed.attempts > 1:
-            warnings += (
-                f"attempt {claimed.attempts}: an earlier attempt did not finish",
-            )
+            warnings += (f"attempt {claimed.attempts}: an earlier attempt did not finish",)
         mode = Mode(self.settings.webhook.mode)
         request = RunRequest(
             trigger=claimed.trigger,
@@ -300,9 +292,7 @@ class Worker:
         first_start = None
         if watermark is None:
             # Fixed once, so every first cycle tried hunts from the same start.
-            reach = parse_time(claimed.received_at).value - parse_duration(
-                schedule.first_window
-            )
+            reach = parse_time(claimed.received_at).value - parse_duration(schedule.first_window)
             first_start = as_utc(
                 await asyncio.to_thread(store.job_origin, HUNT, isoformat_z(reach))
             )
@@ -395,9 +385,7 @@ class Worker:
                 run_id=claimed.run_id,
                 detail=detail,
             )
-        await asyncio.to_thread(
-            self.audit.record, claimed.run_id, "reconcile.finished", detail
-        )
+        await asyncio.to_thread(self.audit.record, claimed.run_id, "reconcile.finished", detail)
         logger.info(
             "reconciliation %s: %d listed, %d of the rules, %d recovered",
             claimed.run_id,

@@ -50,9 +50,7 @@ DRY_RUN = "dry-run"
 
 def labels_for(report: RunReport, *, prefix: str) -> tuple[str, ...]:
     """The incident's tokenward labels after this run."""
-    actions = [
-        a for a in report.actions if a.action is not ActionKind.COMMENT_ON_INCIDENT
-    ]
+    actions = [a for a in report.actions if a.action is not ActionKind.COMMENT_ON_INCIDENT]
     found: list[str] = []
     if report.status is RunStatus.FAILED:
         found.append(RUN_FAILED)
@@ -60,9 +58,7 @@ def labels_for(report: RunReport, *, prefix: str) -> tuple[str, ...]:
         found.append(UNRESOLVED_ACCOUNT)
     elif not report.findings:
         found.append(NO_FINDINGS)
-    if any(
-        a.action in CONTAINMENT and a.status is ActionStatus.SUCCEEDED for a in actions
-    ):
+    if any(a.action in CONTAINMENT and a.status is ActionStatus.SUCCEEDED for a in actions):
         found.append(CONTAINED)
     if any(a.status is ActionStatus.AWAITING_APPROVAL for a in actions):
         found.append(NEEDS_APPROVAL)
@@ -75,9 +71,7 @@ def labels_for(report: RunReport, *, prefix: str) -> tuple[str, ...]:
 
 def comment_message(report: RunReport, *, labels: str = "") -> str:
     """The run's one comment on its incident, as Sentinel-safe HTML."""
-    actions = [
-        a for a in report.actions if a.action is not ActionKind.COMMENT_ON_INCIDENT
-    ]
+    actions = [a for a in report.actions if a.action is not ActionKind.COMMENT_ON_INCIDENT]
     parts = [f"<p>{_headline(report, actions)}</p>"]
 
     # Findings, highest first, until the comment would pass Sentinel's limit.
@@ -91,9 +85,7 @@ def comment_message(report: RunReport, *, labels: str = "") -> str:
             item = _finding(finding)
             if used + len(item) > _BUDGET:
                 left = len(findings) - index
-                parts.append(
-                    f"<li>… and {left} more finding(s): see the run's report.</li>"
-                )
+                parts.append(f"<li>… and {left} more finding(s): see the run's report.</li>")
                 break
             parts.append(item)
             used += len(item)
@@ -135,28 +127,20 @@ def _headline(report: RunReport, actions: Sequence[ActionReport]) -> str:
             "or Name and UPNSuffix."
         )
     if not report.findings:
-        return (
-            head
-            + "no device code sign-in was found for the incident's accounts in the window."
-        )
+        return head + "no device code sign-in was found for the incident's accounts in the window."
     counts = report.tier_counts()
     tiers = ", ".join(
         f"{counts[tier]} {tier}" for tier in ("high", "medium", "low") if counts[tier]
     )
     states = _status_counts(actions)
     done = "; ".join(f"{count} {status}" for status, count in states.items())
-    return (
-        head
-        + f"<b>{len(report.findings)} finding(s)</b> ({tiers}); actions: {done or 'none'}."
-    )
+    return head + f"<b>{len(report.findings)} finding(s)</b> ({tiers}); actions: {done or 'none'}."
 
 
 def _finding(finding: Finding) -> str:
     primary = finding.primary
     where = ", ".join(
-        value
-        for value in (primary.ip_address, primary.country, primary.app_display_name)
-        if value
+        value for value in (primary.ip_address, primary.country, primary.app_display_name) if value
     )
     lines = [
         f"<li><b>{_e(finding.user_principal_name)}</b>: {_e(finding.tier.value)}, "
@@ -202,9 +186,7 @@ def _footer(report: RunReport, labels: str) -> str:
     bits = [f"run <code>{_e(report.run_id)}</code>", f"playbook {_e(report.playbook)}"]
     if report.plan_hash:
         bits.append(f"plan hash <code>{_e(report.plan_hash[:16])}</code>")
-    bits.append(
-        f"window {isoformat_z(report.window.start)} to {isoformat_z(report.window.end)}"
-    )
+    bits.append(f"window {isoformat_z(report.window.start)} to {isoformat_z(report.window.end)}")
     if labels:
         bits.append(_e(labels))
     audit = f"the audit: <code>tokenward audit show --run {_e(report.run_id)}</code>"

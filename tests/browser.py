@@ -58,9 +58,7 @@ def chromium() -> Iterator[Any]:
     if executable is None:
         raise RuntimeError("chromium is not installed")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_FLAGS
-        )
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         try:
             yield browser
         finally:
@@ -81,9 +79,7 @@ def new_page(browser: Any, width: int = 1280, height: int = 900) -> tuple[Any, P
     return page, log
 
 
-def screenshot(
-    html: Path, png: Path, *, width: int = 1280, full_page: bool = True
-) -> None:
+def screenshot(html: Path, png: Path, *, width: int = 1280, full_page: bool = True) -> None:
     """A PNG of *html* as Chromium draws it."""
     with chromium() as browser:
         page, _ = new_page(browser, width=width)
@@ -102,11 +98,7 @@ def main() -> None:
     from playbooks.cli import main as tokenward
     from tests.cli_helpers import settings_file
 
-    target = Path(
-        sys.argv[1]
-        if len(sys.argv) > 1
-        else "docs/images/seed-true-positive-report.png"
-    )
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/images/seed-true-positive-report.png")
     with tempfile.TemporaryDirectory() as folder:
         html = Path(folder) / "seed-true-positive.html"
         args = [

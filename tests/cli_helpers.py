@@ -26,15 +26,11 @@ def settings_file(folder: Path) -> Path:
     """A settings file whose state database lives in *folder*, not the cwd."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tokenward.toml"
-    path.write_text(
-        f'[store]\nurl = "sqlite:///{folder / "state.db"}"\n', encoding="utf-8"
-    )
+    path.write_text(f'[store]\nurl = "sqlite:///{folder / "state.db"}"\n', encoding="utf-8")
     return path
 
 
-def run_tokenward(
-    args: list[str], folder: Path, capsys: pytest.CaptureFixture[str]
-) -> CliResult:
+def run_tokenward(args: list[str], folder: Path, capsys: pytest.CaptureFixture[str]) -> CliResult:
     """``tokenward --config … ARGS``; the exit code, stdout and stderr."""
     capsys.readouterr()
     code = 0

@@ -40,9 +40,7 @@ def no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = (
-                host == "localhost"
-                or isinstance(host, bytes | str)
-                and str(host).startswith("/")
+                host == "localhost" or isinstance(host, bytes | str) and str(host).startswith("/")
             )
         if not loopback:
             raise AssertionError(f"a test tried to reach {address!r}")
@@ -63,9 +61,7 @@ def write_table(
     directory.mkdir(parents=True, exist_ok=True)
     if lines:
         path = directory / f"{table}.jsonl"
-        path.write_text(
-            "".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8"
-        )
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     else:
         path = directory / f"{table}.json"
         path.write_text(json.dumps(rows, indent=1), encoding="utf-8")

@@ -94,9 +94,7 @@ def log_analytics_json(
     directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False
 ) -> Path:
     """JSON lines named after the table, each row carrying its ``Type``."""
-    lines = [
-        json.dumps({**_as_text_columns(table, row), "Type": table}) for row in rows
-    ]
+    lines = [json.dumps({**_as_text_columns(table, row), "Type": table}) for row in rows]
     return _write(directory / f"{table}.jsonl", "\n".join(lines) + "\n", gz=gz)
 
 
@@ -126,8 +124,7 @@ def log_analytics_api(
     schema = TABLES[table]
     names = sorted({column for row in rows for column in row} | {"Type"})
     columns = [
-        {"name": name, "type": _API_TYPES[schema.columns.get(name, Kind.STRING)]}
-        for name in names
+        {"name": name, "type": _API_TYPES[schema.columns.get(name, Kind.STRING)]} for name in names
     ]
     values = []
     for row in rows:
@@ -139,9 +136,7 @@ def log_analytics_api(
                 value = json.dumps(value)
             cells.append(value)
         values.append(cells)
-    document = {
-        "tables": [{"name": "PrimaryResult", "columns": columns, "rows": values}]
-    }
+    document = {"tables": [{"name": "PrimaryResult", "columns": columns, "rows": values}]}
     return _write(directory / "api-response.json", json.dumps(document), gz=gz)
 
 
@@ -155,9 +150,7 @@ def portal_time(value: str) -> str:
     )
 
 
-def portal_csv(
-    directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False
-) -> Path:
+def portal_csv(directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False) -> Path:
     """The portal's "Export to CSV": [UTC] headers, _dynamic/_string pairs, TRUE."""
     schema = TABLES[table]
     names = sorted({column for row in rows for column in row} | {"Type"})
@@ -185,9 +178,7 @@ def portal_csv(
                 # Pretty-printed, so the cell spans lines as in real exports.
                 cells.extend(
                     [
-                        json.dumps(_json_value(value), indent=2)
-                        if value is not None
-                        else "",
+                        json.dumps(_json_value(value), indent=2) if value is not None else "",
                         "",
                     ]
                 )
@@ -248,16 +239,12 @@ def diagnostic_records(
         for row in rows
     ]
     if envelope:
-        return _write(
-            directory / "PT1H.json", json.dumps({"records": records}, indent=1), gz=gz
-        )
+        return _write(directory / "PT1H.json", json.dumps({"records": records}, indent=1), gz=gz)
     text = "\n".join(json.dumps(record) for record in records) + "\n"
     return _write(directory / "eventhub.log", text, gz=gz)
 
 
-def graph_sign_ins(
-    directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False
-) -> Path:
+def graph_sign_ins(directory: Path, table: str, rows: Sequence[Row], *, gz: bool = False) -> Path:
     """Graph ``GET /auditLogs/signIns``; beta says which kind each sign-in is."""
     kind = "interactiveUser" if table == "SigninLogs" else "nonInteractiveUser"
     value = [{**_camel(row), "signInEventTypes": [kind]} for row in rows]
@@ -296,9 +283,7 @@ def defender_streaming(
         for row in rows
     ]
     if envelope:
-        return _write(
-            directory / "defender.json", json.dumps({"records": records}), gz=False
-        )
+        return _write(directory / "defender.json", json.dumps({"records": records}), gz=False)
     return _write(
         directory / "defender.log",
         "\n".join(json.dumps(r) for r in records) + "\n",

@@ -81,7 +81,12 @@ def email(minutes_before: float = 9, **changes: Any) -> EmailEvidence:
 
 
 def baseline(**changes: Any) -> Baseline:
-    values: dict[str, Any] = {"days": 30, "sign_ins": 40, "countries": ("US",), "device_code_sign_ins": 0}
+    values: dict[str, Any] = {
+        "days": 30,
+        "sign_ins": 40,
+        "countries": ("US",),
+        "device_code_sign_ins": 0,
+    }
     values.update(changes)
     return Baseline(**values)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import copy
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,7 +14,7 @@ from connectors.clients import Clients
 from connectors.credentials import build_credential
 from connectors.live import live_source
 from playbooks.audit import AuditLog
-from playbooks.engine import RunRequest, Runner
+from playbooks.engine import Runner, RunRequest
 from playbooks.exercises import find_scenario, load_scenario
 from playbooks.models import Mode, RunReport, Window
 from playbooks.playbook import Playbook, load_playbook
@@ -56,7 +56,9 @@ def run_live(
     async def run() -> RunReport:
         async with Clients(chosen.azure, build_credential(chosen.azure)) as clients:
             source = live_source(chosen, clients, mode=mode)
-            request = RunRequest(trigger="test", mode=Mode.DRY_RUN, window=window, now=NOW, users=users)
+            request = RunRequest(
+                trigger="test", mode=Mode.DRY_RUN, window=window, now=NOW, users=users
+            )
             return await Runner(book, chosen, source, audit).run(request)
 
     return LiveRun(asyncio.run(run()), audit)
@@ -97,16 +99,24 @@ def phished_tenant(users: int, *, history: int | None = None) -> dict[str, list[
                         item[key] = upn
                     elif key in ("UserId", "RecipientObjectId") and value:
                         item[key] = user_id
-                    elif key in ("Id", "CorrelationId", "NetworkMessageId", "ReportId", "SessionId") and value:
+                    elif (
+                        key in ("Id", "CorrelationId", "NetworkMessageId", "ReportId", "SessionId")
+                        and value
+                    ):
                         item[key] = _id(key, number, value)
                 if name == "SigninLogs" and item.get("AuthenticationProtocol") == "deviceCode":
                     item["UniqueTokenIdentifier"] = _id("uti", number)
                 tables[name].append(item)
 
-    phish = next(r for r in tables["SigninLogs"] if r["UserPrincipalName"] == "user000@contoso.com" and r.get("AuthenticationProtocol") == "deviceCode")
+    phish = next(
+        r
+        for r in tables["SigninLogs"]
+        if r["UserPrincipalName"] == "user000@contoso.com"
+        and r.get("AuthenticationProtocol") == "deviceCode"
+    )
     tables["MicrosoftGraphActivityLogs"] = [
         {
-            "TimeGenerated": "2026-01-15T09:31:0%dZ" % second,
+            "TimeGenerated": f"2026-01-15T09:31:0{second}Z",
             "RequestId": _id("graph", second),
             "RequestMethod": method,
             "RequestUri": uri,

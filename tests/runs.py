@@ -63,7 +63,9 @@ class RecordingWriter:
             raise self.fail_with
         created = (incident_id, comment_id) not in self.comments
         self.comments[(incident_id, comment_id)] = message
-        return IncidentWrite(http_status=201 if created else 200, created=created, detail="comment created")
+        return IncidentWrite(
+            http_status=201 if created else 200, created=created, detail="comment created"
+        )
 
     async def label(self, *, incident_id: str, labels: Sequence[str]) -> IncidentWrite:
         self.calls.append("label")

@@ -94,7 +94,11 @@ def tenant(emu: Any) -> None:
 
 def revokes(emu: Any) -> list[str]:
     """The revokeSignInSessions calls Graph received, by path."""
-    return [path for method, path, _ in graph_calls(emu, writes_only=True) if "revokeSignInSessions" in path]
+    return [
+        path
+        for method, path, _ in graph_calls(emu, writes_only=True)
+        if "revokeSignInSessions" in path
+    ]
 
 
 @contextmanager

@@ -74,12 +74,23 @@ class Service:
     emu: Any
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=10)
+        return httpx.Client(
+            base_url=self.url,
+            verify=ssl.create_default_context(cafile=str(self.ca_file)),
+            timeout=10,
+        )
 
     def token(self, *, oid: str = LOGIC_APP, audience: str = AUDIENCE, **claims: Any) -> str:
         return self.emu.identity.signed_token(audience, oid=oid, **claims)
 
-    def post(self, body: Any, *, headers: dict[str, str] | None = None, raw: bytes | None = None, seed: bool = True) -> httpx.Response:
+    def post(
+        self,
+        body: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        seed: bool = True,
+    ) -> httpx.Response:
         """POST a delivery with a Logic App token (seeding the incident in the emulator)."""
         data = raw if raw is not None else json.dumps(body).encode()
         if seed and isinstance(body, dict) and "object" in body:
@@ -87,7 +98,9 @@ class Service:
         sent = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token()}"}
         sent.update(headers or {})
         with self.client() as client:
-            return client.post("/webhooks/sentinel", content=data, headers={k: v for k, v in sent.items() if v})
+            return client.post(
+                "/webhooks/sentinel", content=data, headers={k: v for k, v in sent.items() if v}
+            )
 
     def signed(self, body: bytes, *, secret: str = SECRET, at: int | None = None) -> dict[str, str]:
         stamp = int(time.time()) if at is None else at
@@ -104,7 +117,9 @@ class Service:
             if row and row["status"] in ("done", "failed"):
                 return row
             time.sleep(0.05)
-        raise AssertionError(f"delivery {delivery_id} was not processed: {self.parts.inbox.get(delivery_id)}")
+        raise AssertionError(
+            f"delivery {delivery_id} was not processed: {self.parts.inbox.get(delivery_id)}"
+        )
 
 
 @contextmanager
@@ -149,7 +164,9 @@ def running_service(
             break
         time.sleep(0.02)
     else:
-        raise RuntimeError(f"tokenward serve did not become ready (started={server.started}, keys={parts.gate.ready}, thread={thread.is_alive()})")
+        raise RuntimeError(
+            f"tokenward serve did not become ready (started={server.started}, keys={parts.gate.ready}, thread={thread.is_alive()})"
+        )
     try:
         yield service
     finally:
@@ -161,4 +178,14 @@ def body_sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-__all__ = ["APPROVER", "AUDIENCE", "LOGIC_APP", "SECRET", "TENANT_ID", "Service", "incident", "running_service", "service_settings"]
+__all__ = [
+    "APPROVER",
+    "AUDIENCE",
+    "LOGIC_APP",
+    "SECRET",
+    "TENANT_ID",
+    "Service",
+    "incident",
+    "running_service",
+    "service_settings",
+]

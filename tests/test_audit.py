@@ -26,7 +26,9 @@ def test_an_untouched_chain_verifies(log: AuditLog) -> None:
 
 def test_editing_a_record_is_found(log: AuditLog) -> None:
     with log._store.engine.begin() as connection:
-        connection.execute(update(audit_records).where(audit_records.c.seq == 3).values(data='{"n": 99}'))
+        connection.execute(
+            update(audit_records).where(audit_records.c.seq == 3).values(data='{"n": 99}')
+        )
     problems = log.verify().problems
     assert problems == ["record 3 (step) was edited: its hash does not match"]
 
@@ -53,7 +55,14 @@ def test_inserting_a_forged_record_is_found(log: AuditLog) -> None:
         last = connection.execute(select(audit_records).where(audit_records.c.seq == 5)).first()
         connection.execute(
             insert(audit_records).values(
-                seq=6, run_id="r-1", at=last.at, kind="forged", actor="x", data="{}", prev_hash=last.hash, hash="0" * 64
+                seq=6,
+                run_id="r-1",
+                at=last.at,
+                kind="forged",
+                actor="x",
+                data="{}",
+                prev_hash=last.hash,
+                hash="0" * 64,
             )
         )
     problems = log.verify().problems
@@ -73,7 +82,12 @@ def test_tokens_and_secrets_never_reach_a_record(log: AuditLog) -> None:
     record = log.record(
         "r-1",
         "call",
-        {"headers": {"Authorization": f"Bearer {jwt}"}, "client_secret": "s3cr3t", "note": f"got {jwt}", "text": "Bearer abc.def"},
+        {
+            "headers": {"Authorization": f"Bearer {jwt}"},
+            "client_secret": "s3cr3t",
+            "note": f"got {jwt}",
+            "text": "Bearer abc.def",
+        },
     )
     stored = log.records(run_id="r-1")[-1]
     assert stored.data == record.data

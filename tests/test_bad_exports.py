@@ -41,9 +41,7 @@ def test_a_truncated_json_line_deep_in_a_file_names_its_line(tmp_path: Path) -> 
         tmp_path / "SigninLogs.jsonl",
         [*good_lines(), '{"TimeGenerated": "2026-01-15', *good_lines(3)],
     )
-    with pytest.raises(
-        ExportError, match=rf"SigninLogs.jsonl:{PADDING + 1}: .*not valid JSON"
-    ):
+    with pytest.raises(ExportError, match=rf"SigninLogs.jsonl:{PADDING + 1}: .*not valid JSON"):
         load_directory(tmp_path)
 
 
@@ -111,9 +109,7 @@ def test_a_record_without_its_time_is_refused(tmp_path: Path) -> None:
 
 def test_a_file_in_no_known_shape_is_refused_at_its_first_line(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("incident notes\nnothing to load\n")
-    with pytest.raises(
-        UnreadableExport, match=r"notes.txt:1: not an export tokenward can read"
-    ):
+    with pytest.raises(UnreadableExport, match=r"notes.txt:1: not an export tokenward can read"):
         load_directory(tmp_path)
 
 
@@ -148,9 +144,7 @@ def test_skipping_leaves_out_bad_lines_and_counts_them(tmp_path: Path) -> None:
     assert summary.rows == {"SigninLogs": 5}
     assert summary.bad_records == 3
     assert con.execute("SELECT count(*) FROM SigninLogs").fetchone() == (5,)
-    assert any(
-        "3 bad record(s) were left out" in warning for warning in summary.warnings
-    )
+    assert any("3 bad record(s) were left out" in warning for warning in summary.warnings)
     (item,) = summary.files
     assert item.bad_records == 3 and item.problem
 

@@ -18,7 +18,7 @@ import pytest
 from connectors.exports.loader import ExportLoader
 from connectors.exports.local import LocalKqlSource
 from playbooks.audit import AuditLog
-from playbooks.engine import RunRequest, Runner
+from playbooks.engine import Runner, RunRequest
 from playbooks.exercises import find_scenario, load_scenario
 from playbooks.models import Mode, RunReport, Window
 from playbooks.playbook import load_playbook
@@ -59,7 +59,9 @@ def hunt(tmp_path: Path, exports: Path, *extra: str) -> subprocess.CompletedProc
     )
 
 
-def test_a_hunt_over_exported_files_finds_the_sign_in_and_writes_a_valid_json_report(tmp_path: Path, exports: Path) -> None:
+def test_a_hunt_over_exported_files_finds_the_sign_in_and_writes_a_valid_json_report(
+    tmp_path: Path, exports: Path
+) -> None:
     done = hunt(tmp_path, exports, "--now", "2026-01-15T12:00:00Z", "--output", "out/report.json")
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -75,7 +77,9 @@ def test_a_hunt_over_exported_files_finds_the_sign_in_and_writes_a_valid_json_re
 def test_json_output_goes_to_stdout_alone(tmp_path: Path, exports: Path) -> None:
     done = hunt(tmp_path, exports, "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["findings"][0]["user_principal_name"] == "target.user@contoso.com"
+    assert (
+        json.loads(done.stdout)["findings"][0]["user_principal_name"] == "target.user@contoso.com"
+    )
 
 
 def test_a_hunt_scoped_to_other_users_finds_nothing(tmp_path: Path, exports: Path) -> None:
@@ -87,23 +91,32 @@ def test_a_hunt_scoped_to_other_users_finds_nothing(tmp_path: Path, exports: Pat
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--start", "2026-01-16T00:00:00Z", "--end", "2026-01-15T00:00:00Z"], "starts (2026-01-16T00:00:00Z) at or after it ends"),
+        (
+            ["--start", "2026-01-16T00:00:00Z", "--end", "2026-01-15T00:00:00Z"],
+            "starts (2026-01-16T00:00:00Z) at or after it ends",
+        ),
         (["--since", "soon"], "not a duration"),
         (["--start", "yesterday"], "'yesterday' is not a time"),
         (["--since", "120d"], "longer than 90 days"),
         (["--user", 'x" or 1==1 or "'], "is not a UPN or mail address"),
     ],
 )
-def test_a_bad_window_or_scope_is_refused_with_a_reason(tmp_path: Path, exports: Path, args: list[str], message: str) -> None:
+def test_a_bad_window_or_scope_is_refused_with_a_reason(
+    tmp_path: Path, exports: Path, args: list[str], message: str
+) -> None:
     done = run(tmp_path, "hunt", "--source", f"files:{exports}", *args)
     assert done.returncode == 2
     assert message in done.stderr
 
 
-def test_a_malformed_export_fails_naming_the_file_and_the_failed_run_is_audited(tmp_path: Path) -> None:
+def test_a_malformed_export_fails_naming_the_file_and_the_failed_run_is_audited(
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()
-    (folder / "SigninLogs.jsonl").write_text('{"TimeGenerated": "2026-01-15T09:00:00Z"}\n{"TimeGenerated": \n')
+    (folder / "SigninLogs.jsonl").write_text(
+        '{"TimeGenerated": "2026-01-15T09:00:00Z"}\n{"TimeGenerated": \n'
+    )
     done = run(tmp_path, "hunt", "--source", f"files:{folder}", "--since", "24h")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("tokenward: ExportError: ")
@@ -115,13 +128,29 @@ def test_a_malformed_export_fails_naming_the_file_and_the_failed_run_is_audited(
 
 def test_an_export_without_device_code_fields_warns_that_the_hunt_is_blind(tmp_path: Path) -> None:
     folder = tmp_path / "old"
-    write_table(folder, "SigninLogs", [{"TimeGenerated": "2026-01-15T09:00:00Z", "UserPrincipalName": "a@contoso.com"}])
-    done = run(tmp_path, "hunt", "--source", f"files:{folder}", "--start", "2026-01-15T00:00:00Z", "--end", "2026-01-16T00:00:00Z", "--json")
+    write_table(
+        folder,
+        "SigninLogs",
+        [{"TimeGenerated": "2026-01-15T09:00:00Z", "UserPrincipalName": "a@contoso.com"}],
+    )
+    done = run(
+        tmp_path,
+        "hunt",
+        "--source",
+        f"files:{folder}",
+        "--start",
+        "2026-01-15T00:00:00Z",
+        "--end",
+        "2026-01-16T00:00:00Z",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     assert any("cannot find device code sign-ins" in w for w in json.loads(done.stdout)["warnings"])
 
 
-def test_audit_verify_passes_then_fails_once_a_record_is_edited(tmp_path: Path, exports: Path) -> None:
+def test_audit_verify_passes_then_fails_once_a_record_is_edited(
+    tmp_path: Path, exports: Path
+) -> None:
     assert hunt(tmp_path, exports).returncode == 0
     verified = run(tmp_path, "audit", "verify")
     assert verified.returncode == 0 and "audit chain intact" in verified.stdout
@@ -161,12 +190,19 @@ async def _dry_run_over(exports: Path) -> RunReport:
     con = duckdb_kql.connect()
     ExportLoader(con).load_directory(exports)
     now = parse_time("2026-01-15T12:00:00Z").value
-    runner = Runner(load_playbook(), Settings(), LocalKqlSource(con, now=now, origin="t"), AuditLog(open_store("sqlite://")))
+    runner = Runner(
+        load_playbook(),
+        Settings(),
+        LocalKqlSource(con, now=now, origin="t"),
+        AuditLog(open_store("sqlite://")),
+    )
     window = Window(start=parse_time("2026-01-15T00:00:00Z").value, end=now)
     return await runner.run(RunRequest(trigger="test", mode=Mode.DRY_RUN, window=window, now=now))
 
 
-def test_a_dry_run_opens_no_connection_at_all(exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dry_run_opens_no_connection_at_all(
+    exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     attempts: list[Any] = []
 
     def refuse(self: socket.socket, address: Any) -> None:
@@ -180,8 +216,19 @@ def test_a_dry_run_opens_no_connection_at_all(exports: Path, monkeypatch: pytest
     assert {action.status.value for action in report.actions} == {"would_send"}
 
 
-def test_a_bad_window_is_refused_and_the_refused_run_is_audited(tmp_path: Path, exports: Path) -> None:
-    done = run(tmp_path, "hunt", "--source", f"files:{exports}", "--start", "2026-01-16T00:00:00Z", "--end", "2026-01-15T00:00:00Z")
+def test_a_bad_window_is_refused_and_the_refused_run_is_audited(
+    tmp_path: Path, exports: Path
+) -> None:
+    done = run(
+        tmp_path,
+        "hunt",
+        "--source",
+        f"files:{exports}",
+        "--start",
+        "2026-01-16T00:00:00Z",
+        "--end",
+        "2026-01-15T00:00:00Z",
+    )
     assert done.returncode == 2
     with sqlite3.connect(tmp_path / "tokenward.db") as db:
         rows = list(db.execute("SELECT kind, data FROM audit_records ORDER BY seq"))

@@ -24,7 +24,9 @@ def graph_call(emu: Any, **azure: Any) -> BaseException | None:
 
     async def run() -> None:
         async with Clients(settings.azure, build_credential(settings.azure)) as clients:
-            await clients.graph().users.by_user_id("alice@contoso.com").revoke_sign_in_sessions.post()
+            await (
+                clients.graph().users.by_user_id("alice@contoso.com").revoke_sign_in_sessions.post()
+            )
 
     try:
         asyncio.run(run())
@@ -33,7 +35,9 @@ def graph_call(emu: Any, **azure: Any) -> BaseException | None:
     return None
 
 
-def test_graph_requests_go_to_the_configured_host_with_one_slash_and_a_graph_token(emu: Any) -> None:
+def test_graph_requests_go_to_the_configured_host_with_one_slash_and_a_graph_token(
+    emu: Any,
+) -> None:
     graph_call(emu)
 
     (token,) = emu.requests(r"/oauth2/v2\.0/token$")
@@ -63,7 +67,11 @@ def test_a_graph_error_keeps_code_message_and_request_ids_for_the_audit(emu: Any
             "error": {
                 "code": "Request_ResourceNotFound",
                 "message": None,
-                "innerError": {"request-id": "rid-1", "client-request-id": "crid-1", "date": "2026-01-15T09:30:00"},
+                "innerError": {
+                    "request-id": "rid-1",
+                    "client-request-id": "crid-1",
+                    "date": "2026-01-15T09:30:00",
+                },
             }
         },
     )
@@ -71,9 +79,17 @@ def test_a_graph_error_keeps_code_message_and_request_ids_for_the_audit(emu: Any
     error = graph_error(graph_call(emu), what="revokeSignInSessions for alice@contoso.com")  # type: ignore[arg-type]
 
     assert error is not None
-    assert (error.status, error.code, error.request_id, error.client_request_id) == (404, "Request_ResourceNotFound", "rid-1", "crid-1")
+    assert (error.status, error.code, error.request_id, error.client_request_id) == (
+        404,
+        "Request_ResourceNotFound",
+        "rid-1",
+        "crid-1",
+    )
     assert error.error_class == "not_found"
-    assert str(error) == "Microsoft Graph refused revokeSignInSessions for alice@contoso.com (404 Request_ResourceNotFound: no message)"
+    assert (
+        str(error)
+        == "Microsoft Graph refused revokeSignInSessions for alice@contoso.com (404 Request_ResourceNotFound: no message)"
+    )
 
 
 def test_without_the_ca_bundle_the_emulator_is_not_trusted(emu: Any) -> None:
@@ -84,7 +100,9 @@ def test_without_the_ca_bundle_the_emulator_is_not_trusted(emu: Any) -> None:
 
 
 @pytest.mark.parametrize("cloud", ["AzureUSGovernment", "AzureChina"])
-def test_a_national_cloud_asks_for_its_own_graph_scope_even_through_an_override(emu: Any, cloud: str) -> None:
+def test_a_national_cloud_asks_for_its_own_graph_scope_even_through_an_override(
+    emu: Any, cloud: str
+) -> None:
     settings = settings_from_dict(settings_data(emu, azure={"cloud": cloud}), environ=ENVIRON)
     emu.audiences["graph"] = settings.azure.endpoints().graph_scope.removesuffix("/.default")
 

@@ -25,25 +25,49 @@ def test_us_government_derives_its_own_authority_graph_scope_and_log_analytics()
 
 
 def test_another_clouds_graph_host_is_refused_at_startup() -> None:
-    with pytest.raises(SettingsError, match=r"at azure.graph_endpoint\): graph_endpoint 'https://graph.microsoft.com' is the Microsoft Graph host of AzurePublic, but cloud is AzureUSGovernment"):
+    with pytest.raises(
+        SettingsError,
+        match=r"at azure.graph_endpoint\): graph_endpoint 'https://graph.microsoft.com' is the Microsoft Graph host of AzurePublic, but cloud is AzureUSGovernment",
+    ):
         endpoints(cloud="USGov", graph_endpoint="https://graph.microsoft.com")
 
 
-@pytest.mark.parametrize("given", ["https://graph.microsoft.us", "https://graph.microsoft.us/", "https://graph.microsoft.us/v1.0/"])
-def test_a_graph_endpoint_is_normalised_to_one_version_path_without_a_trailing_slash(given: str) -> None:
+@pytest.mark.parametrize(
+    "given",
+    [
+        "https://graph.microsoft.us",
+        "https://graph.microsoft.us/",
+        "https://graph.microsoft.us/v1.0/",
+    ],
+)
+def test_a_graph_endpoint_is_normalised_to_one_version_path_without_a_trailing_slash(
+    given: str,
+) -> None:
     # kiota joins "/users/..." to the base URL: a trailing slash would send "//users".
-    assert endpoints(cloud="AzureUSGovernment", graph_endpoint=given).graph_base_url == "https://graph.microsoft.us/v1.0"
+    assert (
+        endpoints(cloud="AzureUSGovernment", graph_endpoint=given).graph_base_url
+        == "https://graph.microsoft.us/v1.0"
+    )
 
 
 def test_china_and_dod_have_their_own_graph_hosts() -> None:
-    assert endpoints(cloud="AzureChina").graph_base_url == "https://microsoftgraph.chinacloudapi.cn/v1.0"
+    assert (
+        endpoints(cloud="AzureChina").graph_base_url
+        == "https://microsoftgraph.chinacloudapi.cn/v1.0"
+    )
     assert endpoints(cloud="AzureChina").authority_host == "https://login.chinacloudapi.cn"
-    assert endpoints(cloud="AzureChina").log_analytics_endpoint == "https://api.loganalytics.azure.cn"
+    assert (
+        endpoints(cloud="AzureChina").log_analytics_endpoint == "https://api.loganalytics.azure.cn"
+    )
     assert endpoints(cloud="dod").graph_scope == "https://dod-graph.microsoft.us/.default"
 
 
 def test_an_emulator_or_proxy_host_keeps_the_production_scopes() -> None:
-    found = endpoints(graph_endpoint="https://127.0.0.1:8443", log_analytics_endpoint="https://127.0.0.1:8443", authority_host="https://127.0.0.1:8443")
+    found = endpoints(
+        graph_endpoint="https://127.0.0.1:8443",
+        log_analytics_endpoint="https://127.0.0.1:8443",
+        authority_host="https://127.0.0.1:8443",
+    )
     assert found.graph_base_url == "https://127.0.0.1:8443/v1.0"
     assert found.graph_scope == "https://graph.microsoft.com/.default"
     assert found.log_analytics_audience == "https://api.loganalytics.io"
@@ -56,12 +80,22 @@ def test_an_emulator_or_proxy_host_keeps_the_production_scopes() -> None:
     [
         ("graph_endpoint", "http://graph.microsoft.com", "must be an https:// URL"),
         ("graph_endpoint", "https://graph.microsoft.com/beta", "may not have the path '/beta'"),
-        ("log_analytics_endpoint", "https://graph.microsoft.com", "is the Microsoft Graph host of AzurePublic"),
-        ("authority_host", "https://login.microsoftonline.us", "is the sign-in authority host of AzureUSGovernment"),
+        (
+            "log_analytics_endpoint",
+            "https://graph.microsoft.com",
+            "is the Microsoft Graph host of AzurePublic",
+        ),
+        (
+            "authority_host",
+            "https://login.microsoftonline.us",
+            "is the sign-in authority host of AzureUSGovernment",
+        ),
         ("arm_endpoint", "https://user:pw@management.azure.com", "plain https://host URL"),
     ],
 )
-def test_endpoints_that_cannot_be_right_are_refused_naming_the_key(key: str, value: str, message: str) -> None:
+def test_endpoints_that_cannot_be_right_are_refused_naming_the_key(
+    key: str, value: str, message: str
+) -> None:
     with pytest.raises(SettingsError, match=rf"\(at azure\.{key}\): .*{message}"):
         endpoints(**{key: value})
 

@@ -70,8 +70,16 @@ def tokenward(
 
 def hunt(cfg: Path, exports: Path, *extra: str) -> list[str]:
     return [
-        "--config", str(cfg), "hunt", "--source", f"files:{exports}",
-        "--now", isoformat_z(SEED.clock), "--since", "24h", *extra,
+        "--config",
+        str(cfg),
+        "hunt",
+        "--source",
+        f"files:{exports}",
+        "--now",
+        isoformat_z(SEED.clock),
+        "--since",
+        "24h",
+        *extra,
     ]
 
 
@@ -109,7 +117,9 @@ def test_approve_mode_writes_nothing_until_approved_then_sends_exactly_the_plan(
     cfg = config(tmp_path, graph)
 
     code, out, err = tokenward(
-        monkeypatch, capsys, *hunt(cfg, exports, "--mode", "approve", "--requested-by", "ana", "--json")
+        monkeypatch,
+        capsys,
+        *hunt(cfg, exports, "--mode", "approve", "--requested-by", "ana", "--json"),
     )
     assert code == 0, err
     report = json.loads(out)
@@ -125,16 +135,30 @@ def test_approve_mode_writes_nothing_until_approved_then_sends_exactly_the_plan(
     # Not approved yet, approved by the requester, approved: only the last executes.
     code, _, err = tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "execute", plan_id)
     assert code == 1 and "only an approved plan is executed" in err
-    code, _, err = tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "approve", plan_id, "--by", "ana")
+    code, _, err = tokenward(
+        monkeypatch, capsys, "--config", str(cfg), "plans", "approve", plan_id, "--by", "ana"
+    )
     assert code == 1 and "may not approve it too" in err
     assert graph_calls(graph, writes_only=True) == []
     code, out, err = tokenward(
-        monkeypatch, capsys, "--config", str(cfg), "plans", "approve", plan_id, "--by", "ben", "--reason", "phish"
+        monkeypatch,
+        capsys,
+        "--config",
+        str(cfg),
+        "plans",
+        "approve",
+        plan_id,
+        "--by",
+        "ben",
+        "--reason",
+        "phish",
     )
     assert code == 0, err
     assert f"plan {plan_id} approved by ben" in out
 
-    code, out, err = tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "execute", plan_id, "--json")
+    code, out, err = tokenward(
+        monkeypatch, capsys, "--config", str(cfg), "plans", "execute", plan_id, "--json"
+    )
     assert code == 0, err
     assert graph_calls(graph, writes_only=True) == approved_requests
     assert json.loads(out)["containment"] == "contained"
@@ -161,7 +185,9 @@ def test_a_plan_edited_after_approval_is_refused(
     body = store.plan(plan_id)["body"]  # type: ignore[index]
     with store.engine.begin() as connection:
         connection.execute(
-            update(plans).where(plans.c.id == plan_id).values(body=body.replace(TARGET_ID, "aaaaaaaa-0000-4000-8000-00000000dead"))
+            update(plans)
+            .where(plans.c.id == plan_id)
+            .values(body=body.replace(TARGET_ID, "aaaaaaaa-0000-4000-8000-00000000dead"))
         )
 
     code, _, err = tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "execute", plan_id)
@@ -179,7 +205,9 @@ def test_an_expired_plan_cannot_be_approved(
     import time
 
     time.sleep(0.5)
-    code, _, err = tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "approve", plan_id, "--by", "ben")
+    code, _, err = tokenward(
+        monkeypatch, capsys, "--config", str(cfg), "plans", "approve", plan_id, "--by", "ben"
+    )
     assert code == 1 and "expired" in err
 
 
@@ -192,12 +220,19 @@ def test_dry_run_sends_no_request_at_all(
     assert {a["status"] for a in json.loads(out)["actions"]} <= {"would_send", "skipped"}
     # Only the permission preflight's token request reached the emulator; no Graph call.
     assert [r.path for r in graph.requests() if not r.path.endswith("/oauth2/v2.0/token")] == []
-    assert [r for r in graph.requests() if r.method not in ("GET", "POST") or "/v1.0/" in r.path] == []
+    assert [
+        r for r in graph.requests() if r.method not in ("GET", "POST") or "/v1.0/" in r.path
+    ] == []
 
 
 @pytest.mark.parametrize("mode", ["auto", "approve"])
 def test_a_protected_account_is_never_written_to_in_any_mode(
-    tmp_path: Path, exports: Path, graph: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, mode: str
+    tmp_path: Path,
+    exports: Path,
+    graph: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    mode: str,
 ) -> None:
     # Protected by object id, while the sign-in names the user by UPN.
     cfg = config(tmp_path, graph, guardrails={"protected_accounts": [TARGET_ID]})
@@ -212,7 +247,11 @@ def test_a_privileged_user_waits_for_approval_in_auto_mode_whatever_the_score(
     tmp_path: Path, exports: Path, graph: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     graph.graph.find(TARGET_ID).roles = [
-        {"id": "r-1", "displayName": "Global Administrator", "roleTemplateId": "62e90394-69f5-4237-9190-012177145e10"}
+        {
+            "id": "r-1",
+            "displayName": "Global Administrator",
+            "roleTemplateId": "62e90394-69f5-4237-9190-012177145e10",
+        }
     ]
     cfg = config(tmp_path, graph)
     code, out, err = tokenward(monkeypatch, capsys, *hunt(cfg, exports, "--mode", "auto", "--json"))
@@ -229,7 +268,9 @@ def test_a_privileged_user_waits_for_approval_in_auto_mode_whatever_the_score(
     tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "approve", plan_id, "--by", "ben")
     code, _, err = tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "execute", plan_id)
     assert code == 0, err
-    assert ("POST", f"/users/{TARGET_ID}/revokeSignInSessions", None) in graph_calls(graph, writes_only=True)
+    assert ("POST", f"/users/{TARGET_ID}/revokeSignInSessions", None) in graph_calls(
+        graph, writes_only=True
+    )
 
 
 def test_the_kill_switch_stops_every_write_even_an_approved_plan(
@@ -241,11 +282,15 @@ def test_the_kill_switch_stops_every_write_even_an_approved_plan(
     tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "approve", plan_id, "--by", "ben")
     monkeypatch.setenv("TOKENWARD_KILL_SWITCH", "1")
 
-    code, out, err = tokenward(monkeypatch, capsys, "--config", str(cfg), "plans", "execute", plan_id, "--json")
+    code, out, err = tokenward(
+        monkeypatch, capsys, "--config", str(cfg), "plans", "execute", plan_id, "--json"
+    )
 
     assert code == 0, err
     assert graph_calls(graph, writes_only=True) == []
-    assert {a["status"] for a in json.loads(out)["actions"] if a["action"] != "comment_on_incident"} == {"blocked"}
+    assert {
+        a["status"] for a in json.loads(out)["actions"] if a["action"] != "comment_on_incident"
+    } == {"blocked"}
 
 
 def test_missing_permissions_refuse_auto_mode_and_only_warn_in_dry_run(
@@ -277,13 +322,19 @@ def test_b15_revoke_and_disable_twice_in_one_process_from_the_command_line(
     for name in ("one", "two"):
         folder = tmp_path / name
         folder.mkdir()
-        code, _, err = tokenward(monkeypatch, capsys, *hunt(config(folder, graph), exports, "--mode", "auto"))
+        code, _, err = tokenward(
+            monkeypatch, capsys, *hunt(config(folder, graph), exports, "--mode", "auto")
+        )
         assert code == 0, err
         assert "Event loop is closed" not in err
         graph.graph.find(TARGET_ID).account_enabled = True
         graph.graph.find(TARGET_ID).sign_in_sessions_valid_from = "2025-01-01T00:00:00Z"
     kinds = [(m, p) for m, p, _ in graph_calls(graph, writes_only=True) if p.startswith("/users/")]
-    assert kinds == [("POST", f"/users/{TARGET_ID}/revokeSignInSessions"), ("PATCH", f"/users/{TARGET_ID}")] * 2
+    assert (
+        kinds
+        == [("POST", f"/users/{TARGET_ID}/revokeSignInSessions"), ("PATCH", f"/users/{TARGET_ID}")]
+        * 2
+    )
 
 
 def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(
@@ -295,7 +346,9 @@ def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(
     code, out, err = tokenward(monkeypatch, capsys, "-vv", *hunt(cfg, exports, "--mode", "auto"))
     assert code == 0, err
 
-    tokens = {r.authorization.split(" ", 1)[1] for r in graph.requests(r"^/v1\.0/") if r.authorization}
+    tokens = {
+        r.authorization.split(" ", 1)[1] for r in graph.requests(r"^/v1\.0/") if r.authorization
+    }
     assert tokens
     database = (tmp_path / "state.db").read_bytes() + b"".join(
         p.read_bytes() for p in tmp_path.glob("state.db-*")
@@ -313,11 +366,20 @@ def test_a_mail_address_that_is_not_the_upn_is_found_by_proxy_address(emu: Any) 
     from playbooks.models import Target
     from tests.graph_helpers import with_responder
 
-    emu.graph.add_user("Megan.Bowen@contoso.com", "aaaaaaaa-0000-4000-8000-000000000002", proxy_addresses=["SMTP:mbowen@fabrikam.com"])
+    emu.graph.add_user(
+        "Megan.Bowen@contoso.com",
+        "aaaaaaaa-0000-4000-8000-000000000002",
+        proxy_addresses=["SMTP:mbowen@fabrikam.com"],
+    )
 
-    (found,) = with_responder(emu, lambda r: r.read_users([Target(user_principal_name="mbowen@fabrikam.com")]))
+    (found,) = with_responder(
+        emu, lambda r: r.read_users([Target(user_principal_name="mbowen@fabrikam.com")])
+    )
 
-    assert (found.id, found.resolved_by) == ("aaaaaaaa-0000-4000-8000-000000000002", "email->proxyAddresses->objectId")
+    assert (found.id, found.resolved_by) == (
+        "aaaaaaaa-0000-4000-8000-000000000002",
+        "email->proxyAddresses->objectId",
+    )
     (lookup,) = emu.requests(r"^/v1\.0/users$")
     assert lookup.headers["consistencylevel"] == "eventual"
     assert "%24count=true" in lookup.query or "$count=true" in lookup.query

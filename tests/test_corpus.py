@@ -115,9 +115,7 @@ def test_each_real_export_loads_its_tables_and_counts_what_it_skips(
 def test_real_sign_ins_load_with_their_field_types(tmp_path: Path) -> None:
     con, _ = load_directory(copy(tmp_path, *EXPORTS))
     types = dict(
-        con.execute(
-            "SELECT column_name, column_type FROM (DESCRIBE SigninLogs)"
-        ).fetchall()
+        con.execute("SELECT column_name, column_type FROM (DESCRIBE SigninLogs)").fetchall()
     )
     assert (
         types["TimeGenerated"],
@@ -174,9 +172,7 @@ def test_real_sign_ins_load_with_their_field_types(tmp_path: Path) -> None:
 def test_real_defender_streaming_records_load_with_their_field_types(
     tmp_path: Path,
 ) -> None:
-    con, _ = load_directory(
-        copy(tmp_path, "elastic-integrations-m365_defender/test-email.log")
-    )
+    con, _ = load_directory(copy(tmp_path, "elastic-integrations-m365_defender/test-email.log"))
     assert con.execute(
         "SELECT Timestamp, NetworkMessageId, AuthenticationDetails, UrlCount, ThreatTypes FROM EmailEvents"
     ).fetchone() == (
@@ -259,8 +255,7 @@ def test_a_real_record_set_to_device_code_is_found_in_each_of_its_shapes(
     interactive["properties"]["authenticationProtocol"] = "deviceCode"
     reuse = json.loads(
         (
-            CORPUS
-            / "elastic-integrations-azure-signinlogs/test-non-interactive-user-signin.log"
+            CORPUS / "elastic-integrations-azure-signinlogs/test-non-interactive-user-signin.log"
         ).read_text()
     )
     reuse["properties"]["originalTransferMethod"] = "deviceCodeFlow"
@@ -278,9 +273,7 @@ def test_a_real_record_set_to_device_code_is_found_in_each_of_its_shapes(
     # The portal CSV: the 2021 schema has no AuthenticationProtocol column; add it.
     rows = list(
         csv.reader(
-            io.StringIO(
-                (CORPUS / "azure-sentinel-training-lab/sign-in_adelete.csv").read_text()
-            )
+            io.StringIO((CORPUS / "azure-sentinel-training-lab/sign-in_adelete.csv").read_text())
         )
     )
     rows[0].append("AuthenticationProtocol")
@@ -323,9 +316,7 @@ def test_a_real_record_set_to_device_code_is_found_in_each_of_its_shapes(
 def test_a_real_record_keeps_its_columns_through_every_shape(tmp_path: Path) -> None:
     # The real diagnostic record, as loaded, written out again in every shape.
     con, _ = load_directory(
-        copy(
-            tmp_path, "elastic-integrations-azure-signinlogs/test-signinlogs-sample.log"
-        )
+        copy(tmp_path, "elastic-integrations-azure-signinlogs/test-signinlogs-sample.log")
     )
     columns = [
         "TimeGenerated",

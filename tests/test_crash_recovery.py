@@ -69,10 +69,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def tokenward_serve(emu: Any, folder: Path, port: int, exports: Path, now: str) -> Iterator[subprocess.Popen[bytes]]:
+def tokenward_serve(
+    emu: Any, folder: Path, port: int, exports: Path, now: str
+) -> Iterator[subprocess.Popen[bytes]]:
     log = (folder / "serve.log").open("ab")
     process = subprocess.Popen(
-        [TOKENWARD, "--config", str(folder / "tokenward.toml"), "-v", "serve", "--source", f"files:{exports}", "--now", now],
+        [
+            TOKENWARD,
+            "--config",
+            str(folder / "tokenward.toml"),
+            "-v",
+            "serve",
+            "--source",
+            f"files:{exports}",
+            "--now",
+            now,
+        ],
         cwd=folder,
         env={**os.environ, **ENVIRON, "TOKENWARD_WEBHOOK_HMAC_SECRET": SECRET},
         stdout=log,
@@ -99,7 +111,9 @@ def wait_ready(url: str, ca: Path, process: subprocess.Popen[bytes], folder: Pat
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise AssertionError("tokenward serve did not become ready:\n" + (folder / "serve.log").read_text())
+    raise AssertionError(
+        "tokenward serve did not become ready:\n" + (folder / "serve.log").read_text()
+    )
 
 
 def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
@@ -118,7 +132,9 @@ def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
         ("during-the-comment-put", "PUT", r"(?i)/incidents/{name}/comments/"),
     ],
 )
-def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(emu: Any, tmp_path: Path, held: str, method: str, path: str) -> None:
+def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(
+    emu: Any, tmp_path: Path, held: str, method: str, path: str
+) -> None:
     scenario = seed_scenario()
     exports = export_scenario(scenario, tmp_path / "exports")
     port = free_port()
@@ -128,7 +144,11 @@ def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(
         emu,
         store={"url": f"sqlite:///{database}"},
         server={"port": port, "certfile": str(emu.tls.cert_file), "keyfile": str(emu.tls.key_file)},
-        webhook={"auth": ["bearer", "hmac"], "audiences": [AUDIENCE], "allowed_principals": [LOGIC_APP]},
+        webhook={
+            "auth": ["bearer", "hmac"],
+            "audiences": [AUDIENCE],
+            "allowed_principals": [LOGIC_APP],
+        },
         inbox={"lease_seconds": 2, "poll_seconds": 0.1, "retry_seconds": 0.5},
         threat_intel={"ip_ranges": ["185.220.101.0/24"]},
     )
@@ -144,7 +164,12 @@ def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(
     with tokenward_serve(emu, tmp_path, port, exports, now) as first:
         wait_ready(url, emu.ca_file, first, tmp_path)
         token = emu.identity.signed_token(AUDIENCE, oid=LOGIC_APP)
-        answer = httpx.post(f"{url}/webhooks/sentinel", json=body, headers={"Authorization": f"Bearer {token}"}, verify=context)
+        answer = httpx.post(
+            f"{url}/webhooks/sentinel",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            verify=context,
+        )
         assert answer.status_code == 202
         run_id = answer.json()["run_id"]
         wait_for(lambda: emu.requests(path.format(name=name), method=method), f"the held {method}")
@@ -159,14 +184,23 @@ def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(
 
         def done() -> bool:
             with engine.connect() as connection:
-                row = connection.execute(select(inbox.c.status).where(inbox.c.run_id == run_id)).one()
+                row = connection.execute(
+                    select(inbox.c.status).where(inbox.c.run_id == run_id)
+                ).one()
             return bool(row.status == "done")
 
         wait_for(done, "the recovered run to finish")
 
     with engine.connect() as connection:
         row = connection.execute(select(inbox).where(inbox.c.run_id == run_id)).mappings().one()
-        kinds = [r.kind for r in connection.execute(select(audit_records).where(audit_records.c.run_id == run_id).order_by(audit_records.c.seq))]
+        kinds = [
+            r.kind
+            for r in connection.execute(
+                select(audit_records)
+                .where(audit_records.c.run_id == run_id)
+                .order_by(audit_records.c.seq)
+            )
+        ]
     assert row["attempts"] == 2
     assert kinds.count("run.started") == 2 and kinds.count("run.finished") == 1
     assert kinds.count("delivery.accepted") == 1 and kinds.count("delivery.done") == 1
@@ -174,12 +208,22 @@ def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(
     comments = emu.sentinel.comments_of(body["object"]["id"])
     puts = emu.requests(rf"(?i)/incidents/{name}/comments/", method="PUT")
     assert len(comments) == 1, "one comment per run, however often it was written"
-    assert len({put.path.rsplit('/', 1)[-1] for put in puts}) == 1, "every write used the run's one comment id"
+    assert len({put.path.rsplit("/", 1)[-1] for put in puts}) == 1, (
+        "every write used the run's one comment id"
+    )
     if held == "before-any-write":
-        assert killed_at == 0 and len(puts) == 1, "the first life wrote nothing; the second wrote once"
+        assert killed_at == 0 and len(puts) == 1, (
+            "the first life wrote nothing; the second wrote once"
+        )
     else:
         assert len(puts) == 2, "the write in flight when it died, and the repeat under the same id"
-    audit = subprocess.run([TOKENWARD, "--config", str(tmp_path / "tokenward.toml"), "audit", "verify"], cwd=tmp_path, env={**os.environ, **ENVIRON}, capture_output=True, text=True)
+    audit = subprocess.run(
+        [TOKENWARD, "--config", str(tmp_path / "tokenward.toml"), "audit", "verify"],
+        cwd=tmp_path,
+        env={**os.environ, **ENVIRON},
+        capture_output=True,
+        text=True,
+    )
     assert audit.returncode == 0, audit.stderr
 
 
@@ -199,8 +243,20 @@ def test_workers_apart_from_serve_process_what_it_stores(emu: Any, tmp_path: Pat
     now = scenario.clock.strftime("%Y-%m-%dT%H:%M:%SZ")
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [TOKENWARD, "--config", str(tmp_path / "worker.toml"), "worker", "--source", f"files:{exports}", "--now", now],
-        cwd=tmp_path, env={**os.environ, **ENVIRON, "TOKENWARD_WEBHOOK_HMAC_SECRET": SECRET}, stdout=log, stderr=log,
+        [
+            TOKENWARD,
+            "--config",
+            str(tmp_path / "worker.toml"),
+            "worker",
+            "--source",
+            f"files:{exports}",
+            "--now",
+            now,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, **ENVIRON, "TOKENWARD_WEBHOOK_HMAC_SECRET": SECRET},
+        stdout=log,
+        stderr=log,
     )
     try:
         with running_service(emu, tmp_path, worker=False, settings=settings) as service:

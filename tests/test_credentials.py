@@ -21,8 +21,15 @@ from tests.emulator.tls import make_client_certificate
 LOGS_SCOPE = "https://api.loganalytics.io/.default"
 
 
-def token(emu: Any, credential: dict[str, Any], environ: dict[str, str] | None = None, scope: str = LOGS_SCOPE) -> str:
-    settings = settings_from_dict(settings_data(emu, azure={"credential": credential}), environ=environ or {})
+def token(
+    emu: Any,
+    credential: dict[str, Any],
+    environ: dict[str, str] | None = None,
+    scope: str = LOGS_SCOPE,
+) -> str:
+    settings = settings_from_dict(
+        settings_data(emu, azure={"credential": credential}), environ=environ or {}
+    )
 
     async def get() -> str:
         cred = build_credential(settings.azure)
@@ -60,9 +67,13 @@ def test_a_wrong_client_secret_is_an_authentication_failure_naming_the_service(e
     assert ENVIRON["TOKENWARD_CLIENT_SECRET"] not in str(raised.value)
 
 
-def test_workload_identity_sends_the_federated_token_as_the_assertion(emu: Any, tmp_path: Path) -> None:
+def test_workload_identity_sends_the_federated_token_as_the_assertion(
+    emu: Any, tmp_path: Path
+) -> None:
     federated = tmp_path / "azure-identity-token"
-    federated.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dG9rZW53YXJkIn0.c2ln")
+    federated.write_text(
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dG9rZW53YXJkIn0.c2ln"
+    )
 
     token(emu, {"kind": "workload_identity", "federated_token_file": str(federated)})
 
@@ -72,7 +83,9 @@ def test_workload_identity_sends_the_federated_token_as_the_assertion(emu: Any, 
     assert "client_secret" not in form
 
 
-def test_a_client_certificate_signs_an_assertion_instead_of_sending_a_secret(emu: Any, tmp_path: Path) -> None:
+def test_a_client_certificate_signs_an_assertion_instead_of_sending_a_secret(
+    emu: Any, tmp_path: Path
+) -> None:
     pem = make_client_certificate(tmp_path)
 
     token(emu, {"kind": "client_certificate", "certificate_path": str(pem)})
@@ -83,14 +96,21 @@ def test_a_client_certificate_signs_an_assertion_instead_of_sending_a_secret(emu
     assert "client_secret" not in form
 
 
-def test_a_pem_with_only_a_private_key_is_refused_before_any_request(emu: Any, tmp_path: Path) -> None:
+def test_a_pem_with_only_a_private_key_is_refused_before_any_request(
+    emu: Any, tmp_path: Path
+) -> None:
     key_only = make_client_certificate(tmp_path, with_cert=False)
-    with pytest.raises(SettingsError, match=r"at azure.credential.certificate_path\).*cannot be used as the app's certificate"):
+    with pytest.raises(
+        SettingsError,
+        match=r"at azure.credential.certificate_path\).*cannot be used as the app's certificate",
+    ):
         token(emu, {"kind": "client_certificate", "certificate_path": str(key_only)})
     assert emu.requests() == []
 
 
-def test_a_managed_identity_uses_the_platform_endpoint_with_its_client_id(emu: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_managed_identity_uses_the_platform_endpoint_with_its_client_id(
+    emu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # What App Service and Container Apps put in the environment.
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{emu.http_url}/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", MSI_HEADER)
@@ -113,7 +133,10 @@ def test_a_managed_identity_without_client_id_on_a_host_with_several_fails_with_
 ) -> None:
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{emu.http_url}/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", MSI_HEADER)
-    emu.identity.user_assigned[:] = ["6a1f3c2b-0000-4000-8000-00000000abcd", "6a1f3c2b-0000-4000-8000-00000000dcba"]
+    emu.identity.user_assigned[:] = [
+        "6a1f3c2b-0000-4000-8000-00000000abcd",
+        "6a1f3c2b-0000-4000-8000-00000000dcba",
+    ]
     emu.identity.system_assigned = False
 
     with pytest.raises(AuthenticationFailed) as raised:
@@ -125,10 +148,15 @@ def test_a_managed_identity_without_client_id_on_a_host_with_several_fails_with_
 
 
 def test_no_credential_kind_is_a_settings_error_listing_the_kinds(emu: Any) -> None:
-    with pytest.raises(SettingsError, match="no credential is configured: set \\[azure.credential\\] kind to managed_identity, workload_identity"):
+    with pytest.raises(
+        SettingsError,
+        match="no credential is configured: set \\[azure.credential\\] kind to managed_identity, workload_identity",
+    ):
         token(emu, {"kind": None})
 
 
 def test_an_app_credential_without_client_id_names_the_missing_key(emu: Any) -> None:
-    with pytest.raises(SettingsError, match="credential kind client_secret needs azure.credential.client_id"):
+    with pytest.raises(
+        SettingsError, match="credential kind client_secret needs azure.credential.client_id"
+    ):
         token(emu, {"kind": "client_secret", "client_id": ""}, ENVIRON)

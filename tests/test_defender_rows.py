@@ -36,7 +36,11 @@ def test_kiota_conversions_are_undone_per_column_type() -> None:
 
     class Column:
         def __init__(self, **data: Any) -> None:
-            self.name, self.type, self.additional_data = data.get("name"), data.get("type"), data.get("extra", {})
+            self.name, self.type, self.additional_data = (
+                data.get("name"),
+                data.get("type"),
+                data.get("extra", {}),
+            )
 
     class Row:
         def __init__(self, values: dict[str, Any]) -> None:

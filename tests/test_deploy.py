@@ -41,7 +41,9 @@ def test_the_rule_maps_accounts_and_ips_to_columns_its_query_projects(load_table
     assert row["UserId"] == "6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11"
 
 
-def test_the_logic_app_posts_the_trigger_body_to_the_webhook_with_a_managed_identity_token() -> None:
+def test_the_logic_app_posts_the_trigger_body_to_the_webhook_with_a_managed_identity_token() -> (
+    None
+):
     template = json.loads((DEPLOY / "incident-to-tokenward.json").read_text())
     workflow = next(r for r in template["resources"] if r["type"] == "Microsoft.Logic/workflows")
     assert workflow["identity"] == {"type": "SystemAssigned"}
@@ -49,7 +51,10 @@ def test_the_logic_app_posts_the_trigger_body_to_the_webhook_with_a_managed_iden
     assert post["method"] == "POST"
     assert post["uri"].endswith("'/webhooks/sentinel')]")
     assert post["body"] == "@triggerBody()"
-    assert post["authentication"] == {"type": "ManagedServiceIdentity", "audience": "[parameters('tokenwardAudience')]"}
+    assert post["authentication"] == {
+        "type": "ManagedServiceIdentity",
+        "audience": "[parameters('tokenwardAudience')]",
+    }
     trigger = workflow["properties"]["definition"]["triggers"]["Microsoft_Sentinel_incident"]
     assert trigger["inputs"]["path"] == "/incident-creation"
 
@@ -61,7 +66,9 @@ def test_the_automation_rule_runs_the_logic_app_for_the_tokenward_rule_only() ->
     assert (logic["triggersOn"], logic["triggersWhen"]) == ("Incidents", "Created")
     (condition,) = logic["conditions"]
     assert condition["conditionProperties"]["propertyName"] == "IncidentRelatedAnalyticRuleIds"
-    assert template["parameters"]["analyticRuleId"]["defaultValue"] in json.dumps(analytic_rule(load_playbook()))
+    assert template["parameters"]["analyticRuleId"]["defaultValue"] in json.dumps(
+        analytic_rule(load_playbook())
+    )
     (action,) = automation["properties"]["actions"]
     assert action["actionType"] == "RunPlaybook"
 

@@ -24,7 +24,15 @@ TOKENWARD = str(Path(sys.executable).with_name("tokenward"))
 def exercise(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     output = tmp_path / "report.json"
     done = subprocess.run(
-        [TOKENWARD, "exercise", *args, "--output", str(output), "--markdown", str(tmp_path / "report.md")],
+        [
+            TOKENWARD,
+            "exercise",
+            *args,
+            "--output",
+            str(output),
+            "--markdown",
+            str(tmp_path / "report.md"),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -43,7 +51,9 @@ def test_every_bundled_scenario_meets_its_expected_outcome(tmp_path: Path, path:
     assert report["mode"] == "dry-run"
 
 
-def test_the_seed_true_positive_is_high_with_its_evidence_and_planned_revoke(tmp_path: Path) -> None:
+def test_the_seed_true_positive_is_high_with_its_evidence_and_planned_revoke(
+    tmp_path: Path,
+) -> None:
     done, report = exercise(tmp_path, "seed-true-positive")
     assert done.returncode == 0, done.stderr
     (finding,) = report["findings"]
@@ -71,7 +81,10 @@ def test_the_seed_true_positive_is_high_with_its_evidence_and_planned_revoke(tmp
         "path": "/users/6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11/revokeSignInSessions",
         "body": None,
     }
-    assert "POST https://graph.microsoft.com/v1.0/users/6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11/revokeSignInSessions" in done.stdout
+    assert (
+        "POST https://graph.microsoft.com/v1.0/users/6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11/revokeSignInSessions"
+        in done.stdout
+    )
     markdown = (tmp_path / "report.md").read_text()
     assert "| +15 | threat_intel_ip |" in markdown
 
@@ -88,7 +101,9 @@ def test_a_failed_sign_in_is_medium_and_contains_nobody(tmp_path: Path) -> None:
     _, report = exercise(tmp_path, "failed-device-code-sign-in")
     (finding,) = report["findings"]
     assert finding["tier"] == "medium"
-    assert any(r["signal"] == "sign_in_not_successful" and r["weight"] == -40 for r in finding["reasons"])
+    assert any(
+        r["signal"] == "sign_in_not_successful" and r["weight"] == -40 for r in finding["reasons"]
+    )
     assert report["actions"] == []
 
 
@@ -109,7 +124,9 @@ def test_an_unmet_expectation_fails_the_command(tmp_path: Path) -> None:
 
 
 def test_the_list_names_every_bundled_scenario(tmp_path: Path) -> None:
-    done = subprocess.run([TOKENWARD, "exercise", "--list"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [TOKENWARD, "exercise", "--list"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     for path in bundled_scenarios():
         assert path.stem in done.stdout
@@ -134,11 +151,15 @@ def test_a_scenario_with_an_unknown_key_names_file_line_and_key(tmp_path: Path) 
 
 def test_a_scenario_time_that_does_not_parse_is_refused(tmp_path: Path) -> None:
     path = scenario_with(tmp_path, "    at: -3m\n", "    at: three minutes ago\n")
-    with pytest.raises(ScenarioError, match=r"clicks\[0\]\.at.*is not a time relative to the anchor"):
+    with pytest.raises(
+        ScenarioError, match=r"clicks\[0\]\.at.*is not a time relative to the anchor"
+    ):
         load_scenario(path)
 
 
 def test_evidence_for_an_unknown_user_is_refused(tmp_path: Path) -> None:
-    path = scenario_with(tmp_path, "  - user: target\n    at: -3m\n", "  - user: somebody\n    at: -3m\n")
+    path = scenario_with(
+        tmp_path, "  - user: target\n    at: -3m\n", "  - user: somebody\n    at: -3m\n"
+    )
     with pytest.raises(ScenarioError, match=r"clicks\[0\]\.user.*unknown user 'somebody'"):
         load_scenario(path)

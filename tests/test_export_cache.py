@@ -32,9 +32,7 @@ DEVICE_CODE = {
 def export(tmp_path: Path) -> Path:
     folder = tmp_path / "export"
     folder.mkdir()
-    shapes.diagnostic_records(
-        folder, "SigninLogs", [DEVICE_CODE, {**DEVICE_CODE, "Id": "si-2"}]
-    )
+    shapes.diagnostic_records(folder, "SigninLogs", [DEVICE_CODE, {**DEVICE_CODE, "Id": "si-2"}])
     return folder
 
 
@@ -42,9 +40,7 @@ def rows(con: object) -> int:
     return int(con.execute("SELECT count(*) FROM SigninLogs").fetchone()[0])  # type: ignore[attr-defined]
 
 
-def test_a_second_load_of_unchanged_files_reuses_the_cache(
-    tmp_path: Path, export: Path
-) -> None:
+def test_a_second_load_of_unchanged_files_reuses_the_cache(tmp_path: Path, export: Path) -> None:
     cache = tmp_path / "cache.duckdb"
     with load_exports(export, cache=cache) as first:
         assert (first.reused, rows(first.con)) == (False, 2)
@@ -73,9 +69,7 @@ def test_a_changed_file_is_parsed_again(tmp_path: Path, export: Path) -> None:
         assert (again.reused, rows(again.con)) == (False, 3)
 
 
-def test_a_new_file_in_the_directory_is_parsed_again(
-    tmp_path: Path, export: Path
-) -> None:
+def test_a_new_file_in_the_directory_is_parsed_again(tmp_path: Path, export: Path) -> None:
     cache = tmp_path / "cache.duckdb"
     with load_exports(export, cache=cache):
         pass
@@ -94,9 +88,7 @@ def test_a_new_file_in_the_directory_is_parsed_again(
         assert again.summary.rows == {"SigninLogs": 2, "EmailEvents": 1}
 
 
-def test_skipping_bad_records_is_part_of_what_the_cache_holds(
-    tmp_path: Path, export: Path
-) -> None:
+def test_skipping_bad_records_is_part_of_what_the_cache_holds(tmp_path: Path, export: Path) -> None:
     cache = tmp_path / "cache.duckdb"
     with load_exports(export, cache=cache):
         pass
@@ -117,9 +109,7 @@ def test_a_failed_load_leaves_no_cache_behind(tmp_path: Path, export: Path) -> N
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]
 
 
-def test_a_database_that_is_not_a_cache_is_never_overwritten(
-    tmp_path: Path, export: Path
-) -> None:
+def test_a_database_that_is_not_a_cache_is_never_overwritten(tmp_path: Path, export: Path) -> None:
     precious = tmp_path / "analysis.duckdb"
     with duckdb.connect(str(precious)) as con:
         con.execute("CREATE TABLE notes AS SELECT 'keep me' AS note")
@@ -184,18 +174,11 @@ def test_the_hunt_command_reuses_its_cache_and_finds_the_same(
     monkeypatch.chdir(tmp_path)
     cache = tmp_path / "hunt.duckdb"
     runner = CliRunner()
-    first = runner.invoke(
-        cli, [*HUNT, "--source", f"files:{export}", "--cache", str(cache)]
-    )
-    second = runner.invoke(
-        cli, [*HUNT, "--source", f"files:{export}", "--cache", str(cache)]
-    )
+    first = runner.invoke(cli, [*HUNT, "--source", f"files:{export}", "--cache", str(cache)])
+    second = runner.invoke(cli, [*HUNT, "--source", f"files:{export}", "--cache", str(cache)])
     assert first.exit_code == 0, first.output
     assert second.exit_code == 0, second.output
-    assert (
-        "eventhub.log: entra-diagnostic-records (json-lines): SigninLogs 2"
-        in first.stderr
-    )
+    assert "eventhub.log: entra-diagnostic-records (json-lines): SigninLogs 2" in first.stderr
     assert "reused the tables cached in" in second.stderr
     found = [json.loads(result.stdout)["findings"] for result in (first, second)]
     assert (
@@ -213,13 +196,9 @@ def test_the_hunt_command_skips_bad_records_when_told_and_says_so(
     refused = runner.invoke(cli, [*HUNT, "--source", f"files:{export}"])
     assert refused.exit_code != 0
     assert "notes.txt:1: not an export tokenward can read" in str(refused.exception)
-    skipped = runner.invoke(
-        cli, [*HUNT, "--source", f"files:{export}", "--skip-bad-records"]
-    )
+    skipped = runner.invoke(cli, [*HUNT, "--source", f"files:{export}", "--skip-bad-records"])
     assert skipped.exit_code == 0, skipped.output
-    assert any(
-        "left out" in warning for warning in json.loads(skipped.stdout)["warnings"]
-    )
+    assert any("left out" in warning for warning in json.loads(skipped.stdout)["warnings"])
 
 
 def test_a_load_for_a_playbook_keeps_only_the_columns_its_queries_name(export: Path) -> None:
@@ -232,7 +211,12 @@ def test_a_load_for_a_playbook_keeps_only_the_columns_its_queries_name(export: P
             ).fetchall()
         }
     assert stored == set(columns["SigninLogs"])
-    assert {"TimeGenerated", "UserPrincipalName", "AuthenticationProtocol", "DeviceDetail"} <= stored
+    assert {
+        "TimeGenerated",
+        "UserPrincipalName",
+        "AuthenticationProtocol",
+        "DeviceDetail",
+    } <= stored
     # Never named by a query, so never parsed, stored or held in memory.
     assert "AuthenticationDetails" not in stored
 

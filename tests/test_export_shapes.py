@@ -75,9 +75,7 @@ def test_a_device_code_sign_in_is_found_alike_in_every_shape(
     shapes.SIGN_IN_SHAPES[shape](tmp_path, table, [ORDINARY, RECORDS[table]], gz=gz)
     con, summary = load_directory(tmp_path)
 
-    assert [(item.shape, item.tables) for item in summary.files] == [
-        (shape, {table: 2})
-    ]
+    assert [(item.shape, item.tables) for item in summary.files] == [(shape, {table: 2})]
     (row,) = hunt_rows(con, START, END)
     expected = RECORDS[table]
     assert row["SourceTable"] == table
@@ -138,21 +136,15 @@ def test_event_hub_messages_in_the_records_envelope_load_one_per_line_or_whole(
     }
     messages = [{"records": [record, record]}, {"records": [record]}]
     (tmp_path / "lines").mkdir()
-    (tmp_path / "lines" / "capture.json").write_text(
-        "\n".join(json.dumps(m) for m in messages)
-    )
+    (tmp_path / "lines" / "capture.json").write_text("\n".join(json.dumps(m) for m in messages))
     (tmp_path / "whole").mkdir()
-    (tmp_path / "whole" / "PT1H.json").write_text(
-        json.dumps({"records": [record] * 3}, indent=2)
-    )
+    (tmp_path / "whole" / "PT1H.json").write_text(json.dumps({"records": [record] * 3}, indent=2))
     for folder, framing in (
         ("lines", "records envelope, json-lines"),
         ("whole", "records envelope, json-document"),
     ):
         _, summary = load_directory(tmp_path / folder)
-        assert [(f.framing, f.tables) for f in summary.files] == [
-            (framing, {"SigninLogs": 3})
-        ]
+        assert [(f.framing, f.tables) for f in summary.files] == [(framing, {"SigninLogs": 3})]
 
 
 def test_defender_streaming_records_load_by_category_and_count_unread_tables(
@@ -220,9 +212,7 @@ def test_log_analytics_rows_that_name_their_table_are_routed_by_type(
 
 def test_a_file_named_after_a_table_refuses_rows_of_another(tmp_path: Path) -> None:
     shapes.log_analytics_json(tmp_path, "AADNonInteractiveUserSignInLogs", [REDEMPTION])
-    (tmp_path / "AADNonInteractiveUserSignInLogs.jsonl").rename(
-        tmp_path / "SigninLogs.jsonl"
-    )
+    (tmp_path / "AADNonInteractiveUserSignInLogs.jsonl").rename(tmp_path / "SigninLogs.jsonl")
     with pytest.raises(
         ExportError,
         match=r"SigninLogs.jsonl:1: .*Type holds AADNonInteractiveUserSignInLogs, which is not SigninLogs",
@@ -322,9 +312,7 @@ def test_defender_hunting_results_load_as_the_table_the_file_is_named_after(
     assert [(f.shape, f.tables) for f in summary.files] == [
         ("defender-hunting-results", {"UrlClickEvents": 1})
     ]
-    assert con.execute("SELECT IsClickedThrough FROM UrlClickEvents").fetchone() == (
-        True,
-    )
+    assert con.execute("SELECT IsClickedThrough FROM UrlClickEvents").fetchone() == (True,)
 
 
 def test_portal_csv_reads_utc_headers_locale_dates_pairs_and_multiline_cells(
@@ -332,11 +320,7 @@ def test_portal_csv_reads_utc_headers_locale_dates_pairs_and_multiline_cells(
 ) -> None:
     shapes.portal_csv(tmp_path, "SigninLogs", [DEVICE_CODE])
     text = (tmp_path / "SigninLogs.csv").read_text()
-    assert (
-        "TimeGenerated [UTC]" in text
-        and "DeviceDetail_dynamic" in text
-        and "\n  " in text
-    )
+    assert "TimeGenerated [UTC]" in text and "DeviceDetail_dynamic" in text and "\n  " in text
     assert "1/15/2026, 9:24:58.123 AM" in text and "TRUE" in text
     con, _ = load_directory(tmp_path)
     row = con.execute(
@@ -378,9 +362,7 @@ def test_portal_csv_in_local_time_is_refused_rather_than_shifted(
 
 
 def test_the_api_result_names_the_shape_and_types_its_cells(tmp_path: Path) -> None:
-    shapes.log_analytics_api(
-        tmp_path, "AADNonInteractiveUserSignInLogs", [REDEMPTION], gz=True
-    )
+    shapes.log_analytics_api(tmp_path, "AADNonInteractiveUserSignInLogs", [REDEMPTION], gz=True)
     con, summary = load_directory(tmp_path)
     assert [(f.shape, f.tables) for f in summary.files] == [
         ("log-analytics-api", {"AADNonInteractiveUserSignInLogs": 1})
@@ -391,9 +373,7 @@ def test_the_api_result_names_the_shape_and_types_its_cells(tmp_path: Path) -> N
         ).fetchall()
     )
     assert described["DeviceDetail"] == "VARCHAR"
-    device = con.execute(
-        "SELECT DeviceDetail FROM AADNonInteractiveUserSignInLogs"
-    ).fetchone()
+    device = con.execute("SELECT DeviceDetail FROM AADNonInteractiveUserSignInLogs").fetchone()
     assert json.loads(device[0]) == REDEMPTION["DeviceDetail"]
 
 
@@ -427,9 +407,7 @@ def test_a_first_record_longer_than_the_sniffed_head_is_still_recognised(
             "authenticationDetails": [{"detail": "x" * 200_000}],
         },
     }
-    (tmp_path / "big.json").write_text(
-        json.dumps(record) + "\n" + json.dumps(record) + "\n"
-    )
+    (tmp_path / "big.json").write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
     _, summary = load_directory(tmp_path)
     assert summary.rows == {"SigninLogs": 2}
 

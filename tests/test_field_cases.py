@@ -48,9 +48,7 @@ def sign_in(**columns: Any) -> dict[str, Any]:
 # -- B21: telling a device code sign-in apart ---------------------------------------
 
 B21_ROWS = [
-    sign_in(
-        Id="r1", SessionId="s1", AuthenticationProtocol="deviceCode", ResultType="0"
-    ),
+    sign_in(Id="r1", SessionId="s1", AuthenticationProtocol="deviceCode", ResultType="0"),
     sign_in(
         Id="r2",
         SessionId="s2",
@@ -65,9 +63,7 @@ B21_ROWS = [
         OriginalTransferMethod="none",
         ResultType="0",
     ),
-    sign_in(
-        Id="r4", SessionId="s4", AuthenticationProtocol="deviceCode", ResultType="50199"
-    ),
+    sign_in(Id="r4", SessionId="s4", AuthenticationProtocol="deviceCode", ResultType="50199"),
     sign_in(
         Id="r5",
         SessionId="s5",
@@ -152,11 +148,7 @@ def test_b23_compliance_has_three_states_from_every_spelling(
 ) -> None:
     rows = []
     for number, value in enumerate(COMPLIANCE):
-        device = (
-            {"operatingSystem": "Linux"}
-            if value == "missing"
-            else {"isCompliant": value}
-        )
+        device = {"operatingSystem": "Linux"} if value == "missing" else {"isCompliant": value}
         rows.append(
             sign_in(
                 Id=f"c{number}",
@@ -186,9 +178,7 @@ def test_b23_risk_event_lists_merge_and_a_tor_exit_scores(
     )
     shapes.diagnostic_records(export, "SigninLogs", [row])
     con, _ = load_directory(export)
-    settings = Settings.model_validate(
-        {"threat_intel": {"ip_ranges": ["198.51.100.20"]}}
-    )
+    settings = Settings.model_validate({"threat_intel": {"ip_ranges": ["198.51.100.20"]}})
     report = run_playbook(con, audit_log, START, END, settings=settings)
 
     (finding,) = report.findings
@@ -200,9 +190,7 @@ def test_b23_risk_event_lists_merge_and_a_tor_exit_scores(
         for record in audit_log.records(run_id=report.run_id)
         if record.kind == "finding.scored"
     ]
-    assert any(
-        reason["signal"] == "threat_intel_ip" for reason in scored[0].data["reasons"]
-    )
+    assert any(reason["signal"] == "threat_intel_ip" for reason in scored[0].data["reasons"])
 
 
 # -- B25: Safe Links click semantics ---------------------------------------------------
@@ -310,9 +298,7 @@ def test_b25_clicked_through_reads_from_bool_int_or_string(
     click = {**B25_CLICKS[0], "IsClickedThrough": spelled}
     shapes.defender_streaming(tmp_path, {"UrlClickEvents": [click]})
     con, _ = load_directory(tmp_path)
-    assert con.execute("SELECT IsClickedThrough FROM UrlClickEvents").fetchone() == (
-        expected,
-    )
+    assert con.execute("SELECT IsClickedThrough FROM UrlClickEvents").fetchone() == (expected,)
 
 
 # -- B27: UPN, alias and case across tables ---------------------------------------------
@@ -348,9 +334,7 @@ def test_b27_mail_to_an_alias_joins_through_the_click_and_says_so(
         "ActionType": "ClickAllowed",
         "ReportId": "r-1",
     }
-    shapes.defender_streaming(
-        export, {"EmailEvents": [mail], "UrlClickEvents": [click]}
-    )
+    shapes.defender_streaming(export, {"EmailEvents": [mail], "UrlClickEvents": [click]})
     con, _ = load_directory(export)
     report = run_playbook(con, audit_log, START, END)
 
@@ -396,9 +380,7 @@ def test_b27_mail_joins_by_object_id_when_the_address_differs(
     report = run_playbook(con, audit_log, START, END)
 
     (finding,) = report.findings
-    joined = {
-        email.network_message_id: email.joined_by for email in finding.evidence.emails
-    }
+    joined = {email.network_message_id: email.joined_by for email in finding.evidence.emails}
     # The address is the stronger path where both match; the object id finds the alias.
     assert joined == {"nm-2": "object_id", "nm-3": "upn"}
 
@@ -472,9 +454,7 @@ def _write_raw(tmp_path: Path, shape: str, rows: list[dict[str, Any]]) -> None:
         shapes.defender_streaming(tmp_path, {"EmailEvents": mail})
 
 
-@pytest.mark.parametrize(
-    "shape", [*sorted(shapes.SIGN_IN_SHAPES), "defender-streaming-records"]
-)
+@pytest.mark.parametrize("shape", [*sorted(shapes.SIGN_IN_SHAPES), "defender-streaming-records"])
 def test_b29_every_time_format_loads_as_the_same_utc_instant_in_every_shape(
     tmp_path: Path, shape: str
 ) -> None:
@@ -486,9 +466,7 @@ def test_b29_every_time_format_loads_as_the_same_utc_instant_in_every_shape(
         if shape.startswith("defender")
         else ("SigninLogs", "TimeGenerated")
     )
-    times = [
-        value for (value,) in con.execute(f"SELECT {column} FROM {table}").fetchall()
-    ]
+    times = [value for (value,) in con.execute(f"SELECT {column} FROM {table}").fetchall()]
     assert len(times) == len(B29_TIMES)
     assert all(
         value.tzinfo is not None and abs(value - B29_INSTANT) < timedelta(seconds=1)

@@ -56,7 +56,11 @@ def planned(kind: ActionKind, target: Target, *, privileged: bool = False) -> Pl
 
 
 def containment(*users: Target) -> list[PlannedAction]:
-    return [planned(kind, user) for user in users for kind in (ActionKind.REVOKE_SESSIONS, ActionKind.DISABLE_ACCOUNT)]
+    return [
+        planned(kind, user)
+        for user in users
+        for kind in (ActionKind.REVOKE_SESSIONS, ActionKind.DISABLE_ACCOUNT)
+    ]
 
 
 def act(
@@ -94,7 +98,11 @@ def act(
                     planned_actions,
                     approved=approved,
                     plan_id="plan-r-test",
-                    sign_in_times={t.user_principal_name.lower(): SIGN_IN for a in planned_actions for t in a.targets},
+                    sign_in_times={
+                        t.user_principal_name.lower(): SIGN_IN
+                        for a in planned_actions
+                        for t in a.targets
+                    },
                 )
 
     return asyncio.run(run())
@@ -117,14 +125,20 @@ def records(audit: AuditLog, kind: str) -> list[dict[str, Any]]:
 # -- scale ---------------------------------------------------------------------------
 
 
-def test_200_users_are_revoked_and_disabled_in_20_batches_over_5_round_trips(emu: Any, audit: AuditLog) -> None:
+def test_200_users_are_revoked_and_disabled_in_20_batches_over_5_round_trips(
+    emu: Any, audit: AuditLog
+) -> None:
     users = [user(emu, f"user{i:03}") for i in range(200)]
     # Each $batch takes 0.2 s: batches in flight together arrive together.
     emu.fault(path=r"^/v1\.0/\$batch$", delay=0.2, times=None)
 
     results = act(emu, audit, containment(*users))
 
-    writes = [r for r in emu.requests(r"^/v1\.0/\$batch$") if any(i["method"] != "GET" for i in r.json()["requests"])]
+    writes = [
+        r
+        for r in emu.requests(r"^/v1\.0/\$batch$")
+        if any(i["method"] != "GET" for i in r.json()["requests"])
+    ]
     assert len(writes) == 20
     assert all(len(r.json()["requests"]) == 20 for r in writes)
     assert round_trips(writes) == 5
@@ -136,7 +150,9 @@ def test_200_users_are_revoked_and_disabled_in_20_batches_over_5_round_trips(emu
 def round_trips(batch_requests: list[Any]) -> int:
     """Requests that arrived within 0.1 s of each other went out together."""
     times = sorted(r.at for r in batch_requests)
-    return 1 + sum(1 for before, after in zip(times, times[1:]) if after - before > 0.1)
+    return 1 + sum(
+        1 for before, after in zip(times, times[1:], strict=False) if after - before > 0.1
+    )
 
 
 def test_200_users_are_all_contained_under_20_percent_throttling(emu: Any, audit: AuditLog) -> None:
@@ -158,9 +174,22 @@ def test_200_users_are_all_contained_under_20_percent_throttling(emu: Any, audit
 # -- failure isolation (B12) ----------------------------------------------------------
 
 
-def test_a_refused_disable_does_not_cancel_the_revoke_and_each_4xx_is_tried_once(emu: Any, audit: AuditLog) -> None:
+def test_a_refused_disable_does_not_cancel_the_revoke_and_each_4xx_is_tried_once(
+    emu: Any, audit: AuditLog
+) -> None:
     synced = user(emu, "synced", on_premises_sync_enabled=True)
-    admin = user(emu, "admin", revoke_denied=True, roles=[{"id": "r", "displayName": "Exchange Administrator", "roleTemplateId": "29232cdf-9323-42fd-ade2-1d097af3e4de"}])
+    admin = user(
+        emu,
+        "admin",
+        revoke_denied=True,
+        roles=[
+            {
+                "id": "r",
+                "displayName": "Exchange Administrator",
+                "roleTemplateId": "29232cdf-9323-42fd-ade2-1d097af3e4de",
+            }
+        ],
+    )
     plan = [
         planned(ActionKind.REVOKE_SESSIONS, synced),
         planned(ActionKind.DISABLE_ACCOUNT, synced),
@@ -173,7 +202,10 @@ def test_a_refused_disable_does_not_cancel_the_revoke_and_each_4xx_is_tried_once
 
     overall, users = summarise(plan, results)
     by_user = {u.user: u for u in users}
-    assert by_user[synced.label].steps == {"revoke_sessions": "succeeded", "disable_account": "requires_onprem"}
+    assert by_user[synced.label].steps == {
+        "revoke_sessions": "succeeded",
+        "disable_account": "requires_onprem",
+    }
     assert by_user[admin.label].steps == {"revoke_sessions": "failed_permission"}
     assert by_user[admin.label].escalate
     assert overall.value == "partially contained"
@@ -182,7 +214,9 @@ def test_a_refused_disable_does_not_cancel_the_revoke_and_each_4xx_is_tried_once
     assert calls.count(("POST", f"/users/{admin.user_id}/revokeSignInSessions", None)) == 1
     denied = results[plan[2].id]
     assert "the app needs User.RevokeSessions.All" in denied.detail
-    assert denied.detail.startswith("PermissionDenied: Microsoft Graph refused revokeSignInSessions for admin@contoso.com (403 Authorization_RequestDenied")
+    assert denied.detail.startswith(
+        "PermissionDenied: Microsoft Graph refused revokeSignInSessions for admin@contoso.com (403 Authorization_RequestDenied"
+    )
 
 
 # -- the field cases ------------------------------------------------------------------
@@ -203,7 +237,11 @@ def test_b01_revoke_200_true_and_204_succeed_and_false_is_unconfirmed(
 
 
 def test_b02_a_guests_revoke_is_ineffective_and_escalated(emu: Any, audit: AuditLog) -> None:
-    guest = emu.graph.add_user("pat.lee_fabrikam.com#EXT#@contoso.onmicrosoft.com", "aaaaaaaa-0000-4000-8000-000000000001", user_type="Guest")
+    guest = emu.graph.add_user(
+        "pat.lee_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+        "aaaaaaaa-0000-4000-8000-000000000001",
+        user_type="Guest",
+    )
     target = Target(user_principal_name=guest.user_principal_name, user_id=guest.id)
 
     (result,) = act(emu, audit, [planned(ActionKind.REVOKE_SESSIONS, target)]).values()
@@ -220,12 +258,20 @@ def test_b03_a_guest_upn_is_percent_encoded_in_the_path(emu: Any, audit: AuditLo
     emu.graph.add_user(upn, user_type="Guest")
     target = Target(user_principal_name=upn)
 
-    assert requests.revoke_sessions(target).path == "/users/pat.lee_fabrikam.com%23EXT%23@contoso.onmicrosoft.com/revokeSignInSessions"
+    assert (
+        requests.revoke_sessions(target).path
+        == "/users/pat.lee_fabrikam.com%23EXT%23@contoso.onmicrosoft.com/revokeSignInSessions"
+    )
     results = act(emu, audit, [planned(ActionKind.REVOKE_SESSIONS, target)])
 
     paths = [path for _, path, _ in graph_calls(emu)]
-    assert "/users/pat.lee_fabrikam.com%23EXT%23@contoso.onmicrosoft.com/revokeSignInSessions" in paths
-    assert not any(path.startswith("/users/pat.lee_fabrikam.com/") or path == "/users/pat.lee_fabrikam.com" for path in paths)
+    assert (
+        "/users/pat.lee_fabrikam.com%23EXT%23@contoso.onmicrosoft.com/revokeSignInSessions" in paths
+    )
+    assert not any(
+        path.startswith("/users/pat.lee_fabrikam.com/") or path == "/users/pat.lee_fabrikam.com"
+        for path in paths
+    )
     assert next(iter(results.values())).status.value == "ineffective"
 
 
@@ -233,17 +279,29 @@ def test_b10_a_204_disable_is_success_verified_with_select(emu: Any, audit: Audi
     target = user(emu, "megan.bowen")
     (result,) = act(emu, audit, [planned(ActionKind.DISABLE_ACCOUNT, target)]).values()
     assert (result.status.value, result.verified, result.http_status) == ("succeeded", True, 204)
-    reads = [path for method, path, _ in graph_calls(emu) if method == "GET" and "transitiveMemberOf" not in path]
+    reads = [
+        path
+        for method, path, _ in graph_calls(emu)
+        if method == "GET" and "transitiveMemberOf" not in path
+    ]
     assert reads and all("$select=" in path and "accountEnabled" in path for path in reads)
 
 
-def test_b14_failures_keep_status_code_message_and_request_ids_in_the_audit(emu: Any, audit: AuditLog) -> None:
+def test_b14_failures_keep_status_code_message_and_request_ids_in_the_audit(
+    emu: Any, audit: AuditLog
+) -> None:
     missing, flaky = user(emu, "gone"), user(emu, "flaky")
     emu.fault(
         scope="query",
         path=rf"/users/{missing.user_id}/revokeSignInSessions",
         status=404,
-        body={"error": {"code": "Request_ResourceNotFound", "message": None, "innerError": {"request-id": "rid-1", "client-request-id": "crid-1"}}},
+        body={
+            "error": {
+                "code": "Request_ResourceNotFound",
+                "message": None,
+                "innerError": {"request-id": "rid-1", "client-request-id": "crid-1"},
+            }
+        },
     )
     emu.fault(
         scope="query",
@@ -253,33 +311,73 @@ def test_b14_failures_keep_status_code_message_and_request_ids_in_the_audit(emu:
         times=None,
     )
 
-    results = act(emu, audit, [planned(ActionKind.REVOKE_SESSIONS, missing), planned(ActionKind.REVOKE_SESSIONS, flaky)])
+    results = act(
+        emu,
+        audit,
+        [planned(ActionKind.REVOKE_SESSIONS, missing), planned(ActionKind.REVOKE_SESSIONS, flaky)],
+    )
 
     outcomes = {o["action"]: o for o in records(audit, "action.outcome")}
     row = outcomes[f"a-revoke_sessions-{missing.label}"]["error"]
-    assert {k: row[k] for k in ("status", "code", "message", "request_id", "client_request_id", "class", "retried")} == {
-        "status": 404, "code": "Request_ResourceNotFound", "message": None, "request_id": "rid-1",
-        "client_request_id": "crid-1", "class": "not_found", "retried": False,
+    assert {
+        k: row[k]
+        for k in (
+            "status",
+            "code",
+            "message",
+            "request_id",
+            "client_request_id",
+            "class",
+            "retried",
+        )
+    } == {
+        "status": 404,
+        "code": "Request_ResourceNotFound",
+        "message": None,
+        "request_id": "rid-1",
+        "client_request_id": "crid-1",
+        "class": "not_found",
+        "retried": False,
     }
     row = outcomes[f"a-revoke_sessions-{flaky.label}"]["error"]
-    assert (row["status"], row["code"], row["class"], row["retried"]) == (500, "UnknownError", "transient", True)
+    assert (row["status"], row["code"], row["class"], row["retried"]) == (
+        500,
+        "UnknownError",
+        "transient",
+        True,
+    )
     assert results[f"a-revoke_sessions-{flaky.label}"].attempts == 4
 
 
-def test_b08_retry_after_decimal_missing_and_too_long_stops_as_throttled(emu: Any, audit: AuditLog) -> None:
+def test_b08_retry_after_decimal_missing_and_too_long_stops_as_throttled(
+    emu: Any, audit: AuditLog
+) -> None:
     target = user(emu, "megan")
     path = rf"/users/{target.user_id}/revokeSignInSessions"
     for retry_after in ("0.249", None, "3600"):
-        emu.fault(scope="query", path=path, status=429, headers={"Retry-After": retry_after} if retry_after else {},
-                  body={"error": {"code": "TooManyRequests", "message": "slow down"}})
+        emu.fault(
+            scope="query",
+            path=path,
+            status=429,
+            headers={"Retry-After": retry_after} if retry_after else {},
+            body={"error": {"code": "TooManyRequests", "message": "slow down"}},
+        )
     sleeps: list[float] = []
 
-    (result,) = act(emu, audit, [planned(ActionKind.REVOKE_SESSIONS, target)], sleeps=sleeps).values()
+    (result,) = act(
+        emu, audit, [planned(ActionKind.REVOKE_SESSIONS, target)], sleeps=sleeps
+    ).values()
 
-    assert (result.status.value, result.problem.value, result.attempts) == ("failed", "throttled", 3)  # type: ignore[union-attr]
+    assert (result.status.value, result.problem.value, result.attempts) == (
+        "failed",
+        "throttled",
+        3,
+    )  # type: ignore[union-attr]
     assert sleeps[0] == pytest.approx(0.249) and 0 < sleeps[1] < 1
     assert "longer than retry.wait_max" in result.detail
-    attempts = [a for a in records(audit, "call.attempt") if a["operation"] == "revokeSignInSessions"]
+    attempts = [
+        a for a in records(audit, "call.attempt") if a["operation"] == "revokeSignInSessions"
+    ]
     assert attempts[-1]["retry_after"] == 3600
 
 
@@ -287,10 +385,17 @@ def test_b08_a_short_retry_after_reaches_the_success(emu: Any, audit: AuditLog) 
     target = user(emu, "megan")
     path = rf"/users/{target.user_id}/revokeSignInSessions"
     for retry_after in ("0.249", None, "2"):
-        emu.fault(scope="query", path=path, status=429, headers={"Retry-After": retry_after} if retry_after else {})
+        emu.fault(
+            scope="query",
+            path=path,
+            status=429,
+            headers={"Retry-After": retry_after} if retry_after else {},
+        )
     sleeps: list[float] = []
 
-    (result,) = act(emu, audit, [planned(ActionKind.REVOKE_SESSIONS, target)], sleeps=sleeps).values()
+    (result,) = act(
+        emu, audit, [planned(ActionKind.REVOKE_SESSIONS, target)], sleeps=sleeps
+    ).values()
 
     assert (result.status.value, result.attempts) == ("succeeded", 4)
     assert sleeps[2] == 2
@@ -325,10 +430,14 @@ def test_a_run_that_stopped_after_sending_is_resumed_without_sending_again(
     assert [e.status for e in store.ledger_for([target.user_id])] == ["succeeded", "succeeded"]
 
 
-def test_the_cooldown_holds_an_unattended_revoke_for_a_new_sign_in(emu: Any, audit: AuditLog) -> None:
+def test_the_cooldown_holds_an_unattended_revoke_for_a_new_sign_in(
+    emu: Any, audit: AuditLog
+) -> None:
     target = user(emu, "megan")
     act(emu, audit, [planned(ActionKind.REVOKE_SESSIONS, target)])
-    later = planned(ActionKind.REVOKE_SESSIONS, target).model_copy(update={"id": "a-later", "finding_ids": ("f-later",)})
+    later = planned(ActionKind.REVOKE_SESSIONS, target).model_copy(
+        update={"id": "a-later", "finding_ids": ("f-later",)}
+    )
     emu.graph.find(target.user_id).sign_in_sessions_valid_from = "2025-01-01T00:00:00Z"
 
     (result,) = act(emu, audit, [later]).values()
@@ -338,7 +447,9 @@ def test_the_cooldown_holds_an_unattended_revoke_for_a_new_sign_in(emu: Any, aud
     assert len(graph_calls(emu, writes_only=True)) == 1
 
 
-def test_a_revoke_is_skipped_when_sessions_were_revoked_after_the_sign_in(emu: Any, audit: AuditLog) -> None:
+def test_a_revoke_is_skipped_when_sessions_were_revoked_after_the_sign_in(
+    emu: Any, audit: AuditLog
+) -> None:
     target = user(emu, "megan", sign_in_sessions_valid_from="2026-01-15T10:00:00Z")
     (result,) = act(emu, audit, [planned(ActionKind.REVOKE_SESSIONS, target)]).values()
     assert result.status.value == "skipped"
@@ -349,7 +460,13 @@ def test_a_revoke_is_skipped_when_sessions_were_revoked_after_the_sign_in(emu: A
 def test_a_throttled_batch_is_sent_again_whole(emu: Any, audit: AuditLog) -> None:
     users = [user(emu, f"user{i:02}") for i in range(10)]
     # The first write batch is throttled whole, twice.
-    emu.fault(path=r"^/v1\.0/\$batch$", query="revokeSignInSessions", status=429, headers={"Retry-After": "0.01"}, times=2)
+    emu.fault(
+        path=r"^/v1\.0/\$batch$",
+        query="revokeSignInSessions",
+        status=429,
+        headers={"Retry-After": "0.01"},
+        times=2,
+    )
 
     results = act(emu, audit, containment(*users))
 
@@ -361,7 +478,11 @@ def test_confirm_compromised_is_one_call_for_every_user_and_waits_out_its_thrott
     emu: Any, audit: AuditLog
 ) -> None:
     users = [user(emu, name) for name in ("ana", "ben", "cy")]
-    emu.fault(path=r"/riskyUsers/confirmCompromised$", status=429, body={"error": {"code": "TooManyRequests"}})
+    emu.fault(
+        path=r"/riskyUsers/confirmCompromised$",
+        status=429,
+        body={"error": {"code": "TooManyRequests"}},
+    )
     confirm = PlannedAction(
         id="a-confirm",
         action=ActionKind.CONFIRM_COMPROMISED,
@@ -373,7 +494,13 @@ def test_confirm_compromised_is_one_call_for_every_user_and_waits_out_its_thrott
     )
     sleeps: list[float] = []
 
-    (result,) = act(emu, audit, [confirm], sleeps=sleeps, graph={"identity_protection_wait": 1.0, "verify_delay": 0}).values()
+    (result,) = act(
+        emu,
+        audit,
+        [confirm],
+        sleeps=sleeps,
+        graph={"identity_protection_wait": 1.0, "verify_delay": 0},
+    ).values()
 
     assert (result.status.value, result.attempts) == ("succeeded", 2)
     assert sleeps and sleeps[0] >= 0.5  # backoff from 1 s, jittered down to half at most

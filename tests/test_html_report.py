@@ -119,10 +119,7 @@ def test_the_summary_says_what_happened_and_what_would_be_done(
 ) -> None:
     _, html = seed
     text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
-    assert (
-        "Dry run. tokenward built every request in this report and sent none of them."
-        in text
-    )
+    assert "Dry run. tokenward built every request in this report and sent none of them." in text
     assert "Findings 1 1 high 0 medium 0 low" in text
     assert "Planned actions 3 3 would be sent" in text
     assert "Expected outcome met" in text
@@ -139,10 +136,7 @@ def test_every_request_is_shown_exactly_and_guardrails_are_stated(
 ) -> None:
     report, html = seed
     user_id = report.findings[0].user_id
-    assert (
-        f"POST https://graph.microsoft.com/v1.0/users/{user_id}/revokeSignInSessions"
-        in html
-    )
+    assert f"POST https://graph.microsoft.com/v1.0/users/{user_id}/revokeSignInSessions" in html
     assert (
         f"PATCH https://graph.microsoft.com/v1.0/users/{user_id}\n{{&#34;accountEnabled&#34;: false}}"
         in html
@@ -163,9 +157,7 @@ def test_the_timeline_has_the_mail_the_click_the_sign_in_and_each_action_in_orde
 ) -> None:
     report, html = seed
     found = marks(chart(html, "timeline"))
-    kinds = [
-        (element.get("data-lane"), element.get("data-kind")) for element, _ in found
-    ]
+    kinds = [(element.get("data-lane"), element.get("data-kind")) for element, _ in found]
     assert kinds == [
         ("mail", "lure_email"),
         ("click", "click"),
@@ -208,9 +200,7 @@ def test_a_run_days_after_the_sign_in_breaks_the_axis_and_says_by_how_much(
 ) -> None:
     report, _ = seed
     later = report.model_copy(update={"now": report.now + timedelta(days=2)})
-    html = to_html(
-        later, context=ReportContext(thresholds=Thresholds(high=70, medium=40))
-    )
+    html = to_html(later, context=ReportContext(thresholds=Thresholds(high=70, medium=40)))
     root = chart(html, "timeline")
     text = " ".join("".join(element.itertext()) for element in root.iter(f"{SVG}text"))
     # Two days, less the margins drawn either side of the break.
@@ -268,9 +258,7 @@ def test_negative_weights_draw_to_the_left_and_the_gauge_shows_the_clamped_score
     root = chart(html, "score")
     widths = bar_widths(root)
     assert widths["sanctioned_use"][0] == -60
-    assert widths["sanctioned_use"][1] == pytest.approx(
-        widths["high_value_app"][1] * 4, rel=0.01
-    )
+    assert widths["sanctioned_use"][1] == pytest.approx(widths["high_value_app"][1] * 4, rel=0.01)
     marker = next(e for e in root.iter() if "tw-score-marker" in e.get("class", ""))
     assert marker.get("data-score") == str(report.findings[0].score) == "0"
     text = " ".join("".join(element.itertext()) for element in root.iter(f"{SVG}text"))
@@ -310,9 +298,7 @@ def test_attacker_written_text_is_escaped_in_the_page_and_in_the_charts(
     assert "<script" not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     timeline = chart(html, "timeline")
-    text = " ".join(
-        "".join(element.itertext()) for element in timeline.iter(f"{SVG}text")
-    )
+    text = " ".join("".join(element.itertext()) for element in timeline.iter(f"{SVG}text"))
     # Kept as written: no formula drawn from the $…$.
     assert "<script>alert(1)</script> pay $\\frac{1}{2}$ & more" in text
     assert report.findings[0].primary.user_agent in text
@@ -386,9 +372,11 @@ def test_what_the_token_was_used_for_gets_its_own_lane_and_blocked_actions_show(
         "tokenward",
         "tokenward",
     ]
-    assert [
-        e.get("data-status") for e, _ in found if e.get("data-lane") == "tokenward"
-    ] == ["blocked", "blocked", "blocked"]
+    assert [e.get("data-status") for e, _ in found if e.get("data-lane") == "tokenward"] == [
+        "blocked",
+        "blocked",
+        "blocked",
+    ]
     text = " ".join("".join(element.itertext()) for element in root.iter(f"{SVG}text"))
     assert "Token use" in text
     assert "Token used 3×" in text

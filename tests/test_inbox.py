@@ -33,14 +33,28 @@ def box(tmp_path: Path, clock: Clock) -> Inbox:
 
 def delivery(incident: str = "inc-1", fingerprint: str = "f1", revision: str = "rev-1") -> Delivery:
     return Delivery(
-        id=f"d-{secrets.token_hex(4)}", run_id=f"r-{secrets.token_hex(4)}", run_key=f"{incident}|{fingerprint}",
-        incident_key=incident, revision=revision, event="Create", fingerprint=fingerprint,
-        received_at="2026-01-15T09:40:00Z", caller="logic-app", scheme="bearer", body="{}", summary={},
+        id=f"d-{secrets.token_hex(4)}",
+        run_id=f"r-{secrets.token_hex(4)}",
+        run_key=f"{incident}|{fingerprint}",
+        incident_key=incident,
+        revision=revision,
+        event="Create",
+        fingerprint=fingerprint,
+        received_at="2026-01-15T09:40:00Z",
+        caller="logic-app",
+        scheme="bearer",
+        body="{}",
+        summary={},
     )
 
 
 def test_deliveries_of_one_run_racing_in_one_group_store_one_row(box: Inbox) -> None:
-    first, same, update, other = delivery(), delivery(), delivery(revision="rev-2"), delivery("inc-2")
+    first, same, update, other = (
+        delivery(),
+        delivery(),
+        delivery(revision="rev-2"),
+        delivery("inc-2"),
+    )
 
     results = box.record([first, same, update, other])
 
@@ -50,13 +64,17 @@ def test_deliveries_of_one_run_racing_in_one_group_store_one_row(box: Inbox) -> 
     assert box.counts() == {"pending": 2}
 
 
-def test_a_claimed_delivery_is_not_claimed_twice_while_its_lease_holds(box: Inbox, clock: Clock) -> None:
+def test_a_claimed_delivery_is_not_claimed_twice_while_its_lease_holds(
+    box: Inbox, clock: Clock
+) -> None:
     box.record([delivery()])
     assert box.claim("w1", lease_s=10, max_attempts=3) is not None
     assert box.claim("w2", lease_s=10, max_attempts=3) is None
 
 
-def test_a_dead_workers_delivery_is_taken_over_when_its_lease_runs_out(box: Inbox, clock: Clock) -> None:
+def test_a_dead_workers_delivery_is_taken_over_when_its_lease_runs_out(
+    box: Inbox, clock: Clock
+) -> None:
     box.record([delivery()])
     first = box.claim("w1", lease_s=10, max_attempts=3)
     clock.now += 11
@@ -102,7 +120,9 @@ def test_a_failed_run_is_tried_again_after_its_wait(box: Inbox, clock: Clock) ->
     assert box.claim("w", lease_s=10, max_attempts=3) is not None
 
 
-def test_a_store_waits_out_another_writers_lock_instead_of_failing(box: Inbox, tmp_path: Path) -> None:
+def test_a_store_waits_out_another_writers_lock_instead_of_failing(
+    box: Inbox, tmp_path: Path
+) -> None:
     import sqlite3
     import threading
     import time

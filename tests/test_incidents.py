@@ -27,10 +27,15 @@ def test_the_trigger_body_gives_the_incident_accounts_ips_and_widened_window() -
     assert scope.incident.resource_id.endswith("/Incidents/4b1e6f0a-2d3c-4e5f-8a9b-0c1d2e3f4a5b")
     assert scope.event == "Create"
     (account,) = scope.accounts
-    assert (account.user_id, account.user_principal_name) == ("6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11", "target.user@contoso.com")
+    assert (account.user_id, account.user_principal_name) == (
+        "6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11",
+        "target.user@contoso.com",
+    )
     assert account.confidence is Confidence.HIGH
     assert scope.ip_addresses == ("185.220.101.47",)
-    assert scope.unresolved == ("account 'svc-backup' has no Entra object id or UPN (on-premises only, or not mapped)",)
+    assert scope.unresolved == (
+        "account 'svc-backup' has no Entra object id or UPN (on-premises only, or not mapped)",
+    )
     assert scope.window.start == datetime(2026, 1, 15, 7, 21, 58, tzinfo=UTC)
     assert scope.window.end == datetime(2026, 1, 15, 9, 54, 58, tzinfo=UTC)
     assert scope.users == ("6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11", "target.user@contoso.com")
@@ -38,12 +43,19 @@ def test_the_trigger_body_gives_the_incident_accounts_ips_and_widened_window() -
 
 def test_the_bare_incident_resource_is_accepted_too() -> None:
     bare = trigger()["object"]
-    assert scope_from_incident(bare, now=NOW).accounts[0].user_principal_name == "target.user@contoso.com"
+    assert (
+        scope_from_incident(bare, now=NOW).accounts[0].user_principal_name
+        == "target.user@contoso.com"
+    )
 
 
 @requires_corpus()
 def test_the_published_incident_example_is_a_scope_with_no_accounts() -> None:
-    example = json.loads((CORPUS / "azure-rest-api-specs-securityinsights-2024-09-01" / "GetIncidentById.json").read_text())
+    example = json.loads(
+        (
+            CORPUS / "azure-rest-api-specs-securityinsights-2024-09-01" / "GetIncidentById.json"
+        ).read_text()
+    )
     scope = scope_from_incident(example, now=NOW)
     assert scope.incident.number == 3177
     assert scope.accounts == () and scope.users == ()
@@ -53,17 +65,43 @@ def test_the_published_incident_example_is_a_scope_with_no_accounts() -> None:
 @pytest.mark.parametrize(
     ("props", "user_id", "upn", "confidence"),
     [
-        ({"aadUserId": "aaaaaaaa-0000-4000-8000-000000000002"}, "aaaaaaaa-0000-4000-8000-000000000002", "", Confidence.HIGH),
-        ({"UserPrincipalName": "Megan.Bowen@contoso.com"}, "", "Megan.Bowen@contoso.com", Confidence.HIGH),
-        ({"accountName": "megan.bowen", "upnSuffix": "contoso.com"}, "", "megan.bowen@contoso.com", Confidence.HIGH),
-        ({"Name": "megan.bowen", "UPNSuffix": "contoso.com"}, "", "megan.bowen@contoso.com", Confidence.HIGH),
+        (
+            {"aadUserId": "aaaaaaaa-0000-4000-8000-000000000002"},
+            "aaaaaaaa-0000-4000-8000-000000000002",
+            "",
+            Confidence.HIGH,
+        ),
+        (
+            {"UserPrincipalName": "Megan.Bowen@contoso.com"},
+            "",
+            "Megan.Bowen@contoso.com",
+            Confidence.HIGH,
+        ),
+        (
+            {"accountName": "megan.bowen", "upnSuffix": "contoso.com"},
+            "",
+            "megan.bowen@contoso.com",
+            Confidence.HIGH,
+        ),
+        (
+            {"Name": "megan.bowen", "UPNSuffix": "contoso.com"},
+            "",
+            "megan.bowen@contoso.com",
+            Confidence.HIGH,
+        ),
         ({"fullName": "megan.bowen@contoso.com"}, "", "megan.bowen@contoso.com", Confidence.LOW),
     ],
 )
-def test_account_entities_resolve_in_the_order_the_field_learnt(props: dict[str, str], user_id: str, upn: str, confidence: Confidence) -> None:
+def test_account_entities_resolve_in_the_order_the_field_learnt(
+    props: dict[str, str], user_id: str, upn: str, confidence: Confidence
+) -> None:
     account = resolve_account({key.lower(): value for key, value in props.items()})
     assert not isinstance(account, str)
-    assert (account.user_id, account.user_principal_name, account.confidence) == (user_id, upn, confidence)
+    assert (account.user_id, account.user_principal_name, account.confidence) == (
+        user_id,
+        upn,
+        confidence,
+    )
 
 
 def test_an_account_with_a_name_only_is_unresolvable_with_a_reason() -> None:
@@ -74,24 +112,36 @@ def test_an_account_with_a_name_only_is_unresolvable_with_a_reason() -> None:
 
 @pytest.mark.parametrize(
     "hostile",
-    ['x" or 1==1 or "@contoso.com', "a@b.com\n| take 1000", "megan@contoso.com//", 'evil@"x".com', "ünï@contoso.com"],
+    [
+        'x" or 1==1 or "@contoso.com',
+        "a@b.com\n| take 1000",
+        "megan@contoso.com//",
+        'evil@"x".com',
+        "ünï@contoso.com",
+    ],
 )
 def test_a_hostile_name_is_refused_by_its_shape_and_never_reaches_the_hunt(hostile: str) -> None:
     payload = trigger()
-    payload["object"]["properties"]["relatedEntities"] = [{"kind": "Account", "properties": {"userPrincipalName": hostile}}]
+    payload["object"]["properties"]["relatedEntities"] = [
+        {"kind": "Account", "properties": {"userPrincipalName": hostile}}
+    ]
     scope = scope_from_incident(payload, now=NOW)
     assert scope.accounts == () and scope.users == ()
     assert len(scope.unresolved) == 1
 
 
 def test_a_hostile_object_id_is_refused_and_the_upn_is_used() -> None:
-    account = resolve_account({"aaduserid": "' or 1 -- ", "userprincipalname": "megan.bowen@contoso.com"})
+    account = resolve_account(
+        {"aaduserid": "' or 1 -- ", "userprincipalname": "megan.bowen@contoso.com"}
+    )
     assert not isinstance(account, str) and account.user_id == ""
 
 
 def test_a_bad_ip_entity_is_reported_not_passed_on() -> None:
     payload = trigger()
-    payload["object"]["properties"]["relatedEntities"].append({"kind": "Ip", "properties": {"address": "1.2.3.4 | take 5"}})
+    payload["object"]["properties"]["relatedEntities"].append(
+        {"kind": "Ip", "properties": {"address": "1.2.3.4 | take 5"}}
+    )
     scope = scope_from_incident(payload, now=NOW)
     assert scope.ip_addresses == ("185.220.101.47",)
     assert any("is not an IP address" in item for item in scope.unresolved)
@@ -99,8 +149,17 @@ def test_a_bad_ip_entity_is_reported_not_passed_on() -> None:
 
 def test_entities_inside_alerts_count_too_and_duplicates_collapse() -> None:
     payload = trigger()
-    alert_entities = [{"Type": "account", "AadUserId": "6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11", "Name": "target.user", "UPNSuffix": "contoso.com"}]
-    payload["object"]["properties"]["alerts"] = [{"properties": {"entities": json.dumps(alert_entities)}}]
+    alert_entities = [
+        {
+            "Type": "account",
+            "AadUserId": "6f1a7a3e-1c2b-4d8e-9a41-3b7c2d9e0f11",
+            "Name": "target.user",
+            "UPNSuffix": "contoso.com",
+        }
+    ]
+    payload["object"]["properties"]["alerts"] = [
+        {"properties": {"entities": json.dumps(alert_entities)}}
+    ]
     assert len(scope_from_incident(payload, now=NOW).accounts) == 1
 
 
@@ -169,22 +228,38 @@ def test_a_resource_id_that_is_not_safe_as_a_url_path_is_refused(bad_id: str) ->
 @pytest.mark.parametrize(
     ("props", "user_id", "upn", "confidence"),
     [
-        ({"externalDirectoryObjectId": "AAAAAAAA-0000-4000-8000-000000000002", "upn": "megan.bowen@contoso.com"}, "aaaaaaaa-0000-4000-8000-000000000002", "megan.bowen@contoso.com", Confidence.HIGH),
+        (
+            {
+                "externalDirectoryObjectId": "AAAAAAAA-0000-4000-8000-000000000002",
+                "upn": "megan.bowen@contoso.com",
+            },
+            "aaaaaaaa-0000-4000-8000-000000000002",
+            "megan.bowen@contoso.com",
+            Confidence.HIGH,
+        ),
         ({"upn": "megan.bowen@contoso.com"}, "", "megan.bowen@contoso.com", Confidence.HIGH),
         ({"mailboxPrimaryAddress": "megan@contoso.com"}, "", "megan@contoso.com", Confidence.LOW),
     ],
     ids=["object-id", "upn", "address-only"],
 )
-def test_a_mailbox_entity_names_the_phished_recipient(props: dict[str, str], user_id: str, upn: str, confidence: Confidence) -> None:
+def test_a_mailbox_entity_names_the_phished_recipient(
+    props: dict[str, str], user_id: str, upn: str, confidence: Confidence
+) -> None:
     payload = trigger()
     payload["object"]["properties"]["relatedEntities"] = [{"kind": "Mailbox", "properties": props}]
     (account,) = scope_from_incident(payload, now=NOW).accounts
-    assert (account.user_id, account.user_principal_name, account.confidence) == (user_id, upn, confidence)
+    assert (account.user_id, account.user_principal_name, account.confidence) == (
+        user_id,
+        upn,
+        confidence,
+    )
 
 
 def test_an_entity_kind_sentinel_does_not_document_is_ignored_with_a_warning() -> None:
     payload = trigger()
-    payload["object"]["properties"]["relatedEntities"].append({"kind": "Spaceship", "properties": {}})
+    payload["object"]["properties"]["relatedEntities"].append(
+        {"kind": "Spaceship", "properties": {}}
+    )
     scope = scope_from_incident(payload, now=NOW)
     assert scope.accounts[0].user_principal_name == "target.user@contoso.com"
     assert scope.warnings == ("entity kind 'spaceship' is not one tokenward knows; ignored",)

@@ -28,7 +28,7 @@ HOSTILE_IDENTITIES = HOSTILE + [
     "alice@contoso.com\n| union SigninLogs",
     "alice@contoso.com // ",
     'bob@contoso.com"] | extend x = dynamic(["',
-    "185.220.101.47\" or 1==1 or \"",
+    '185.220.101.47" or 1==1 or "',
     "10.0.0.1 | take 100",
     "::1\n",
     "ａｌｉｃｅ@contoso.com",
@@ -51,7 +51,10 @@ def sign_in(upn: str, *, ip: str = "198.51.100.7", display: str = "Alice") -> di
 
 # Legitimate shapes that look odd: an apostrophe is allowed in a UPN, and an
 # address is returned in canonical form (the newline never goes further).
-ACCEPTED = {("o'brien@contoso.com", "require_upn"): "o'brien@contoso.com", ("::1\n", "require_ip"): "::1"}
+ACCEPTED = {
+    ("o'brien@contoso.com", "require_upn"): "o'brien@contoso.com",
+    ("::1\n", "require_ip"): "::1",
+}
 
 
 @pytest.mark.parametrize("value", HOSTILE_IDENTITIES)
@@ -66,7 +69,9 @@ def test_a_hostile_identity_is_refused_by_shape_before_any_query(value: str) -> 
 
 
 @pytest.mark.parametrize("value", [v for v in HOSTILE_IDENTITIES if "\x00" not in v])
-def test_a_hostile_user_in_the_hunt_is_one_literal_and_matches_only_itself(value: str, load_tables: Any) -> None:
+def test_a_hostile_user_in_the_hunt_is_one_literal_and_matches_only_itself(
+    value: str, load_tables: Any
+) -> None:
     playbook = load_playbook()
     con = load_tables(
         {
@@ -99,32 +104,67 @@ def test_a_hostile_user_in_the_hunt_is_one_literal_and_matches_only_itself(value
 def test_hostile_cells_in_the_hunts_rows_stay_one_cell_each_in_the_datatable(value: str) -> None:
     hits = HitsTable(
         [
-            {"Id": value, "TimeGenerated": AT, "UserPrincipalName": value, "UserId": value, "IPAddress": value},
-            {"Id": "si-2", "TimeGenerated": AT, "UserPrincipalName": "bob@contoso.com", "IPAddress": "203.0.113.9"},
+            {
+                "Id": value,
+                "TimeGenerated": AT,
+                "UserPrincipalName": value,
+                "UserId": value,
+                "IPAddress": value,
+            },
+            {
+                "Id": "si-2",
+                "TimeGenerated": AT,
+                "UserPrincipalName": "bob@contoso.com",
+                "IPAddress": "203.0.113.9",
+            },
         ]
     )
     query = f"let hits = {hits.render()};\nhits | project Id, UserPrincipalName, UserId, IPAddress, SessionId"
 
     rows = duckdb_kql.kql(duckdb_kql.connect(), query, allow_write=False).fetchall()
 
-    assert rows == [(value, value, value, value, ""), ("si-2", "bob@contoso.com", "", "203.0.113.9", "")]
+    assert rows == [
+        (value, value, value, value, ""),
+        ("si-2", "bob@contoso.com", "", "203.0.113.9", ""),
+    ]
 
 
-def test_a_correlation_given_hostile_hits_returns_no_rows_beyond_its_matches(load_tables: Any) -> None:
+def test_a_correlation_given_hostile_hits_returns_no_rows_beyond_its_matches(
+    load_tables: Any,
+) -> None:
     playbook = load_playbook()
     hostile = '" or 1==1 or "'
     con = load_tables(
         {
             "UrlClickEvents": [
-                {"Timestamp": (AT - timedelta(minutes=3)).isoformat(), "AccountUpn": "alice@contoso.com", "Url": "https://a.example", "ActionType": "ClickAllowed", "ReportId": "r1"},
-                {"Timestamp": (AT - timedelta(minutes=2)).isoformat(), "AccountUpn": "carol@contoso.com", "Url": "https://c.example", "ActionType": "ClickAllowed", "ReportId": "r2"},
+                {
+                    "Timestamp": (AT - timedelta(minutes=3)).isoformat(),
+                    "AccountUpn": "alice@contoso.com",
+                    "Url": "https://a.example",
+                    "ActionType": "ClickAllowed",
+                    "ReportId": "r1",
+                },
+                {
+                    "Timestamp": (AT - timedelta(minutes=2)).isoformat(),
+                    "AccountUpn": "carol@contoso.com",
+                    "Url": "https://c.example",
+                    "ActionType": "ClickAllowed",
+                    "ReportId": "r2",
+                },
             ]
         }
     )
-    hits = HitsTable([{"Id": "si-1", "TimeGenerated": AT, "UserPrincipalName": hostile + "alice@contoso.com"}])
+    hits = HitsTable(
+        [{"Id": "si-1", "TimeGenerated": AT, "UserPrincipalName": hostile + "alice@contoso.com"}]
+    )
     text = playbook.render_with_hits(
         "url_clicks",
-        {"start": NOW - timedelta(hours=12), "end": NOW, "before": timedelta(hours=1), "after": timedelta(minutes=5)},
+        {
+            "start": NOW - timedelta(hours=12),
+            "end": NOW,
+            "before": timedelta(hours=1),
+            "after": timedelta(minutes=5),
+        },
         hits,
     )
 

@@ -14,7 +14,6 @@ from typing import Any
 import duckdb_kql
 import pytest
 
-
 ROWS = [
     {
         "TimeGenerated": "2024-05-01T10:00:00.1234567Z",
@@ -44,9 +43,21 @@ ROWS = [
     },
 ]
 CLICKS = [
-    {"Timestamp": "2024-05-01T09:57:00Z", "AccountUpn": "alice@contoso.com", "Url": "https://a.workers.dev"},
-    {"Timestamp": "2024-05-01T08:00:00Z", "AccountUpn": "ALICE@contoso.com", "Url": "https://old.example"},
-    {"Timestamp": "2024-05-01T10:59:00Z", "AccountUpn": "bob@contoso.com", "Url": "https://b.pages.dev"},
+    {
+        "Timestamp": "2024-05-01T09:57:00Z",
+        "AccountUpn": "alice@contoso.com",
+        "Url": "https://a.workers.dev",
+    },
+    {
+        "Timestamp": "2024-05-01T08:00:00Z",
+        "AccountUpn": "ALICE@contoso.com",
+        "Url": "https://old.example",
+    },
+    {
+        "Timestamp": "2024-05-01T10:59:00Z",
+        "AccountUpn": "bob@contoso.com",
+        "Url": "https://b.pages.dev",
+    },
 ]
 NOW = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 
@@ -75,7 +86,9 @@ def test_in_tilde_ignores_case_and_in_does_not(con: Any) -> None:
 
 
 def test_in_accepts_a_dynamic_array_and_an_empty_one_matches_nothing(con: Any) -> None:
-    found = 'SigninLogs | where tolower(UserPrincipalName) in (dynamic(["alice@contoso.com"])) | count'
+    found = (
+        'SigninLogs | where tolower(UserPrincipalName) in (dynamic(["alice@contoso.com"])) | count'
+    )
     assert run(con, found) == [(1,)]
     empty = "SigninLogs | where array_length(dynamic([])) == 0 | count"
     assert run(con, empty) == [(3,)]
@@ -97,7 +110,10 @@ def test_tostring_of_dynamic_bools_is_lower_case_and_of_missing_is_empty(con: An
 
 
 def test_dynamic_property_access_reads_nested_values_and_nulls_become_empty(con: Any) -> None:
-    rows = run(con, "SigninLogs | order by TimeGenerated asc | project tostring(LocationDetails.countryOrRegion)")
+    rows = run(
+        con,
+        "SigninLogs | order by TimeGenerated asc | project tostring(LocationDetails.countryOrRegion)",
+    )
     assert rows == [("NL",), ("",), ("US",)]
 
 
@@ -138,7 +154,10 @@ def test_join_inner_on_a_computed_key_with_a_time_window(con: Any) -> None:
         | project Key, Url
         | order by Key asc
     """
-    assert run(con, query) == [("alice@contoso.com", "https://a.workers.dev"), ("bob@contoso.com", "https://b.pages.dev")]
+    assert run(con, query) == [
+        ("alice@contoso.com", "https://a.workers.dev"),
+        ("bob@contoso.com", "https://b.pages.dev"),
+    ]
 
 
 def test_default_join_is_innerunique(con: Any) -> None:

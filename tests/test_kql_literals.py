@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from typing import cast
 from datetime import UTC, datetime, timedelta, timezone
+from typing import cast
 
 import duckdb_kql
 import pytest
@@ -50,7 +50,9 @@ def test_quotes_escape_backslash_first_then_quote_and_line_breaks() -> None:
     assert kql_string("a\nb\rc\td") == '"a\\nb\\rc\\td"'
 
 
-@pytest.mark.parametrize("value", ["nul\x00", "bell\x07", "esc\x1b", "del\x7f", "ls\u2028", "ps\u2029"])
+@pytest.mark.parametrize(
+    "value", ["nul\x00", "bell\x07", "esc\x1b", "del\x7f", "ls\u2028", "ps\u2029"]
+)
 def test_other_control_characters_are_refused(value: str) -> None:
     with pytest.raises(ValueError, match="control character"):
         kql_string(value)
@@ -106,7 +108,9 @@ def test_a_string_cannot_pose_as_a_list_or_a_query() -> None:
         render("{{users}}", {"users": "string_list"}, {"users": "a@b.com"})
     with pytest.raises(TypeError):
         render("{{hits}}", {"hits": "query"}, {"hits": "SigninLogs | take 1"})
-    assert render("{{hits}}", {"hits": "query"}, {"hits": TrustedQuery("T | take 1")}) == "T | take 1"
+    assert (
+        render("{{hits}}", {"hits": "query"}, {"hits": TrustedQuery("T | take 1")}) == "T | take 1"
+    )
 
 
 def _fuzz() -> list[str]:

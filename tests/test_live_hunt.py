@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from playbooks.audit import AuditLog
-from playbooks.store import open_store
 from playbooks.models import RunStatus, Tier
+from playbooks.store import open_store
 from tests.emulator import WORKSPACE_ID
 from tests.emulator.identity import claims_of
 from tests.live import TOR_EXIT, live_settings, phished_tenant, run_live
@@ -77,7 +77,9 @@ def test_a_hunt_costs_the_same_requests_for_one_ten_or_five_hundred_users(
     assert requests_by_kind(emu) == EXPECTED[mode]
 
 
-def test_the_batch_carries_the_exact_rendered_kql_its_window_and_the_server_timeout(emu: Any, audit_log: Any) -> None:
+def test_the_batch_carries_the_exact_rendered_kql_its_window_and_the_server_timeout(
+    emu: Any, audit_log: Any
+) -> None:
     emu.log_analytics.workspace.load(phished_tenant(1))
 
     done = run_live(emu, audit_log)
@@ -86,7 +88,13 @@ def test_the_batch_carries_the_exact_rendered_kql_its_window_and_the_server_time
     sent = first.json()["requests"]
     hunt_step = [q for q in done.report.queries if q.phase == "hunt"]
     assert [item["body"]["query"] for item in sent] == [q.text for q in hunt_step]
-    assert [q.name for q in hunt_step] == ["hunt", "url_clicks", "emails", "baseline", "threat_intel"]
+    assert [q.name for q in hunt_step] == [
+        "hunt",
+        "url_clicks",
+        "emails",
+        "baseline",
+        "threat_intel",
+    ]
     assert {item["workspace"] for item in sent} == {WORKSPACE_ID}
     assert {item["headers"]["Prefer"] for item in sent} == {"wait=4"}
     by_name = {q.name: item["body"]["timespan"] for q, item in zip(hunt_step, sent, strict=True)}
@@ -102,20 +110,27 @@ def test_the_batch_carries_the_exact_rendered_kql_its_window_and_the_server_time
     ]
 
 
-def test_tokens_are_asked_for_with_production_scopes_and_sent_only_for_their_audience(emu: Any, audit_log: Any) -> None:
+def test_tokens_are_asked_for_with_production_scopes_and_sent_only_for_their_audience(
+    emu: Any, audit_log: Any
+) -> None:
     emu.log_analytics.workspace.load(phished_tenant(1))
 
     run_live(emu, audit_log, mode="live", settings=live_settings(emu, sources=MIXED))
 
     scopes = sorted(r.form()["scope"] for r in emu.requests(r"/oauth2/v2\.0/token$"))
-    assert scopes == ["https://api.loganalytics.io/.default", "https://graph.microsoft.com/.default"]
+    assert scopes == [
+        "https://api.loganalytics.io/.default",
+        "https://graph.microsoft.com/.default",
+    ]
     for request in emu.requests(r"^/v1/\$batch$"):
         assert claims_of(request.authorization)["aud"] == "https://api.loganalytics.io"  # type: ignore[index]
     for request in emu.requests("runHuntingQuery"):
         assert claims_of(request.authorization)["aud"] == "https://graph.microsoft.com"  # type: ignore[index]
 
 
-def test_queries_in_defender_get_the_hunts_rows_as_a_datatable_not_its_text(emu: Any, audit_log: Any) -> None:
+def test_queries_in_defender_get_the_hunts_rows_as_a_datatable_not_its_text(
+    emu: Any, audit_log: Any
+) -> None:
     emu.log_analytics.workspace.load(phished_tenant(3))
 
     done = run_live(emu, audit_log, mode="live", settings=live_settings(emu, sources=MIXED))
@@ -123,7 +138,10 @@ def test_queries_in_defender_get_the_hunts_rows_as_a_datatable_not_its_text(emu:
     bodies = {r.json()["query"].splitlines()[0]: r.json() for r in emu.requests("runHuntingQuery")}
     assert len(bodies) == 2
     for body in bodies.values():
-        assert "let hits = datatable(Id:string, TimeGenerated:datetime, UserPrincipalName:string" in body["query"]
+        assert (
+            "let hits = datatable(Id:string, TimeGenerated:datetime, UserPrincipalName:string"
+            in body["query"]
+        )
         # The hunt is not in it (it reads both sign-in tables; Defender has neither).
         assert "AADNonInteractiveUserSignInLogs" not in body["query"]
         assert body["timespan"].startswith("P")
@@ -135,7 +153,9 @@ def test_queries_in_defender_get_the_hunts_rows_as_a_datatable_not_its_text(emu:
     assert all(f'"{hit}"' in correlate[0].text for hit in hunt_ids)
 
 
-def test_every_mode_reaches_the_same_findings_as_the_local_engine(emu: Any, audit_log: Any, tmp_path: Any) -> None:
+def test_every_mode_reaches_the_same_findings_as_the_local_engine(
+    emu: Any, audit_log: Any, tmp_path: Any
+) -> None:
     emu.log_analytics.workspace.load(phished_tenant(2))
     settings = live_settings(emu, sources=MIXED)
 
@@ -143,7 +163,13 @@ def test_every_mode_reaches_the_same_findings_as_the_local_engine(emu: Any, audi
     for mode in ("log_analytics", "defender", "live"):
         done = run_live(emu, audit_log, mode=mode, settings=settings)
         seen[mode] = [
-            (f.user_principal_name, f.score, tuple(r.signal for r in f.reasons), len(f.evidence.url_clicks), len(f.evidence.emails))
+            (
+                f.user_principal_name,
+                f.score,
+                tuple(r.signal for r in f.reasons),
+                len(f.evidence.url_clicks),
+                len(f.evidence.emails),
+            )
             for f in done.report.findings
         ]
     assert seen["log_analytics"] == seen["defender"] == seen["live"]
@@ -194,12 +220,14 @@ def test_every_attempt_is_in_the_audit_of_its_run(emu: Any, audit_log: Any) -> N
     assert json.dumps([r.data for r in done.audit.records()]).count("eyJ") == 0
 
 
-def test_follow_on_and_threat_intelligence_also_work_over_exported_files(load_tables: Any, audit_log: Any) -> None:
+def test_follow_on_and_threat_intelligence_also_work_over_exported_files(
+    load_tables: Any, audit_log: Any
+) -> None:
     import asyncio
     from datetime import timedelta
 
     from connectors.exports.local import LocalKqlSource
-    from playbooks.engine import RunRequest, Runner
+    from playbooks.engine import Runner, RunRequest
     from playbooks.models import Mode, Window
     from playbooks.playbook import load_playbook
     from playbooks.settings import Settings
@@ -207,17 +235,28 @@ def test_follow_on_and_threat_intelligence_also_work_over_exported_files(load_ta
 
     con = load_tables(phished_tenant(1))
     source = LocalKqlSource(con, now=NOW, origin="exports")
-    request = RunRequest(trigger="test", mode=Mode.DRY_RUN, window=Window(start=NOW - timedelta(hours=12), end=NOW), now=NOW)
+    request = RunRequest(
+        trigger="test",
+        mode=Mode.DRY_RUN,
+        window=Window(start=NOW - timedelta(hours=12), end=NOW),
+        now=NOW,
+    )
 
     report = asyncio.run(Runner(load_playbook(), Settings(), source, audit_log).run(request))
 
     (finding,) = report.findings
     assert "threat_intel_ip" in {r.signal for r in finding.reasons}
-    assert finding.follow_on is not None and finding.follow_on.touched == ("mail", "files", "directory")
+    assert finding.follow_on is not None and finding.follow_on.touched == (
+        "mail",
+        "files",
+        "directory",
+    )
     assert finding.follow_on.session is not None and finding.follow_on.session.sign_ins == 1
 
 
-def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(emu: Any, audit_log: Any, caplog: Any) -> None:
+def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(
+    emu: Any, audit_log: Any, caplog: Any
+) -> None:
     import logging
 
     from tests.emulator import ENVIRON

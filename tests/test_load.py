@@ -18,7 +18,17 @@ pytestmark = pytest.mark.slow
 
 def test_a_concurrent_burst_with_duplicates_and_bad_deliveries_is_processed_exactly_once() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.bench_webhook", "--deliveries", "40", "--concurrency", "8", "--drain-timeout", "120"],
+        [
+            sys.executable,
+            "-m",
+            "tests.benchmarks.bench_webhook",
+            "--deliveries",
+            "40",
+            "--concurrency",
+            "8",
+            "--drain-timeout",
+            "120",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

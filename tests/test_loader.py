@@ -46,11 +46,16 @@ def test_json_lines_and_json_arrays_load_into_the_same_typed_table(tmp_path: Pat
 
 
 def test_dynamic_columns_that_arrive_as_json_text_become_json(tmp_path: Path) -> None:
-    text_row = {**SIGN_IN, "DeviceDetail": json.dumps({"isCompliant": True}), "LocationDetails": '{"countryOrRegion":"US"}'}
+    text_row = {
+        **SIGN_IN,
+        "DeviceDetail": json.dumps({"isCompliant": True}),
+        "LocationDetails": '{"countryOrRegion":"US"}',
+    }
     write_table(tmp_path, "SigninLogs", [text_row])
     con, _ = load(tmp_path)
     rows = duckdb_kql.kql(
-        con, "SigninLogs | project tostring(DeviceDetail.isCompliant), tostring(LocationDetails.countryOrRegion)"
+        con,
+        "SigninLogs | project tostring(DeviceDetail.isCompliant), tostring(LocationDetails.countryOrRegion)",
     ).fetchall()
     assert rows == [("true", "US")]
 
@@ -63,24 +68,62 @@ def test_a_plain_string_in_a_dynamic_column_stays_a_string(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(True, True), ("True", True), ("1", True), (1, True), (False, False), ("false", False), ("0", False), ("", None), (None, None)],
+    [
+        (True, True),
+        ("True", True),
+        ("1", True),
+        (1, True),
+        (False, False),
+        ("false", False),
+        ("0", False),
+        ("", None),
+        (None, None),
+    ],
 )
-def test_flags_load_from_every_spelling_exports_use(tmp_path: Path, value: Any, expected: bool | None) -> None:
-    write_table(tmp_path, "UrlClickEvents", [{"Timestamp": "2026-01-15T09:21:58Z", "AccountUpn": "a@contoso.com", "IsClickedThrough": value}])
+def test_flags_load_from_every_spelling_exports_use(
+    tmp_path: Path, value: Any, expected: bool | None
+) -> None:
+    write_table(
+        tmp_path,
+        "UrlClickEvents",
+        [
+            {
+                "Timestamp": "2026-01-15T09:21:58Z",
+                "AccountUpn": "a@contoso.com",
+                "IsClickedThrough": value,
+            }
+        ],
+    )
     con, _ = load(tmp_path)
     assert con.execute("SELECT IsClickedThrough FROM UrlClickEvents").fetchone() == (expected,)
 
 
 def test_a_flag_that_is_not_a_flag_is_refused_with_the_file(tmp_path: Path) -> None:
-    write_table(tmp_path, "UrlClickEvents", [{"Timestamp": "2026-01-15T09:21:58Z", "AccountUpn": "a@contoso.com", "IsClickedThrough": "maybe"}])
+    write_table(
+        tmp_path,
+        "UrlClickEvents",
+        [
+            {
+                "Timestamp": "2026-01-15T09:21:58Z",
+                "AccountUpn": "a@contoso.com",
+                "IsClickedThrough": "maybe",
+            }
+        ],
+    )
     with pytest.raises(ExportError, match=r"UrlClickEvents.jsonl.*IsClickedThrough holds maybe"):
         load(tmp_path)
 
 
 def test_defender_tables_get_timestamp_from_time_generated_when_missing(tmp_path: Path) -> None:
-    write_table(tmp_path, "EmailEvents", [{"TimeGenerated": "2026-01-15T09:15:58Z", "RecipientEmailAddress": "a@contoso.com"}])
+    write_table(
+        tmp_path,
+        "EmailEvents",
+        [{"TimeGenerated": "2026-01-15T09:15:58Z", "RecipientEmailAddress": "a@contoso.com"}],
+    )
     con, _ = load(tmp_path)
-    assert con.execute("SELECT Timestamp FROM EmailEvents").fetchone() == (datetime(2026, 1, 15, 9, 15, 58, tzinfo=UTC),)
+    assert con.execute("SELECT Timestamp FROM EmailEvents").fetchone() == (
+        datetime(2026, 1, 15, 9, 15, 58, tzinfo=UTC),
+    )
 
 
 def test_a_bad_timestamp_names_the_file_and_line(tmp_path: Path) -> None:
@@ -92,19 +135,27 @@ def test_a_bad_timestamp_names_the_file_and_line(tmp_path: Path) -> None:
 
 
 def test_a_truncated_json_line_names_the_file_and_line(tmp_path: Path) -> None:
-    (tmp_path / "SigninLogs.jsonl").write_text(json.dumps(SIGN_IN) + "\n" + '{"TimeGenerated": "2026-01-15T09:24:58Z", "User\n')
+    (tmp_path / "SigninLogs.jsonl").write_text(
+        json.dumps(SIGN_IN) + "\n" + '{"TimeGenerated": "2026-01-15T09:24:58Z", "User\n'
+    )
     with pytest.raises(ExportError, match=r"SigninLogs.jsonl:2: not valid JSON"):
         load(tmp_path)
 
 
 def test_a_file_of_rows_of_no_known_table_is_refused(tmp_path: Path) -> None:
     write_table(tmp_path, "SecurityEvent", [{"TimeGenerated": "2026-01-15T09:24:58Z"}])
-    with pytest.raises(ExportError, match="SecurityEvent.jsonl: .*neither its name nor its columns say which table"):
+    with pytest.raises(
+        ExportError, match="SecurityEvent.jsonl: .*neither its name nor its columns say which table"
+    ):
         load(tmp_path)
 
 
 def test_one_bad_file_leaves_nothing_loaded(tmp_path: Path) -> None:
-    write_table(tmp_path, "EmailEvents", [{"Timestamp": "2026-01-15T09:15:58Z", "RecipientEmailAddress": "a@contoso.com"}])
+    write_table(
+        tmp_path,
+        "EmailEvents",
+        [{"Timestamp": "2026-01-15T09:15:58Z", "RecipientEmailAddress": "a@contoso.com"}],
+    )
     write_table(tmp_path, "SigninLogs", [{**SIGN_IN, "TimeGenerated": "nope"}])
     con = duckdb_kql.connect()
     with pytest.raises(ExportError):
@@ -137,9 +188,15 @@ def test_the_non_interactive_table_keeps_detail_columns_as_json_text(tmp_path: P
     row = {**SIGN_IN, "DeviceDetail": json.dumps({"isCompliant": True})}
     write_table(tmp_path, "AADNonInteractiveUserSignInLogs", [row])
     con, _ = load(tmp_path)
-    described = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE AADNonInteractiveUserSignInLogs)").fetchall())
+    described = dict(
+        con.execute(
+            "SELECT column_name, column_type FROM (DESCRIBE AADNonInteractiveUserSignInLogs)"
+        ).fetchall()
+    )
     assert described["DeviceDetail"] == "VARCHAR"
-    assert con.execute("SELECT DeviceDetail FROM AADNonInteractiveUserSignInLogs").fetchone() == ('{"isCompliant": true}',)
+    assert con.execute("SELECT DeviceDetail FROM AADNonInteractiveUserSignInLogs").fetchone() == (
+        '{"isCompliant": true}',
+    )
 
 
 def test_a_typed_user_name_that_looks_like_json_loads_as_the_string_it_is(tmp_path: Path) -> None:
@@ -149,7 +206,9 @@ def test_a_typed_user_name_that_looks_like_json_loads_as_the_string_it_is(tmp_pa
     write_table(tmp_path, "SigninLogs", [SIGN_IN, typed])
     con, summary = load(tmp_path)
     assert summary.rows == {"SigninLogs": 2}
-    assert con.execute("SELECT UserPrincipalName FROM SigninLogs ORDER BY ResultType").fetchall() == [
+    assert con.execute(
+        "SELECT UserPrincipalName FROM SigninLogs ORDER BY ResultType"
+    ).fetchall() == [
         ("target.user@contoso.com",),
         ('{"json": 1}',),
     ]

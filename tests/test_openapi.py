@@ -12,7 +12,9 @@ DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 
 def test_the_committed_openapi_document_is_current() -> None:
     committed = json.loads(DOCUMENT.read_text())
-    assert committed == json.loads(json.dumps(openapi_document())), "regenerate: python -m playbooks.server > docs/openapi.json"
+    assert committed == json.loads(json.dumps(openapi_document())), (
+        "regenerate: python -m playbooks.server > docs/openapi.json"
+    )
 
 
 def test_it_describes_the_webhook_its_auth_schemes_and_every_refusal() -> None:
@@ -23,8 +25,19 @@ def test_it_describes_the_webhook_its_auth_schemes_and_every_refusal() -> None:
         {"$ref": "#/components/schemas/TriggerBody"},
         {"$ref": "#/components/schemas/Incident"},
     ]
-    assert set(document["components"]["securitySchemes"]) == {"entraId", "hmacSignature", "hmacTimestamp"}
-    assert {"/healthz", "/readyz", "/plans", "/plans/{plan_id}", "/plans/{plan_id}/approve", "/plans/{plan_id}/reject"} <= set(document["paths"])
+    assert set(document["components"]["securitySchemes"]) == {
+        "entraId",
+        "hmacSignature",
+        "hmacTimestamp",
+    }
+    assert {
+        "/healthz",
+        "/readyz",
+        "/plans",
+        "/plans/{plan_id}",
+        "/plans/{plan_id}/approve",
+        "/plans/{plan_id}/reject",
+    } <= set(document["paths"])
     refs = json.dumps(document)
     for name in ("TriggerBody", "Incident", "IncidentProperties", "RelatedEntity"):
         assert f"#/components/schemas/{name}" in refs and name in document["components"]["schemas"]

@@ -15,11 +15,15 @@ NOW = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
 
 
 def plan(findings: list[Finding], guardrails: Guardrails | None = None) -> Plan:
-    return plan_actions(findings, PLAYBOOK, guardrails or Guardrails(), run_id="r-1", created_at=NOW)
+    return plan_actions(
+        findings, PLAYBOOK, guardrails or Guardrails(), run_id="r-1", created_at=NOW
+    )
 
 
 def kinds(result: Plan) -> list[tuple[str, str, str]]:
-    return [(a.action.value, ",".join(t.label for t in a.targets), a.gate.value) for a in result.actions]
+    return [
+        (a.action.value, ",".join(t.label for t in a.targets), a.gate.value) for a in result.actions
+    ]
 
 
 def test_a_high_finding_plans_revoke_disable_and_confirm_with_exact_requests() -> None:
@@ -40,13 +44,24 @@ def test_a_high_finding_plans_revoke_disable_and_confirm_with_exact_requests() -
 
 
 def test_many_findings_for_one_user_give_one_set_of_actions_by_the_highest_tier() -> None:
-    result = plan([finding(tier=Tier.MEDIUM, score=50, id="f-a"), finding(id="f-b"), finding(id="f-c", score=80)])
+    result = plan(
+        [
+            finding(tier=Tier.MEDIUM, score=50, id="f-a"),
+            finding(id="f-b"),
+            finding(id="f-c", score=80),
+        ]
+    )
     assert [a.action for a in result.actions].count(ActionKind.REVOKE_SESSIONS) == 1
     assert result.actions[0].finding_ids == ("f-b",)
 
 
 def test_confirm_compromised_is_one_call_for_all_users() -> None:
-    result = plan([finding("a@contoso.com", user_id="aaaaaaaa-0000-4000-8000-00000000000a"), finding("b@contoso.com", user_id="aaaaaaaa-0000-4000-8000-00000000000b")])
+    result = plan(
+        [
+            finding("a@contoso.com", user_id="aaaaaaaa-0000-4000-8000-00000000000a"),
+            finding("b@contoso.com", user_id="aaaaaaaa-0000-4000-8000-00000000000b"),
+        ]
+    )
     confirms = [a for a in result.actions if a.action is ActionKind.CONFIRM_COMPROMISED]
     assert len(confirms) == 1
     assert confirms[0].request.body == {
@@ -67,11 +82,19 @@ def test_sanctioned_use_never_runs_unattended() -> None:
 
 
 def test_above_the_cap_every_action_waits_for_approval() -> None:
-    many = [finding(f"u{n}@contoso.com", user_id=f"aaaaaaaa-0000-4000-8000-{n:012d}") for n in range(3)]
+    many = [
+        finding(f"u{n}@contoso.com", user_id=f"aaaaaaaa-0000-4000-8000-{n:012d}") for n in range(3)
+    ]
     result = plan(many, Guardrails(max_users_per_run=2))
     assert {a.gate for a in result.actions} == {Gate.APPROVAL}
-    assert any("3 users exceed max_users_per_run (2)" in d.detail for a in result.actions for d in a.decisions)
-    assert {a.gate for a in plan(many, Guardrails(max_users_per_run=3)).actions} == {Gate.UNATTENDED}
+    assert any(
+        "3 users exceed max_users_per_run (2)" in d.detail
+        for a in result.actions
+        for d in a.decisions
+    )
+    assert {a.gate for a in plan(many, Guardrails(max_users_per_run=3)).actions} == {
+        Gate.UNATTENDED
+    }
 
 
 def test_partial_evidence_holds_high_tier_actions_for_a_person() -> None:
@@ -92,7 +115,9 @@ def test_low_and_medium_tiers_plan_no_user_action() -> None:
 
 
 def test_an_incident_gets_one_comment_with_an_id_fixed_by_the_run() -> None:
-    incident = IncidentRef(resource_id="/subscriptions/s/resourceGroups/g/providers/Microsoft.OperationalInsights/workspaces/w/providers/Microsoft.SecurityInsights/incidents/i-1")
+    incident = IncidentRef(
+        resource_id="/subscriptions/s/resourceGroups/g/providers/Microsoft.OperationalInsights/workspaces/w/providers/Microsoft.SecurityInsights/incidents/i-1"
+    )
     first = plan([finding()], Guardrails(incident=incident))
     again = plan([finding()], Guardrails(incident=incident))
     comment = first.actions[-1]

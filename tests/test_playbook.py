@@ -27,7 +27,9 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def line_of(path: Path, needle: str) -> int:
-    return next(number for number, text in enumerate(path.read_text().splitlines(), 1) if needle in text)
+    return next(
+        number for number, text in enumerate(path.read_text().splitlines(), 1) if needle in text
+    )
 
 
 def test_the_bundled_playbook_loads_and_uses_only_registered_signals() -> None:
@@ -35,7 +37,13 @@ def test_the_bundled_playbook_loads_and_uses_only_registered_signals() -> None:
     assert playbook.id == "device-code-phishing"
     assert set(playbook.signals) <= set(SIGNALS)
     assert set(playbook.templates) == {
-        "hunt", "url_clicks", "emails", "baseline", "threat_intel", "graph_activity", "session_sign_ins",
+        "hunt",
+        "url_clicks",
+        "emails",
+        "baseline",
+        "threat_intel",
+        "graph_activity",
+        "session_sign_ins",
     }
     assert playbook.correlation_queries == ("url_clicks", "emails", "baseline", "threat_intel")
     assert playbook.spec.follow_on.queries == ("graph_activity", "session_sign_ins")
@@ -51,7 +59,9 @@ def test_an_unknown_key_is_refused_with_its_line(copy: Path) -> None:
 
 def test_an_unknown_signal_is_refused_with_its_line(copy: Path) -> None:
     edit(copy, "    lure_email: {weight: 10}", "    lure_emial: {weight: 10}")
-    with pytest.raises(PlaybookError, match=rf":{line_of(copy, 'lure_emial')} .*unknown signal 'lure_emial'"):
+    with pytest.raises(
+        PlaybookError, match=rf":{line_of(copy, 'lure_emial')} .*unknown signal 'lure_emial'"
+    ):
         load_playbook(copy)
 
 
@@ -64,8 +74,14 @@ def test_an_unknown_action_is_refused_with_its_line(copy: Path) -> None:
 
 
 def test_a_bad_signal_setting_is_refused_with_its_key(copy: Path) -> None:
-    edit(copy, "unusual_country: {weight: 10, min_sign_ins: 3}", "unusual_country: {weight: 10, min_sign_ins: zero}")
-    with pytest.raises(PlaybookError, match=r"scoring\.signals\.unusual_country\.min_sign_ins.*'zero'"):
+    edit(
+        copy,
+        "unusual_country: {weight: 10, min_sign_ins: 3}",
+        "unusual_country: {weight: 10, min_sign_ins: zero}",
+    )
+    with pytest.raises(
+        PlaybookError, match=r"scoring\.signals\.unusual_country\.min_sign_ins.*'zero'"
+    ):
         load_playbook(copy)
 
 
@@ -83,7 +99,11 @@ def test_a_template_using_an_undeclared_parameter_is_refused(copy: Path) -> None
 
 
 def test_a_declared_parameter_the_template_never_uses_is_refused(copy: Path) -> None:
-    edit(copy, "parameters: {start: datetime, end: datetime, users: string_list}", "parameters: {start: datetime, end: datetime, users: string_list, extra: string}")
+    edit(
+        copy,
+        "parameters: {start: datetime, end: datetime, users: string_list}",
+        "parameters: {start: datetime, end: datetime, users: string_list, extra: string}",
+    )
     with pytest.raises(PlaybookError, match="never uses declared parameters: extra"):
         load_playbook(copy)
 

@@ -39,7 +39,10 @@ WORKSPACE = (
     "/subscriptions/5f2c3b7e-0000-4000-8000-000000000001/resourceGroups/rg-soc"
     "/providers/Microsoft.OperationalInsights/workspaces/law-soc"
 )
-OTHER_RULE = WORKSPACE + "/providers/Microsoft.SecurityInsights/alertRules/99999999-0000-4000-8000-000000000009"
+OTHER_RULE = (
+    WORKSPACE
+    + "/providers/Microsoft.SecurityInsights/alertRules/99999999-0000-4000-8000-000000000009"
+)
 
 
 def reconcile_settings(emu: Any, directory: Path) -> Any:
@@ -58,7 +61,9 @@ def reconcile_settings(emu: Any, directory: Path) -> Any:
     )
 
 
-def test_an_incident_never_posted_to_the_webhook_is_reconciled_and_contained_once(emu: Any, tmp_path: Path) -> None:
+def test_an_incident_never_posted_to_the_webhook_is_reconciled_and_contained_once(
+    emu: Any, tmp_path: Path
+) -> None:
     tenant(emu)
     others, phish = phish_tables(minutes_ago(8))
     emu.log_analytics.workspace.load({**others, "SigninLogs": [*others["SigninLogs"], phish]})
@@ -72,27 +77,43 @@ def test_an_incident_never_posted_to_the_webhook_is_reconciled_and_contained_onc
     store = open_store(settings.store.url)
     audit = AuditLog(store)
     arrived, _ = delivery_for(
-        json.dumps(delivered).encode(), caller="logic app", scheme="bearer",
-        received=minutes_ago(4), margin_before=parse_duration("2h"), margin_after=parse_duration("30m"),
+        json.dumps(delivered).encode(),
+        caller="logic app",
+        scheme="bearer",
+        received=minutes_ago(4),
+        margin_before=parse_duration("2h"),
+        margin_after=parse_duration("30m"),
     )
     # Stored, not yet run: the worker runs it beside the recovered one.
     Inbox(store, audit, mode="auto").record([arrived])
 
     with watching(settings) as failures:
-        wait_for(lambda: len(records(settings, "reconcile.finished")) >= 3 or failures, timeout=40, what="three passes")
+        wait_for(
+            lambda: len(records(settings, "reconcile.finished")) >= 3 or failures,
+            timeout=40,
+            what="three passes",
+        )
         wait_for(lambda: len(revokes(emu)) >= 1 or failures, timeout=30, what="a revocation")
-        wait_for(lambda: _incidents_done(store) == 2 or failures, timeout=30, what="both incidents run")
+        wait_for(
+            lambda: _incidents_done(store) == 2 or failures, timeout=30, what="both incidents run"
+        )
     assert not failures, failures
 
     first, *later = records(settings, "reconcile.finished")
     assert first.data["recovered"] == 1
     assert first.data["matched"] == 2 and first.data["arrived"] == 1
-    assert first.data["listed"] == 3 and first.data["pages"] >= 3, "one incident a page, by nextLink"
-    assert all(r.data["recovered"] == 0 for r in later), "a recovered incident is not recovered again"
+    assert first.data["listed"] == 3 and first.data["pages"] >= 3, (
+        "one incident a page, by nextLink"
+    )
+    assert all(r.data["recovered"] == 0 for r in later), (
+        "a recovered incident is not recovered again"
+    )
     rows = [row for row in _inbox_rows(store) if row["scheme"] == RECONCILED]
     assert [row["incident_key"] for row in rows] == [missed["object"]["id"].lower()]
     assert json.loads(rows[0]["outcome"])["run_status"] == "complete"
-    assert len(revokes(emu)) == 1, "the missed and the delivered incident are one phish: contained once"
+    assert len(revokes(emu)) == 1, (
+        "the missed and the delivered incident are one phish: contained once"
+    )
     assert store.job(RECONCILE)["detail"]["recovered_total"] == 1
     text = metrics_response(store)[0].decode()
     assert "tokenward_recovered_incidents_total 1.0" in text
@@ -131,9 +152,14 @@ def test_readyz_shows_how_many_incidents_reconciliation_recovered(emu: Any, tmp_
 
 
 def _incidents_done(store: Any) -> int:
-    return sum(1 for row in _inbox_rows(store) if row["scheme"] != "schedule" and row["status"] == "done")
+    return sum(
+        1 for row in _inbox_rows(store) if row["scheme"] != "schedule" and row["status"] == "done"
+    )
 
 
 def _inbox_rows(store: Any) -> list[dict[str, Any]]:
     with store.engine.connect() as connection:
-        return [dict(row) for row in connection.execute(select(inbox).order_by(inbox.c.received_at)).mappings()]
+        return [
+            dict(row)
+            for row in connection.execute(select(inbox).order_by(inbox.c.received_at)).mappings()
+        ]

@@ -142,9 +142,7 @@ def test_the_chart_bars_are_as_long_as_the_weights(
     assert max(per_point) == pytest.approx(min(per_point), rel=0.03)
     # Longest on top, as the reasons table lists them.
     ordered = sorted(bars, key=lambda bar: bar["cy"])
-    assert [int(bar["weight"]) for bar in ordered] == sorted(
-        weights.values(), reverse=True
-    )
+    assert [int(bar["weight"]) for bar in ordered] == sorted(weights.values(), reverse=True)
 
 
 def test_the_sign_in_mark_is_painted_where_the_dom_says_it_is(
@@ -153,21 +151,14 @@ def test_the_sign_in_mark_is_painted_where_the_dom_says_it_is(
     from PIL import Image
 
     page, _ = opened
-    [sign_in] = [
-        m for m in boxes(page, "#finding-1 .tw-mark") if m["kind"] == "device_code"
-    ]
+    [sign_in] = [m for m in boxes(page, "#finding-1 .tw-mark") if m["kind"] == "device_code"]
     page.evaluate("y => window.scrollTo(0, y - 200)", sign_in["cy"])
     shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
     scroll = page.evaluate("() => window.scrollY")
     x, y = round(sign_in["cx"]), round(sign_in["cy"] - scroll)
     red = (0xB9, 0x1C, 0x1C)
-    pixels = [
-        shot.getpixel((x + dx, y + dy)) for dx in range(-3, 4) for dy in range(-3, 4)
-    ]
-    assert any(
-        all(abs(a - b) < 40 for a, b in zip(pixel, red, strict=True))
-        for pixel in pixels
-    )
+    pixels = [shot.getpixel((x + dx, y + dy)) for dx in range(-3, 4) for dy in range(-3, 4)]
+    assert any(all(abs(a - b) < 40 for a, b in zip(pixel, red, strict=True)) for pixel in pixels)
 
 
 def test_the_reader_finds_the_findings_story_and_the_requests(

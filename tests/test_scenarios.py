@@ -98,9 +98,7 @@ def test_the_small_case_loads_with_times_relative_to_the_anchor(tmp_path: Path) 
         ("- 1h 5m", timedelta(hours=-1, minutes=-5)),
     ],
 )
-def test_relative_times_read_as_a_signed_sum_of_units(
-    text: str, expected: timedelta
-) -> None:
+def test_relative_times_read_as_a_signed_sum_of_units(text: str, expected: timedelta) -> None:
     assert parse_offset(text) == expected
 
 
@@ -146,9 +144,7 @@ def test_every_bundled_scenario_meets_its_expected_outcome(
     assert "Expected outcome met." in result.out
 
 
-def test_a_scenario_file_runs_with_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_scenario_file_runs_with_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = run_tokenward(
         [
             "exercise",
@@ -164,9 +160,7 @@ def test_a_scenario_file_runs_with_file(
     )
     assert result.code == 0, result.err
     assert "Expected outcome met." in result.out
-    assert (
-        (tmp_path / "r.html").read_text(encoding="utf-8").startswith("<!doctype html>")
-    )
+    assert (tmp_path / "r.html").read_text(encoding="utf-8").startswith("<!doctype html>")
 
 
 def test_an_unmet_expected_outcome_fails_the_command_and_says_how(
@@ -238,9 +232,7 @@ def test_a_time_that_does_not_parse_names_file_line_and_key(
 def test_an_anchor_without_a_zone_is_refused(tmp_path: Path) -> None:
     text = CASE.replace("anchor: 2026-03-02T12:10:00Z", "anchor: 2026-03-02T12:10:00")
     message = refusal(tmp_path, text)
-    assert (
-        "case.yaml:4 (at anchor): the anchor has no time zone; end it with Z" in message
-    )
+    assert "case.yaml:4 (at anchor): the anchor has no time zone; end it with Z" in message
 
 
 def test_a_window_length_that_does_not_parse_is_refused(tmp_path: Path) -> None:
@@ -293,8 +285,7 @@ def test_a_click_pointing_at_an_unknown_mail_is_refused(tmp_path: Path) -> None:
     text = CASE.replace("    email: lure", "    email: lrue")
     message = refusal(tmp_path, text)
     assert (
-        f"case.yaml:{line_of(text, 'lrue')} (at clicks[0].email): unknown email 'lrue'"
-        in message
+        f"case.yaml:{line_of(text, 'lrue')} (at clicks[0].email): unknown email 'lrue'" in message
     )
 
 
@@ -306,10 +297,7 @@ def test_an_expected_reason_that_is_no_signal_is_refused_at_load(
         "- {user: dana, tier: high, reasons: [url_clik_before]}",
     )
     message = refusal(tmp_path, text)
-    assert (
-        "(at expected.findings[0].reasons[0]): unknown signal 'url_clik_before'"
-        in message
-    )
+    assert "(at expected.findings[0].reasons[0]): unknown signal 'url_clik_before'" in message
 
 
 def test_an_address_that_is_not_one_is_refused(tmp_path: Path) -> None:
@@ -328,9 +316,7 @@ def test_a_value_outside_its_choices_lists_them(tmp_path: Path) -> None:
 
 
 def test_a_duplicate_key_is_refused_with_its_line(tmp_path: Path) -> None:
-    text = CASE.replace(
-        "title: A lure at lunchtime", "title: A lure at lunchtime\ntitle: again"
-    )
+    text = CASE.replace("title: A lure at lunchtime", "title: A lure at lunchtime\ntitle: again")
     message = refusal(tmp_path, text)
     assert re.search(r"case\.yaml:3\b", message)
     assert "duplicate" in message
@@ -342,11 +328,7 @@ def test_the_cli_prints_the_refusal_on_one_line_and_exits_1(
     bad = write(tmp_path, CASE.replace("    at: -2m", "    at: soon"))
     result = run_tokenward(["exercise", "--file", str(bad)], tmp_path, capsys)
     assert result.code == 1
-    assert (
-        result.err.strip()
-        .splitlines()[-1]
-        .startswith(f"tokenward: ScenarioError: {bad}:")
-    )
+    assert result.err.strip().splitlines()[-1].startswith(f"tokenward: ScenarioError: {bad}:")
     assert "(at clicks[0].at)" in result.err
 
 

@@ -22,8 +22,16 @@ NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("schedule", "where", "message"),
     [
-        ({"reconcile": True, "workspaces": []}, "schedule.analytic_rules", "analytic_rules is empty"),
-        ({"reconcile": True, "analytic_rules": ["0c7d1e2f-0000-4000-8000-000000000001"]}, "schedule.workspaces", "workspaces is empty"),
+        (
+            {"reconcile": True, "workspaces": []},
+            "schedule.analytic_rules",
+            "analytic_rules is empty",
+        ),
+        (
+            {"reconcile": True, "analytic_rules": ["0c7d1e2f-0000-4000-8000-000000000001"]},
+            "schedule.workspaces",
+            "workspaces is empty",
+        ),
         ({"max_window": "5m"}, "schedule.max_window", "must be longer than max_ingestion_delay"),
         ({"mode": "yolo"}, "schedule.mode", "not dry-run, approve or auto"),
         ({"max_ingestion_delay": "soon"}, "schedule.max_ingestion_delay", "not a duration"),
@@ -31,9 +39,20 @@ NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
         ({"analytic_rules": ["my rule"]}, "schedule.analytic_rules", "neither a rule id"),
         ({"hunt_every_seconds": 0}, "schedule.hunt_every_seconds", "greater than or equal to 0.1"),
     ],
-    ids=["rules-missing", "workspaces-missing", "window-inside-overlap", "mode", "duration", "workspace-id", "rule-id", "interval"],
+    ids=[
+        "rules-missing",
+        "workspaces-missing",
+        "window-inside-overlap",
+        "mode",
+        "duration",
+        "workspace-id",
+        "rule-id",
+        "interval",
+    ],
 )
-def test_a_schedule_that_cannot_work_is_refused_naming_the_setting(schedule: dict[str, object], where: str, message: str) -> None:
+def test_a_schedule_that_cannot_work_is_refused_naming_the_setting(
+    schedule: dict[str, object], where: str, message: str
+) -> None:
     with pytest.raises(SettingsError, match=message) as refused:
         settings_from_dict({"schedule": schedule}, environ={})
     assert f"at {where}" in str(refused.value)
@@ -66,7 +85,13 @@ def test_a_clock_set_back_still_overlaps_and_never_moves_the_watermark_back(tmp_
     assert window.start == NOW - timedelta(hours=1, minutes=20)
     store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     assert store.advance_job(HUNT, watermark="2026-01-15T12:00:00Z", run_id="r-1", detail={"n": 1})
-    assert not store.advance_job(HUNT, watermark="2026-01-15T11:00:00Z", run_id="r-2", detail={"n": 2})
+    assert not store.advance_job(
+        HUNT, watermark="2026-01-15T11:00:00Z", run_id="r-2", detail={"n": 2}
+    )
     state = store.job(HUNT)
     assert state is not None
-    assert (state["watermark"], state["run_id"], state["detail"]) == ("2026-01-15T12:00:00Z", "r-2", {"n": 2})
+    assert (state["watermark"], state["run_id"], state["detail"]) == (
+        "2026-01-15T12:00:00Z",
+        "r-2",
+        {"n": 2},
+    )

@@ -36,7 +36,9 @@ def _found(record: Any) -> int:
     return sum(record.data["findings"].values())
 
 
-def test_a_sign_in_that_arrives_late_is_found_by_a_later_cycle_and_contained_once(emu: Any, tmp_path: Path) -> None:
+def test_a_sign_in_that_arrives_late_is_found_by_a_later_cycle_and_contained_once(
+    emu: Any, tmp_path: Path
+) -> None:
     tenant(emu)
     others, phish = phish_tables(minutes_ago(2))
     emu.log_analytics.workspace.load(others)
@@ -48,13 +50,19 @@ def test_a_sign_in_that_arrives_late_is_found_by_a_later_cycle_and_contained_onc
         wait_for(lambda: revokes(emu) or failures, timeout=40, what="a revocation")
         # Let more cycles hunt windows that still hold the same sign-in.
         seen = len(_completed(settings))
-        wait_for(lambda: len(_completed(settings)) >= seen + 3 or failures, timeout=30, what="three more cycles")
+        wait_for(
+            lambda: len(_completed(settings)) >= seen + 3 or failures,
+            timeout=30,
+            what="three more cycles",
+        )
     assert not failures, failures
 
     completed = _completed(settings)
     finding_cycles = [r for r in completed if _found(r)]
     empty_before = [r for r in completed if r.seq < finding_cycles[0].seq]
-    assert empty_before, "the first cycles ran while the sign-in was still held back, and found nothing"
+    assert empty_before, (
+        "the first cycles ran while the sign-in was still held back, and found nothing"
+    )
     assert all(not _found(r) for r in empty_before)
     assert len(finding_cycles) >= 2, "later overlapping windows saw the same sign-in again"
     assert len(revokes(emu)) == 1, "a sign-in seen by several cycles is contained once"
@@ -64,11 +72,15 @@ def test_a_sign_in_that_arrives_late_is_found_by_a_later_cycle_and_contained_onc
     assert 0 < contained.data["sign_in_to_containment_seconds"] < 600
 
 
-def test_each_window_overlaps_the_last_completed_one_by_the_maximum_ingestion_delay(emu: Any, tmp_path: Path) -> None:
+def test_each_window_overlaps_the_last_completed_one_by_the_maximum_ingestion_delay(
+    emu: Any, tmp_path: Path
+) -> None:
     tenant(emu)
     settings = scheduled_settings(emu, tmp_path)
     with watching(settings) as failures:
-        wait_for(lambda: len(_completed(settings)) >= 3 or failures, timeout=30, what="three cycles")
+        wait_for(
+            lambda: len(_completed(settings)) >= 3 or failures, timeout=30, what="three cycles"
+        )
     assert not failures, failures
     windows = [[as_utc(t) for t in r.data["window"]] for r in _completed(settings)]
     overlap = parse_duration(settings.schedule.max_ingestion_delay)
@@ -82,13 +94,17 @@ def test_each_window_overlaps_the_last_completed_one_by_the_maximum_ingestion_de
     assert as_utc(job(settings, HUNT)["watermark"]) == windows[-1][1]
 
 
-def test_a_cycle_the_workspace_fails_leaves_its_window_to_the_next_and_nothing_is_lost(emu: Any, tmp_path: Path) -> None:
+def test_a_cycle_the_workspace_fails_leaves_its_window_to_the_next_and_nothing_is_lost(
+    emu: Any, tmp_path: Path
+) -> None:
     tenant(emu)
     others, phish = phish_tables(minutes_ago(3))
     emu.log_analytics.workspace.load({**others, "SigninLogs": [*others["SigninLogs"], phish]})
     # The workspace answers 503 to every query for the first cycles.
     emu.fault(path=r"^/v1/\$batch$", status=503, body="<html>Service Unavailable</html>", times=12)
-    settings = scheduled_settings(emu, tmp_path, retry={"max_attempts": 2}, inbox={"max_attempts": 10})
+    settings = scheduled_settings(
+        emu, tmp_path, retry={"max_attempts": 2}, inbox={"max_attempts": 10}
+    )
 
     with watching(settings) as failures:
         wait_for(lambda: revokes(emu) or failures, timeout=60, what="a revocation after the outage")
@@ -103,13 +119,21 @@ def test_a_cycle_the_workspace_fails_leaves_its_window_to_the_next_and_nothing_i
     assert len(revokes(emu)) == 1
 
 
-def test_a_dry_run_schedule_makes_no_graph_responder_and_writes_nothing(emu: Any, tmp_path: Path) -> None:
+def test_a_dry_run_schedule_makes_no_graph_responder_and_writes_nothing(
+    emu: Any, tmp_path: Path
+) -> None:
     tenant(emu)
     others, phish = phish_tables(minutes_ago(2))
     emu.log_analytics.workspace.load({**others, "SigninLogs": [*others["SigninLogs"], phish]})
     settings = scheduled_settings(emu, tmp_path, schedule={"mode": "dry-run"})
     with watching(settings) as failures:
-        wait_for(lambda: [r for r in _completed(settings) if _found(r)] or failures, timeout=30, what="a finding")
+        wait_for(
+            lambda: [r for r in _completed(settings) if _found(r)] or failures,
+            timeout=30,
+            what="a finding",
+        )
     assert not failures, failures
     assert revokes(emu) == []
-    assert [call for call in emu.requests(r"^/v1\.0/")] == [], "dry-run reads nothing from Graph either"
+    assert [call for call in emu.requests(r"^/v1\.0/")] == [], (
+        "dry-run reads nothing from Graph either"
+    )

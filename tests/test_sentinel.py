@@ -42,7 +42,9 @@ def with_writer(emu: Any, use: Callable[[SentinelIncidents], Awaitable[T]], **re
     return asyncio.run(run())
 
 
-def comment(message: str = "tokenward: 1 finding") -> Callable[[SentinelIncidents], Awaitable[IncidentWrite]]:
+def comment(
+    message: str = "tokenward: 1 finding",
+) -> Callable[[SentinelIncidents], Awaitable[IncidentWrite]]:
     async def write(writer: SentinelIncidents) -> IncidentWrite:
         return await writer.comment(incident_id=INCIDENT_ID, comment_id=COMMENT_ID, message=message)
 
@@ -83,15 +85,24 @@ def test_a_throttled_comment_is_retried_by_the_one_retry_layer(emu: Any) -> None
 
 
 def test_a_comment_on_an_incident_that_does_not_exist_is_not_found(emu: Any) -> None:
-    with pytest.raises(NotFound, match=r"Microsoft Sentinel refused the comment on incident 4b1e6f0a-.* \(404 NotFound"):
+    with pytest.raises(
+        NotFound,
+        match=r"Microsoft Sentinel refused the comment on incident 4b1e6f0a-.* \(404 NotFound",
+    ):
         with_writer(emu, comment())
 
 
 def test_labels_are_set_under_the_etag_and_others_labels_are_kept(emu: Any) -> None:
-    seeded = dict(INCIDENT, properties={**INCIDENT["properties"], "labels": [
-        {"labelName": "vip", "labelType": "User"},
-        {"labelName": "tokenward:needs-approval", "labelType": "User"},
-    ]})
+    seeded = dict(
+        INCIDENT,
+        properties={
+            **INCIDENT["properties"],
+            "labels": [
+                {"labelName": "vip", "labelType": "User"},
+                {"labelName": "tokenward:needs-approval", "labelType": "User"},
+            ],
+        },
+    )
     emu.sentinel.add(seeded)
 
     written = with_writer(emu, labels("tokenward:contained"))
@@ -102,15 +113,33 @@ def test_labels_are_set_under_the_etag_and_others_labels_are_kept(emu: Any) -> N
     assert stored["title"] == INCIDENT["properties"]["title"]
     (put,) = emu.requests(r"(?i)/incidents/[^/]+$", method="PUT")
     assert set(put.json()["properties"]) <= {
-        "title", "description", "severity", "status", "classification", "classificationReason",
-        "classificationComment", "owner", "labels", "firstActivityTimeUtc", "lastActivityTimeUtc",
-        "providerName", "providerIncidentId",
+        "title",
+        "description",
+        "severity",
+        "status",
+        "classification",
+        "classificationReason",
+        "classificationComment",
+        "owner",
+        "labels",
+        "firstActivityTimeUtc",
+        "lastActivityTimeUtc",
+        "providerName",
+        "providerIncidentId",
     }
     assert "incidentNumber" not in put.json()["properties"]
 
 
 def test_labels_already_set_are_not_written_again(emu: Any) -> None:
-    emu.sentinel.add(dict(INCIDENT, properties={**INCIDENT["properties"], "labels": [{"labelName": "tokenward:contained", "labelType": "User"}]}))
+    emu.sentinel.add(
+        dict(
+            INCIDENT,
+            properties={
+                **INCIDENT["properties"],
+                "labels": [{"labelName": "tokenward:contained", "labelType": "User"}],
+            },
+        )
+    )
 
     written = with_writer(emu, labels("tokenward:contained"))
 
@@ -118,17 +147,31 @@ def test_labels_already_set_are_not_written_again(emu: Any) -> None:
     assert emu.requests(r"(?i)/incidents/[^/]+$", method="PUT") == []
 
 
-def test_a_change_between_read_and_write_is_refused_with_412_and_labelling_reads_again(emu: Any) -> None:
+def test_a_change_between_read_and_write_is_refused_with_412_and_labelling_reads_again(
+    emu: Any,
+) -> None:
     emu.sentinel.add(INCIDENT)
     # An analyst changes the incident just after tokenward read it: the first
     # PUT carries a stale etag.
-    emu.fault(method="PUT", path=r"(?i)/incidents/[^/]+$", status=412, body={"error": {"code": "PreconditionFailed", "message": "etag"}})
+    emu.fault(
+        method="PUT",
+        path=r"(?i)/incidents/[^/]+$",
+        status=412,
+        body={"error": {"code": "PreconditionFailed", "message": "etag"}},
+    )
 
     written = with_writer(emu, labels("tokenward:needs-approval"))
 
     assert written.http_status == 200
-    assert [r.method for r in emu.requests(r"(?i)/incidents/[^/]+$")] == ["GET", "PUT", "GET", "PUT"]
-    assert [label["labelName"] for label in emu.sentinel.incident(INCIDENT_ID)["properties"]["labels"]] == ["tokenward:needs-approval"]
+    assert [r.method for r in emu.requests(r"(?i)/incidents/[^/]+$")] == [
+        "GET",
+        "PUT",
+        "GET",
+        "PUT",
+    ]
+    assert [
+        label["labelName"] for label in emu.sentinel.incident(INCIDENT_ID)["properties"]["labels"]
+    ] == ["tokenward:needs-approval"]
 
 
 def test_an_incident_that_keeps_changing_is_given_up_on_with_a_reason(emu: Any) -> None:
@@ -172,7 +215,9 @@ def test_the_stale_etag_is_really_refused_by_the_emulated_service(emu: Any) -> N
         (INCIDENT_ID, "../comments", "is not a GUID"),
     ],
 )
-def test_ids_that_are_not_safe_in_a_url_never_leave_tokenward(emu: Any, incident_id: str, comment_id: str, reason: str) -> None:
+def test_ids_that_are_not_safe_in_a_url_never_leave_tokenward(
+    emu: Any, incident_id: str, comment_id: str, reason: str
+) -> None:
     async def write(writer: SentinelIncidents) -> IncidentWrite:
         return await writer.comment(incident_id=incident_id, comment_id=comment_id, message="x")
 

@@ -11,27 +11,51 @@ import pytest
 TOKENWARD = str(Path(sys.executable).with_name("tokenward"))
 
 
-def serve(tmp_path: Path, config: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def serve(
+    tmp_path: Path, config: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "t.toml").write_text(config)
     return subprocess.run(
         [TOKENWARD, "--config", str(tmp_path / "t.toml"), "serve", *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ('[azure]\ntenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"\n', "webhook.audiences is empty"),
-        ('[azure]\ntenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"\n[webhook]\naudiences = ["api://tokenward"]\n', "webhook.allowed_principals is empty"),
+        (
+            '[azure]\ntenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"\n',
+            "webhook.audiences is empty",
+        ),
+        (
+            '[azure]\ntenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"\n[webhook]\naudiences = ["api://tokenward"]\n',
+            "webhook.allowed_principals is empty",
+        ),
         ('[webhook]\nauth = ["hmac"]\n', "TOKENWARD_WEBHOOK_HMAC_SECRET is unset"),
-        ('[webhook]\nauth = []\n', "at least one scheme"),
+        ("[webhook]\nauth = []\n", "at least one scheme"),
         ('[server]\nhost = "0.0.0.0"\n', "would serve plain HTTP on 0.0.0.0"),
-        ('[webhook]\nhmac_secret = "inline"\n', "belongs in the TOKENWARD_WEBHOOK_HMAC_SECRET variable"),
+        (
+            '[webhook]\nhmac_secret = "inline"\n',
+            "belongs in the TOKENWARD_WEBHOOK_HMAC_SECRET variable",
+        ),
     ],
-    ids=["no-audience", "any-principal", "hmac-without-secret", "no-scheme", "plain-http-outside", "secret-in-file"],
+    ids=[
+        "no-audience",
+        "any-principal",
+        "hmac-without-secret",
+        "no-scheme",
+        "plain-http-outside",
+        "secret-in-file",
+    ],
 )
-def test_serve_refuses_to_start_unsafe_and_names_the_setting(tmp_path: Path, config: str, message: str) -> None:
+def test_serve_refuses_to_start_unsafe_and_names_the_setting(
+    tmp_path: Path, config: str, message: str
+) -> None:
     done = serve(tmp_path, config, "--no-worker", env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 1
     assert message in done.stderr
@@ -39,12 +63,20 @@ def test_serve_refuses_to_start_unsafe_and_names_the_setting(tmp_path: Path, con
 
 def test_serve_without_a_source_for_its_worker_says_how_to_give_one(tmp_path: Path) -> None:
     config = '[webhook]\nauth = ["hmac"]\n'
-    done = serve(tmp_path, config, env={"PATH": "/usr/bin:/bin", "TOKENWARD_WEBHOOK_HMAC_SECRET": "s" * 40})
+    done = serve(
+        tmp_path, config, env={"PATH": "/usr/bin:/bin", "TOKENWARD_WEBHOOK_HMAC_SECRET": "s" * 40}
+    )
     assert done.returncode == 1
     assert "the worker needs a query source: give --source files:DIR" in done.stderr
 
 
 def test_an_unknown_source_is_refused(tmp_path: Path) -> None:
-    done = serve(tmp_path, '[webhook]\nauth = ["hmac"]\n', "--source", "live:x", env={"PATH": "/usr/bin:/bin", "TOKENWARD_WEBHOOK_HMAC_SECRET": "s" * 40})
+    done = serve(
+        tmp_path,
+        '[webhook]\nauth = ["hmac"]\n',
+        "--source",
+        "live:x",
+        env={"PATH": "/usr/bin:/bin", "TOKENWARD_WEBHOOK_HMAC_SECRET": "s" * 40},
+    )
     assert done.returncode == 1
     assert "use files:DIR" in done.stderr

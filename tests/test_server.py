@@ -51,7 +51,10 @@ def test_a_delivery_is_stored_acknowledged_with_a_run_id_and_run_once(svc: Servi
     (put,) = comment_puts(svc.emu, body)
     (comment,) = svc.emu.sentinel.comments_of(body["object"]["id"]).values()
     assert "target.user@contoso.com</b>: high, score 100" in comment["properties"]["message"]
-    labels = [label["labelName"] for label in svc.emu.sentinel.incident(body["object"]["id"])["properties"]["labels"]]
+    labels = [
+        label["labelName"]
+        for label in svc.emu.sentinel.incident(body["object"]["id"])["properties"]["labels"]
+    ]
     assert labels == ["tokenward:dry-run"]
     kinds = [r.kind for r in svc.parts.audit.records(run_id=accepted["run_id"])]
     assert kinds[:3] == ["delivery.accepted", "delivery.claimed", "run.started"]
@@ -63,7 +66,12 @@ def test_the_same_incident_delivered_again_is_the_same_run_and_runs_once(svc: Se
     first = svc.post(body).json()
     again = svc.post(body).json()
 
-    assert again == {"status": "duplicate", "run_id": first["run_id"], "delivery_id": first["delivery_id"], "detail": again["detail"]}
+    assert again == {
+        "status": "duplicate",
+        "run_id": first["run_id"],
+        "delivery_id": first["delivery_id"],
+        "detail": again["detail"],
+    }
     assert "same incident revision was delivered before" in again["detail"]
     svc.wait_done(first["delivery_id"])
     assert len(comment_puts(svc.emu, body)) == 1
@@ -113,9 +121,15 @@ def refused_cases(svc: Service, raw: bytes) -> dict[str, dict[str, str]]:
         "replayed-signature": svc.signed(raw, at=now - 3600),
         "future-signature": svc.signed(raw, at=now + 3600),
         "expired-token": {"Authorization": f"Bearer {svc.token(issued_ago=7200, lifetime=3600)}"},
-        "token-for-another-audience": {"Authorization": f"Bearer {svc.token(audience='https://management.azure.com')}"},
-        "token-from-another-principal": {"Authorization": f"Bearer {svc.token(oid='99999999-0000-4000-8000-000000000009')}"},
-        "token-from-another-tenant": {"Authorization": f"Bearer {svc.token(tenant='11111111-0000-4000-8000-000000000001')}"},
+        "token-for-another-audience": {
+            "Authorization": f"Bearer {svc.token(audience='https://management.azure.com')}"
+        },
+        "token-from-another-principal": {
+            "Authorization": f"Bearer {svc.token(oid='99999999-0000-4000-8000-000000000009')}"
+        },
+        "token-from-another-tenant": {
+            "Authorization": f"Bearer {svc.token(tenant='11111111-0000-4000-8000-000000000001')}"
+        },
         "token-with-unpublished-key": {"Authorization": f"Bearer {forged_token(svc)}"},
         "unsigned-token": {"Authorization": "Bearer " + unsigned_token()},
         "garbage-token": {"Authorization": "Bearer not.a.token"},
@@ -129,7 +143,14 @@ def forged_token(svc: Service) -> str:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     now = int(time.time())
-    claims = {"aud": AUDIENCE, "iss": f"https://sts.windows.net/{TENANT_ID}/", "oid": LOGIC_APP, "iat": now, "nbf": now, "exp": now + 3600}
+    claims = {
+        "aud": AUDIENCE,
+        "iss": f"https://sts.windows.net/{TENANT_ID}/",
+        "oid": LOGIC_APP,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    }
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": svc.emu.identity.current_kid})
 
@@ -140,24 +161,45 @@ def unsigned_token() -> str:
     return token_for(AUDIENCE, client_id=LOGIC_APP, tenant=TENANT_ID, roles=[])
 
 
-def test_forged_unsigned_expired_and_replayed_requests_are_refused_and_nothing_is_stored(svc: Service) -> None:
+def test_forged_unsigned_expired_and_replayed_requests_are_refused_and_nothing_is_stored(
+    svc: Service,
+) -> None:
     body = incident()
     raw = json.dumps(body).encode()
     before = svc.parts.inbox.counts()
 
-    answers = {name: svc.post(body, raw=raw, headers=headers) for name, headers in refused_cases(svc, raw).items()}
+    answers = {
+        name: svc.post(body, raw=raw, headers=headers)
+        for name, headers in refused_cases(svc, raw).items()
+    }
 
     assert {name: a.status_code for name, a in answers.items()} == {name: 401 for name in answers}
     assert all(a.json() == GENERIC_401 for a in answers.values())
     assert svc.parts.inbox.counts() == before
     time.sleep(0.3)
-    reasons = [r.data["reason"] for r in svc.parts.audit.records(run_id="webhook") if r.kind == "request.refused"]
-    for expected in ("no credentials", "does not match the body", "a replay", "has expired", "another audience", "may not call", "another issuer", "invalid (InvalidSignatureError)", "not a JWT"):
+    reasons = [
+        r.data["reason"]
+        for r in svc.parts.audit.records(run_id="webhook")
+        if r.kind == "request.refused"
+    ]
+    for expected in (
+        "no credentials",
+        "does not match the body",
+        "a replay",
+        "has expired",
+        "another audience",
+        "may not call",
+        "another issuer",
+        "invalid (InvalidSignatureError)",
+        "not a JWT",
+    ):
         assert any(expected in reason for reason in reasons), expected
 
 
 def test_a_refusal_never_tells_the_caller_why(svc: Service) -> None:
-    answer = svc.post(incident(), headers={"Authorization": f"Bearer {svc.token(issued_ago=7200, lifetime=3600)}"})
+    answer = svc.post(
+        incident(), headers={"Authorization": f"Bearer {svc.token(issued_ago=7200, lifetime=3600)}"}
+    )
     assert answer.json() == GENERIC_401
     assert "expired" not in answer.text
     assert answer.headers["www-authenticate"] == "Bearer"
@@ -168,7 +210,12 @@ def test_health_and_readiness(svc: Service) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"store": "ok", "auth": "ok", "worker": "ok"}, "recovered_incidents": 0, "jobs": {}}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"store": "ok", "auth": "ok", "worker": "ok"},
+        "recovered_incidents": 0,
+        "jobs": {},
+    }
 
 
 def test_the_service_does_not_publish_its_own_docs(svc: Service) -> None:
@@ -177,7 +224,9 @@ def test_the_service_does_not_publish_its_own_docs(svc: Service) -> None:
         assert client.get("/docs").status_code == 404
 
 
-def test_readiness_fails_and_tokens_wait_until_the_signing_keys_are_loaded(emu: Any, tmp_path: Path) -> None:
+def test_readiness_fails_and_tokens_wait_until_the_signing_keys_are_loaded(
+    emu: Any, tmp_path: Path
+) -> None:
     emu.fault(path=r"/discovery/v2\.0/keys$", status=503, times=None)
 
     with running_service(emu, tmp_path, worker=False, wait_for_keys=False) as service:
@@ -191,7 +240,9 @@ def test_readiness_fails_and_tokens_wait_until_the_signing_keys_are_loaded(emu: 
     assert counts == {}
 
 
-def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(svc: Service, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(
+    svc: Service, caplog: pytest.LogCaptureFixture
+) -> None:
     import logging
 
     from tests.service import SECRET
@@ -215,29 +266,50 @@ def test_no_token_or_secret_reaches_a_log_line_or_an_audit_record(svc: Service, 
         assert secret not in audited
 
 
-def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_sign_in(emu: Any, tmp_path: Path) -> None:
+def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_sign_in(
+    emu: Any, tmp_path: Path
+) -> None:
     # Field case B20: the first hunt runs before the sign-in reached the workspace.
     from tests.service import service_settings
 
     settings = service_settings(emu, tmp_path, sentinel={"rehunt_after": ["1s", "2s"]})
     with running_service(emu, tmp_path, settings=settings) as service:
-        nobody = incident(relatedEntities=[{"kind": "Account", "properties": {"aadUserId": "aaaaaaaa-0000-4000-8000-00000000beef"}}])
+        nobody = incident(
+            relatedEntities=[
+                {
+                    "kind": "Account",
+                    "properties": {"aadUserId": "aaaaaaaa-0000-4000-8000-00000000beef"},
+                }
+            ]
+        )
         found = incident()
         first = service.post(nobody).json()
         other = service.post(found).json()
         service.wait_done(first["delivery_id"])
         service.wait_done(other["delivery_id"])
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(emu.sentinel.comments_of(nobody["object"]["id"])) < 3:
+        while (
+            time.monotonic() < deadline
+            and len(emu.sentinel.comments_of(nobody["object"]["id"])) < 3
+        ):
             time.sleep(0.1)
         time.sleep(0.5)
         runs = [r.run_id for r in service.parts.audit.records() if r.kind == "run.finished"]
 
-    nobody_comments = [c["properties"]["message"] for c in emu.sentinel.comments_of(nobody["object"]["id"]).values()]
+    nobody_comments = [
+        c["properties"]["message"]
+        for c in emu.sentinel.comments_of(nobody["object"]["id"]).values()
+    ]
     assert len(nobody_comments) == 3, "the first run and two re-hunts, each with its one comment"
     assert sum("re-hunt 2 of 2" in m for m in nobody_comments) == 1
-    assert [r for r in runs if r.startswith(first["run_id"])] == [first["run_id"], first["run_id"] + "+rehunt-1", first["run_id"] + "+rehunt-2"]
-    assert len(emu.sentinel.comments_of(found["object"]["id"])) == 1, "a run that found the sign-in needs no re-hunt"
+    assert [r for r in runs if r.startswith(first["run_id"])] == [
+        first["run_id"],
+        first["run_id"] + "+rehunt-1",
+        first["run_id"] + "+rehunt-2",
+    ]
+    assert len(emu.sentinel.comments_of(found["object"]["id"])) == 1, (
+        "a run that found the sign-in needs no re-hunt"
+    )
 
 
 def test_a_signing_key_rotated_in_is_picked_up_without_a_restart(svc: Service) -> None:
@@ -282,7 +354,9 @@ def test_a_worker_process_that_dies_is_started_again(emu: Any, tmp_path: Path) -
     assert "worker.restarted" in [r.kind for r in service.parts.audit.records(run_id="webhook")]
 
 
-def test_an_incident_from_a_workspace_not_allowed_is_refused_and_not_stored(emu: Any, tmp_path: Path) -> None:
+def test_an_incident_from_a_workspace_not_allowed_is_refused_and_not_stored(
+    emu: Any, tmp_path: Path
+) -> None:
     from tests.service import service_settings
 
     other = "/subscriptions/5f2c3b7e-0000-4000-8000-000000000001/resourceGroups/rg-soc/providers/Microsoft.OperationalInsights/workspaces/law-other"
@@ -291,5 +365,8 @@ def test_an_incident_from_a_workspace_not_allowed_is_refused_and_not_stored(emu:
         answer = service.post(incident())
         counts = service.parts.inbox.counts()
 
-    assert answer.status_code == 403 and answer.json() == {"error": "forbidden", "message": "not allowed"}
+    assert answer.status_code == 403 and answer.json() == {
+        "error": "forbidden",
+        "message": "not allowed",
+    }
     assert counts == {}

@@ -51,7 +51,9 @@ def phished(emu: Any) -> dict[str, Any]:
     return recent(4)
 
 
-def test_in_auto_a_delivered_incident_is_contained_once_however_often_it_is_delivered(emu: Any, tmp_path: Path, phished: dict[str, Any]) -> None:
+def test_in_auto_a_delivered_incident_is_contained_once_however_often_it_is_delivered(
+    emu: Any, tmp_path: Path, phished: dict[str, Any]
+) -> None:
     settings = acting_settings(emu, tmp_path, "auto")
     with running_service(emu, tmp_path, settings=settings, source=LIVE) as service:
         first = service.post(phished)
@@ -63,25 +65,43 @@ def test_in_auto_a_delivered_incident_is_contained_once_however_often_it_is_deli
     assert emu.graph.find(TARGET) is not None
 
 
-def test_in_approve_the_plan_waits_for_a_named_approver_and_runs_on_approval(emu: Any, tmp_path: Path, phished: dict[str, Any]) -> None:
+def test_in_approve_the_plan_waits_for_a_named_approver_and_runs_on_approval(
+    emu: Any, tmp_path: Path, phished: dict[str, Any]
+) -> None:
     settings = acting_settings(emu, tmp_path, "approve")
     with running_service(emu, tmp_path, settings=settings, source=LIVE) as service:
         row = service.wait_done(service.post(phished).json()["delivery_id"])
         plan_id = _outcome(row)["plan_id"]
         assert plan_id, row
         assert revokes(emu) == [], "nothing is sent before the approval"
-        approver = {"Authorization": f"Bearer {service.token(oid=APPROVER, scp='user_impersonation', upn='soc.lead@contoso.com')}"}
+        approver = {
+            "Authorization": f"Bearer {service.token(oid=APPROVER, scp='user_impersonation', upn='soc.lead@contoso.com')}"
+        }
         with service.client() as client:
             shown = client.get(f"/plans/{plan_id}", headers=approver).json()
-            decided = client.post(f"/plans/{plan_id}/approve", headers=approver, json={"plan_hash": shown["content_hash"], "reason": "seen"})
+            decided = client.post(
+                f"/plans/{plan_id}/approve",
+                headers=approver,
+                json={"plan_hash": shown["content_hash"], "reason": "seen"},
+            )
             assert decided.status_code == 200, decided.text
             wait_for(lambda: revokes(emu), timeout=30, what="the approved plan's revocation")
-            executed = wait_for(lambda: (view := client.get(f"/plans/{plan_id}", headers=approver).json())["status"] == "executed" and view, timeout=30, what="the plan executed")
+            executed = wait_for(
+                lambda: (
+                    (view := client.get(f"/plans/{plan_id}", headers=approver).json())["status"]
+                    == "executed"
+                    and view
+                ),
+                timeout=30,
+                what="the plan executed",
+            )
     assert executed["status"] == "executed"
     assert len(revokes(emu)) == 1
 
 
-def test_a_protected_account_is_never_touched_even_in_auto(emu: Any, tmp_path: Path, phished: dict[str, Any]) -> None:
+def test_a_protected_account_is_never_touched_even_in_auto(
+    emu: Any, tmp_path: Path, phished: dict[str, Any]
+) -> None:
     settings = acting_settings(emu, tmp_path, "auto", guardrails={"protected_accounts": [TARGET]})
     with running_service(emu, tmp_path, settings=settings, source=LIVE) as service:
         row = service.wait_done(service.post(phished).json()["delivery_id"])
@@ -90,7 +110,9 @@ def test_a_protected_account_is_never_touched_even_in_auto(emu: Any, tmp_path: P
     assert graph_calls(emu, writes_only=True) == []
 
 
-def test_serve_in_auto_refuses_to_start_without_the_graph_permissions(emu: Any, tmp_path: Path) -> None:
+def test_serve_in_auto_refuses_to_start_without_the_graph_permissions(
+    emu: Any, tmp_path: Path
+) -> None:
     emu.identity.roles[GRAPH_AUDIENCE] = ["User.Read.All"]
     settings = acting_settings(emu, tmp_path, "auto")
     with pytest.raises(PermissionDenied, match="tokenward serve"):

@@ -20,7 +20,9 @@ def test_the_shipped_settings_file_is_exactly_the_defaults() -> None:
 def test_an_unknown_key_is_refused_with_its_path(tmp_path: Path) -> None:
     config = tmp_path / "t.toml"
     config.write_text("[guardrails]\nprotected_acounts = []\n")
-    with pytest.raises(SettingsError, match=r"t.toml \(at guardrails.protected_acounts\): unknown key"):
+    with pytest.raises(
+        SettingsError, match=r"t.toml \(at guardrails.protected_acounts\): unknown key"
+    ):
         load_settings(config, environ={})
 
 
@@ -34,8 +36,20 @@ def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
 def test_protected_accounts_are_upns_or_object_ids() -> None:
     with pytest.raises(SettingsError, match="'breakglass' is neither a UPN nor an object id"):
         settings_from_dict({"guardrails": {"protected_accounts": ["breakglass"]}})
-    ok = settings_from_dict({"guardrails": {"protected_accounts": ["BreakGlass@Contoso.com", "AAAAAAAA-0000-4000-8000-000000000001"]}})
-    assert ok.guardrails.protected_accounts == ("breakglass@contoso.com", "aaaaaaaa-0000-4000-8000-000000000001")
+    ok = settings_from_dict(
+        {
+            "guardrails": {
+                "protected_accounts": [
+                    "BreakGlass@Contoso.com",
+                    "AAAAAAAA-0000-4000-8000-000000000001",
+                ]
+            }
+        }
+    )
+    assert ok.guardrails.protected_accounts == (
+        "breakglass@contoso.com",
+        "aaaaaaaa-0000-4000-8000-000000000001",
+    )
 
 
 def test_the_audit_key_comes_only_from_the_environment() -> None:
@@ -58,7 +72,9 @@ def test_a_bad_line_in_a_threat_intel_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "tor.txt").write_text("185.220.101.0/24\nnot-an-ip\n")
     config = tmp_path / "t.toml"
     config.write_text('[threat_intel]\nfiles = ["tor.txt"]\n')
-    with pytest.raises(SettingsError, match=r"tor.txt:2: 'not-an-ip' is not an IP address or range"):
+    with pytest.raises(
+        SettingsError, match=r"tor.txt:2: 'not-an-ip' is not an IP address or range"
+    ):
         load_settings(config, environ={})
 
 
@@ -78,25 +94,41 @@ def test_every_shipped_key_is_documented_by_a_comment() -> None:
 
     for section, key in keys(tomllib.loads(text), ""):
         header = lines.index(f"[{section}]")
-        index = next(i for i, line in enumerate(lines) if i > header and line.startswith(f"{key} ="))
+        index = next(
+            i for i, line in enumerate(lines) if i > header and line.startswith(f"{key} =")
+        )
         assert lines[index - 1].startswith("#"), f"[{section}] {key} has no comment above it"
 
 
 def test_server_timeout_must_stay_below_the_read_timeout() -> None:
     # B18: a client that gives up first wastes the query and retries it again.
-    with pytest.raises(SettingsError, match=r"at log_analytics.server_timeout\): server_timeout \(600 s\) must be below azure.read_timeout \(100 s\)"):
-        settings_from_dict({"log_analytics": {"server_timeout": 600}, "azure": {"read_timeout": 100}})
+    with pytest.raises(
+        SettingsError,
+        match=r"at log_analytics.server_timeout\): server_timeout \(600 s\) must be below azure.read_timeout \(100 s\)",
+    ):
+        settings_from_dict(
+            {"log_analytics": {"server_timeout": 600}, "azure": {"read_timeout": 100}}
+        )
     with pytest.raises(SettingsError, match="at log_analytics.server_timeout"):
-        settings_from_dict({"log_analytics": {"server_timeout": 601}, "azure": {"read_timeout": 900}})
-    assert settings_from_dict({"log_analytics": {"server_timeout": 600}, "azure": {"read_timeout": 660}})
+        settings_from_dict(
+            {"log_analytics": {"server_timeout": 601}, "azure": {"read_timeout": 900}}
+        )
+    assert settings_from_dict(
+        {"log_analytics": {"server_timeout": 600}, "azure": {"read_timeout": 660}}
+    )
 
 
 def test_credential_secrets_come_only_from_the_environment() -> None:
     with pytest.raises(SettingsError, match="belongs in the TOKENWARD_CLIENT_SECRET variable"):
-        settings_from_dict({"azure": {"credential": {"kind": "client_secret", "client_secret": "s3cret"}}})
+        settings_from_dict(
+            {"azure": {"credential": {"kind": "client_secret", "client_secret": "s3cret"}}}
+        )
     settings = settings_from_dict(
         {"azure": {"credential": {"kind": "client_secret"}}},
-        environ={"TOKENWARD_CLIENT_SECRET": "s3cret-value", "TOKENWARD_CLIENT_CERTIFICATE_PASSWORD": "pw-value"},
+        environ={
+            "TOKENWARD_CLIENT_SECRET": "s3cret-value",
+            "TOKENWARD_CLIENT_CERTIFICATE_PASSWORD": "pw-value",
+        },
     )
     secret = settings.azure.credential.client_secret
     assert secret is not None and secret.get_secret_value() == "s3cret-value"
@@ -120,21 +152,30 @@ def test_workload_identity_takes_what_the_aks_webhook_injects() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"log_analytics": {"workspace_id": "sentinel-prod"}}, r"is not a GUID \(the workspace id, not its name\)"),
+        (
+            {"log_analytics": {"workspace_id": "sentinel-prod"}},
+            r"is not a GUID \(the workspace id, not its name\)",
+        ),
         ({"azure": {"credential": {"kind": "default"}}}, "at azure.credential.kind"),
         ({"sources": {"tables": {"Email Events": "defender"}}}, "not a plain KQL identifier"),
         ({"sources": {"tables": {"EmailEvents": "splunk"}}}, "at sources.tables.EmailEvents"),
         ({"retry": {"wait_initial": 5, "wait_max": 1}}, "wait_initial .* is above wait_max"),
     ],
 )
-def test_azure_sections_refuse_bad_values_naming_the_key(data: dict[str, object], message: str) -> None:
+def test_azure_sections_refuse_bad_values_naming_the_key(
+    data: dict[str, object], message: str
+) -> None:
     with pytest.raises(SettingsError, match=message):
         settings_from_dict(data)
 
 
-def test_relative_certificate_and_ca_paths_are_relative_to_the_settings_file(tmp_path: Path) -> None:
+def test_relative_certificate_and_ca_paths_are_relative_to_the_settings_file(
+    tmp_path: Path,
+) -> None:
     config = tmp_path / "t.toml"
-    config.write_text('[azure]\nca_bundle = "ca.pem"\n[azure.credential]\ncertificate_path = "app.pem"\n')
+    config.write_text(
+        '[azure]\nca_bundle = "ca.pem"\n[azure.credential]\ncertificate_path = "app.pem"\n'
+    )
     settings = load_settings(config, environ={})
     assert settings.azure.ca_bundle == tmp_path / "ca.pem"
     assert settings.azure.credential.certificate_path == tmp_path / "app.pem"

@@ -34,7 +34,9 @@ def test_seven_digit_ticks_are_trimmed_to_microseconds() -> None:
 
 
 def test_portal_export_dates_with_a_comma_and_milliseconds() -> None:
-    assert parse_time("4/28/2021, 2:08:45.221 PM").value == datetime(2021, 4, 28, 14, 8, 45, 221000, tzinfo=UTC)
+    assert parse_time("4/28/2021, 2:08:45.221 PM").value == datetime(
+        2021, 4, 28, 14, 8, 45, 221000, tzinfo=UTC
+    )
     assert parse_time("4/28/2021, 12:08:45 AM").value.hour == 0
 
 
@@ -45,7 +47,10 @@ def test_something_that_is_not_a_time_is_refused_by_name() -> None:
 
 def test_instants_are_written_out_with_a_z() -> None:
     assert isoformat_z(datetime(2026, 1, 15, 9, 24, 58, tzinfo=UTC)) == "2026-01-15T09:24:58Z"
-    assert isoformat_z(datetime(2026, 1, 15, 9, 24, 58, 120000, tzinfo=UTC)) == "2026-01-15T09:24:58.120000Z"
+    assert (
+        isoformat_z(datetime(2026, 1, 15, 9, 24, 58, 120000, tzinfo=UTC))
+        == "2026-01-15T09:24:58.120000Z"
+    )
 
 
 def test_durations() -> None:

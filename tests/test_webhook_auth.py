@@ -30,7 +30,9 @@ AUDIENCE = "api://tokenward"
 LOGIC_APP = "0b0b0b0b-0000-4000-8000-000000000007"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-POLICY = TokenPolicy(audiences=(AUDIENCE,), issuers=(ISSUER,), allowed_principals=frozenset({LOGIC_APP}))
+POLICY = TokenPolicy(
+    audiences=(AUDIENCE,), issuers=(ISSUER,), allowed_principals=frozenset({LOGIC_APP})
+)
 
 
 def headers(timestamp: int, signature: str) -> dict[str, str]:
@@ -39,23 +41,43 @@ def headers(timestamp: int, signature: str) -> dict[str, str]:
 
 def test_a_fresh_signed_body_is_accepted() -> None:
     now = int(time.time())
-    verify_signature(BODY, headers(now, sign(BODY, secret=SECRET, timestamp=now)), secret=SECRET, now=now, tolerance_s=300)
+    verify_signature(
+        BODY,
+        headers(now, sign(BODY, secret=SECRET, timestamp=now)),
+        secret=SECRET,
+        now=now,
+        tolerance_s=300,
+    )
 
 
 @pytest.mark.parametrize(
     ("make_headers", "reason"),
     [
         (lambda now: {}, "no signature or timestamp header"),
-        (lambda now: headers(now, sign(BODY, secret=b"wrong" * 8, timestamp=now)), "does not match"),
-        (lambda now: headers(now, sign(BODY + b" ", secret=SECRET, timestamp=now)), "does not match"),
-        (lambda now: headers(now - 3600, sign(BODY, secret=SECRET, timestamp=now - 3600)), "a replay"),
+        (
+            lambda now: headers(now, sign(BODY, secret=b"wrong" * 8, timestamp=now)),
+            "does not match",
+        ),
+        (
+            lambda now: headers(now, sign(BODY + b" ", secret=SECRET, timestamp=now)),
+            "does not match",
+        ),
+        (
+            lambda now: headers(now - 3600, sign(BODY, secret=SECRET, timestamp=now - 3600)),
+            "a replay",
+        ),
         (lambda now: headers(now, sign(BODY, secret=SECRET, timestamp=now - 1)), "does not match"),
         (lambda now: headers(now, "sha256="), "does not match"),
-        (lambda now: {"X-Tokenward-Timestamp": "soon", "X-Tokenward-Signature": "sha256=00"}, "not Unix seconds"),
+        (
+            lambda now: {"X-Tokenward-Timestamp": "soon", "X-Tokenward-Signature": "sha256=00"},
+            "not Unix seconds",
+        ),
     ],
     ids=["unsigned", "forged", "tampered-body", "replayed", "re-stamped", "empty", "bad-timestamp"],
 )
-def test_unsigned_forged_tampered_and_replayed_bodies_are_refused(make_headers: Any, reason: str) -> None:
+def test_unsigned_forged_tampered_and_replayed_bodies_are_refused(
+    make_headers: Any, reason: str
+) -> None:
     now = int(time.time())
     with pytest.raises(Unauthorized, match=reason):
         verify_signature(BODY, make_headers(now), secret=SECRET, now=now, tolerance_s=300)
@@ -63,7 +85,16 @@ def test_unsigned_forged_tampered_and_replayed_bodies_are_refused(make_headers: 
 
 def token(key: Any = KEY, kid: str = "k1", alg: str = "RS256", **changes: Any) -> str:
     now = int(time.time())
-    claims = {"aud": AUDIENCE, "iss": ISSUER, "iat": now, "nbf": now, "exp": now + 3600, "oid": LOGIC_APP, "tid": TENANT, "appid": "a1"}
+    claims = {
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "oid": LOGIC_APP,
+        "tid": TENANT,
+        "appid": "a1",
+    }
     claims.update(changes)
     claims = {k: v for k, v in claims.items() if v is not None}
     return "Bearer " + jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
@@ -95,7 +126,19 @@ def test_the_logic_apps_managed_identity_token_is_accepted() -> None:
         (token(oid="99999999-0000-4000-8000-000000000009", appid="other"), "may not call"),
         (token(exp=None), "invalid"),
     ],
-    ids=["missing", "basic", "garbage", "audience", "issuer", "expired", "early", "forged-signature", "unknown-kid", "wrong-principal", "no-expiry"],
+    ids=[
+        "missing",
+        "basic",
+        "garbage",
+        "audience",
+        "issuer",
+        "expired",
+        "early",
+        "forged-signature",
+        "unknown-kid",
+        "wrong-principal",
+        "no-expiry",
+    ],
 )
 def test_forged_expired_and_foreign_tokens_are_refused(header: str, reason: str) -> None:
     with pytest.raises(Unauthorized, match=reason):
@@ -103,7 +146,9 @@ def test_forged_expired_and_foreign_tokens_are_refused(header: str, reason: str)
 
 
 def test_a_token_signed_with_a_shared_secret_algorithm_is_refused() -> None:
-    forged = "Bearer " + jwt.encode({"aud": AUDIENCE, "iss": ISSUER}, "k" * 32, algorithm="HS256", headers={"kid": "k1"})
+    forged = "Bearer " + jwt.encode(
+        {"aud": AUDIENCE, "iss": ISSUER}, "k" * 32, algorithm="HS256", headers={"kid": "k1"}
+    )
     with pytest.raises(Unauthorized, match="not RS256"):
         validate_bearer(forged, policy=POLICY, key_for=keys, now=time.time())
 
@@ -116,10 +161,17 @@ def test_signing_keys_are_fetched_once_and_refreshed_for_a_new_kid() -> None:
         fetched.append(request.url.path)
         if request.url.path.endswith("openid-configuration"):
             return httpx.Response(200, json={"jwks_uri": "https://login.example/keys"})
-        jwks = [json.loads(RSAAlgorithm.to_jwk(key.public_key())) | {"kid": kid} for kid, key in published.items()]
+        jwks = [
+            json.loads(RSAAlgorithm.to_jwk(key.public_key())) | {"kid": kid}
+            for kid, key in published.items()
+        ]
         return httpx.Response(200, json={"keys": jwks})
 
-    store = SigningKeys(metadata_url="https://login.example/t/v2.0/.well-known/openid-configuration", transport=httpx.MockTransport(handler), min_refresh_s=0)
+    store = SigningKeys(
+        metadata_url="https://login.example/t/v2.0/.well-known/openid-configuration",
+        transport=httpx.MockTransport(handler),
+        min_refresh_s=0,
+    )
 
     async def scenario() -> None:
         await store.ensure("k1")
@@ -128,6 +180,8 @@ def test_signing_keys_are_fetched_once_and_refreshed_for_a_new_kid() -> None:
         published["k2"] = OTHER_KEY
         await store.ensure("k2")
         assert len(fetched) == 4
-        validate_bearer(token(key=OTHER_KEY, kid="k2"), policy=POLICY, key_for=store.key, now=time.time())
+        validate_bearer(
+            token(key=OTHER_KEY, kid="k2"), policy=POLICY, key_for=store.key, now=time.time()
+        )
 
     asyncio.run(scenario())

@@ -57,9 +57,7 @@ def test_an_override_file_names_its_own_file_line_and_key(tmp_path: Path) -> Non
 
 def test_a_value_the_playbook_refuses_is_blamed_on_the_override(tmp_path: Path) -> None:
     overrides = tmp_path / "tuned.yaml"
-    overrides.write_text(
-        "scoring:\n  signals:\n    url_click_before:\n      weight: 500\n"
-    )
+    overrides.write_text("scoring:\n  signals:\n    url_click_before:\n      weight: 500\n")
     with pytest.raises(PlaybookError) as caught:
         load_playbook(overrides=read_overrides(overrides))
     assert str(caught.value).startswith(
@@ -78,9 +76,7 @@ def test_thresholds_out_of_order_are_blamed_on_the_set_that_caused_it() -> None:
 
 def test_a_list_is_overridden_whole_not_item_by_item() -> None:
     with pytest.raises(PlaybookError, match=r"is a list: override it whole"):
-        load_playbook(
-            overrides=[parse_set("scoring.signals.click_lure_host.hosts.0=x.dev")]
-        )
+        load_playbook(overrides=[parse_set("scoring.signals.click_lure_host.hosts.0=x.dev")])
     playbook = load_playbook(
         overrides=[parse_set("scoring.signals.click_lure_host.hosts=[x.dev, y.dev]")]
     )
@@ -198,11 +194,7 @@ def test_the_documented_override_file_applies_to_the_bundled_playbook(
     import re
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "exercises.md").read_text()
-    [example] = [
-        b
-        for b in re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
-        if "tuned.yaml" in b
-    ]
+    [example] = [b for b in re.findall(r"```yaml\n(.*?)```", doc, flags=re.S) if "tuned.yaml" in b]
     path = tmp_path / "tuned.yaml"
     path.write_text(example, encoding="utf-8")
     playbook = load_playbook(overrides=read_overrides(path))

@@ -36,7 +36,13 @@ def incident_run(
     settings = scenario_settings(scenario)
     scope = scope_from_incident(payload or trigger_body(), now=scenario.clock)
     writer = writer or RecordingWriter()
-    runner = Runner(load_playbook(), settings, local_source(scenario, tmp_path / "exports"), audit_log, writer=writer)
+    runner = Runner(
+        load_playbook(),
+        settings,
+        local_source(scenario, tmp_path / "exports"),
+        audit_log,
+        writer=writer,
+    )
     request = RunRequest(
         trigger="sentinel:Create",
         mode=Mode.DRY_RUN,
@@ -51,7 +57,9 @@ def incident_run(
     return asyncio.run(runner.run(request)), writer
 
 
-def test_the_seed_incident_gets_one_comment_with_findings_reasons_evidence_and_action_states(tmp_path: Path, audit_log: AuditLog) -> None:
+def test_the_seed_incident_gets_one_comment_with_findings_reasons_evidence_and_action_states(
+    tmp_path: Path, audit_log: AuditLog
+) -> None:
     report, writer = incident_run(tmp_path, audit_log)
 
     ((key, message),) = writer.comments.items()
@@ -71,19 +79,31 @@ def test_the_seed_incident_gets_one_comment_with_findings_reasons_evidence_and_a
     assert writer.labels[key[0]] == ("tokenward:dry-run",)
 
 
-def test_the_comment_intent_and_outcome_are_audited_with_the_fixed_comment_id(tmp_path: Path, audit_log: AuditLog) -> None:
+def test_the_comment_intent_and_outcome_are_audited_with_the_fixed_comment_id(
+    tmp_path: Path, audit_log: AuditLog
+) -> None:
     _, writer = incident_run(tmp_path, audit_log)
     kinds = [r.kind for r in audit_log.records(run_id="r-incident-1")]
-    assert kinds[-5:] == ["incident.labels.intent", "incident.labels.outcome", "action.intent", "action.outcome", "run.finished"]
+    assert kinds[-5:] == [
+        "incident.labels.intent",
+        "incident.labels.outcome",
+        "action.intent",
+        "action.outcome",
+        "run.finished",
+    ]
     intent = next(r for r in audit_log.records(run_id="r-incident-1") if r.kind == "action.intent")
     ((_, comment_id),) = writer.comments
     assert intent.data["comment_id"] == comment_id
     assert intent.data["path"].endswith(f"/comments/{comment_id}?api-version=2025-09-01")
 
 
-def test_an_incident_with_no_resolvable_account_is_reported_back_and_nothing_is_hunted(tmp_path: Path, audit_log: AuditLog) -> None:
+def test_an_incident_with_no_resolvable_account_is_reported_back_and_nothing_is_hunted(
+    tmp_path: Path, audit_log: AuditLog
+) -> None:
     payload = trigger_body()
-    payload["object"]["properties"]["relatedEntities"] = [{"kind": "Account", "properties": {"accountName": "megan.bowen"}}]
+    payload["object"]["properties"]["relatedEntities"] = [
+        {"kind": "Account", "properties": {"accountName": "megan.bowen"}}
+    ]
 
     report, writer = incident_run(tmp_path, audit_log, payload)
 
@@ -95,9 +115,13 @@ def test_an_incident_with_no_resolvable_account_is_reported_back_and_nothing_is_
     assert "incident.unresolvable_identity" in [r.kind for r in audit_log.records()]
 
 
-def test_a_low_confidence_identity_is_never_acted_on_without_approval(tmp_path: Path, audit_log: AuditLog) -> None:
+def test_a_low_confidence_identity_is_never_acted_on_without_approval(
+    tmp_path: Path, audit_log: AuditLog
+) -> None:
     payload = trigger_body()
-    payload["object"]["properties"]["relatedEntities"] = [{"kind": "Account", "properties": {"fullName": "target.user@contoso.com"}}]
+    payload["object"]["properties"]["relatedEntities"] = [
+        {"kind": "Account", "properties": {"fullName": "target.user@contoso.com"}}
+    ]
 
     report, writer = incident_run(tmp_path, audit_log, payload)
 
@@ -107,26 +131,48 @@ def test_a_low_confidence_identity_is_never_acted_on_without_approval(tmp_path: 
     assert "tokenward:needs-approval" in next(iter(writer.labels.values()))
 
 
-def test_a_refused_comment_is_recorded_and_changes_nothing_the_run_decided(tmp_path: Path, audit_log: AuditLog) -> None:
-    writer = RecordingWriter(fail_with=PermissionDenied("Microsoft Sentinel refused the comment (403 AuthorizationFailed: no Responder role)", status=403, code="AuthorizationFailed"))
+def test_a_refused_comment_is_recorded_and_changes_nothing_the_run_decided(
+    tmp_path: Path, audit_log: AuditLog
+) -> None:
+    writer = RecordingWriter(
+        fail_with=PermissionDenied(
+            "Microsoft Sentinel refused the comment (403 AuthorizationFailed: no Responder role)",
+            status=403,
+            code="AuthorizationFailed",
+        )
+    )
 
     report, _ = incident_run(tmp_path, audit_log, writer=writer)
 
     assert report.status.value == "complete" and len(report.findings) == 1
     (comment,) = [a for a in report.actions if a.action is ActionKind.COMMENT_ON_INCIDENT]
-    assert (comment.status, comment.http_status, comment.error_code) == (ActionStatus.FAILED, 403, "AuthorizationFailed")
+    assert (comment.status, comment.http_status, comment.error_code) == (
+        ActionStatus.FAILED,
+        403,
+        "AuthorizationFailed",
+    )
     outcome = [r for r in audit_log.records() if r.kind == "action.outcome"][-1]
     assert outcome.data["status"] == "failed"
 
 
 def hostile_report(**changes: Any) -> RunReport:
     subject = '<img src=x onerror="alert(1)">\x07'
-    finding = factories.finding(evidence=factories.Evidence(emails=(factories.email(subject=subject),)))
+    finding = factories.finding(
+        evidence=factories.Evidence(emails=(factories.email(subject=subject),))
+    )
     values: dict[str, Any] = {
-        "run_id": "r-1", "playbook": "device-code", "mode": Mode.AUTO, "trigger": "sentinel:Create",
-        "status": "complete", "started_at": factories.AT, "ended_at": factories.AT, "now": factories.AT,
-        "window": {"start": factories.AT, "end": factories.AT}, "users": ("megan.bowen@contoso.com",),
-        "source": "test", "findings": (finding,),
+        "run_id": "r-1",
+        "playbook": "device-code",
+        "mode": Mode.AUTO,
+        "trigger": "sentinel:Create",
+        "status": "complete",
+        "started_at": factories.AT,
+        "ended_at": factories.AT,
+        "now": factories.AT,
+        "window": {"start": factories.AT, "end": factories.AT},
+        "users": ("megan.bowen@contoso.com",),
+        "source": "test",
+        "findings": (finding,),
     }
     values.update(changes)
     return RunReport(**values)
@@ -139,7 +185,10 @@ def test_values_from_the_logs_cannot_add_markup_to_the_comment() -> None:
 
 
 def test_a_comment_for_a_campaign_stays_within_sentinels_limit() -> None:
-    many = tuple(factories.finding(f"user{i}@contoso.com", user_id=f"aaaaaaaa-0000-4000-8000-{i:012d}") for i in range(400))
+    many = tuple(
+        factories.finding(f"user{i}@contoso.com", user_id=f"aaaaaaaa-0000-4000-8000-{i:012d}")
+        for i in range(400)
+    )
     message = comment_message(hostile_report(findings=many))
     assert len(message) <= MAX_MESSAGE
     assert "more finding(s): see the run's report" in message
@@ -148,11 +197,20 @@ def test_a_comment_for_a_campaign_stays_within_sentinels_limit() -> None:
 
 @pytest.mark.parametrize(
     ("status", "label"),
-    [(ActionStatus.SUCCEEDED, "tokenward:contained"), (ActionStatus.AWAITING_APPROVAL, "tokenward:needs-approval"), (ActionStatus.FAILED, "tokenward:action-failed")],
+    [
+        (ActionStatus.SUCCEEDED, "tokenward:contained"),
+        (ActionStatus.AWAITING_APPROVAL, "tokenward:needs-approval"),
+        (ActionStatus.FAILED, "tokenward:action-failed"),
+    ],
 )
 def test_labels_say_what_happened_to_the_containment(status: ActionStatus, label: str) -> None:
     action = {
-        "id": "a-1", "action": ActionKind.REVOKE_SESSIONS, "target": "megan.bowen@contoso.com", "targets": (),
-        "status": status, "gate": "unattended", "request": {"service": "graph", "method": "POST", "path": "/users/x/revokeSignInSessions"},
+        "id": "a-1",
+        "action": ActionKind.REVOKE_SESSIONS,
+        "target": "megan.bowen@contoso.com",
+        "targets": (),
+        "status": status,
+        "gate": "unattended",
+        "request": {"service": "graph", "method": "POST", "path": "/users/x/revokeSignInSessions"},
     }
     assert labels_for(hostile_report(actions=(action,)), prefix="tokenward:") == (label,)

@@ -166,10 +166,7 @@ def _datetime(column: str, raw: Raw) -> Cast:
         column,
         Kind.DATETIME,
         strict,
-        lambda r: (
-            f"coalesce(TRY_CAST({raw.over(r)} AS TIMESTAMPTZ), "
-            f"{_parsed_time(raw.over(r))})"
-        ),
+        lambda r: f"coalesce(TRY_CAST({raw.over(r)} AS TIMESTAMPTZ), {_parsed_time(raw.over(r))})",
         lambda r, v: f"(nullif(trim({raw.over(r)}), '') IS NOT NULL AND ({v}) IS NULL)",
     )
 
@@ -212,9 +209,7 @@ def _number(kind: Kind) -> Callable[[str, Raw], Cast]:
             kind,
             strict,
             lambda r: f"TRY_CAST({raw.over(r)} AS {target})",
-            lambda r, v: (
-                f"(nullif(trim({raw.over(r)}), '') IS NOT NULL AND ({v}) IS NULL)"
-            ),
+            lambda r, v: f"(nullif(trim({raw.over(r)}), '') IS NOT NULL AND ({v}) IS NULL)",
         )
 
     return make

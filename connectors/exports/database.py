@@ -172,7 +172,6 @@ def load_exports(
             con, on_progress=on_progress, skip_bad_records=skip_bad_records, columns=columns
         ).load_files(files)
 
-
     if cache is None:
         folder = Path(tempfile.mkdtemp(prefix="tokenward-exports-"))
         if fits_in_memory(files, memory_limit, columns):
@@ -245,9 +244,7 @@ def _rebuild(
     try:
         summary = loader(con)
         con.execute(f"CREATE TABLE {_CACHE_TABLE} (key VARCHAR, summary VARCHAR)")
-        con.execute(
-            f"INSERT INTO {_CACHE_TABLE} VALUES (?, ?)", [key, summary.to_json()]
-        )
+        con.execute(f"INSERT INTO {_CACHE_TABLE} VALUES (?, ?)", [key, summary.to_json()])
         con.execute("CHECKPOINT")
     except BaseException:
         con.close()

@@ -115,9 +115,7 @@ def create_tables(
             for name, kind in table.columns.items()
             if _kept(table, name, keep)
         )
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {quote_identifier(table.name)} ({columns})"
-        )
+        con.execute(f"CREATE TABLE IF NOT EXISTS {quote_identifier(table.name)} ({columns})")
 
 
 # DuckDB databases (a --cache kept beside the exports) and their working files.
@@ -131,9 +129,7 @@ def export_files(directory: Path) -> list[Path]:
     left out.
     """
     if not directory.is_dir():
-        raise ExportError(
-            "not a directory of exports", source=Location(file=str(directory))
-        )
+        raise ExportError("not a directory of exports", source=Location(file=str(directory)))
     files = sorted(
         path
         for path in directory.rglob("*")
@@ -173,9 +169,7 @@ class ExportLoader:
         summary = LoadSummary()
         create_tables(self._con, keep=self._keep)
         # Rows keep no order in Kusto; not keeping it lets DuckDB load in parallel.
-        ordered = self._con.execute(
-            "SELECT current_setting('preserve_insertion_order')"
-        ).fetchone()
+        ordered = self._con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()
         self._con.execute("SET preserve_insertion_order = false")
         try:
             if self._skip:
@@ -289,8 +283,7 @@ class ExportLoader:
         census = self._run(
             path,
             None,
-            f"SELECT {read.route} AS name, count(*) FROM ({read.relation}) AS src "
-            "GROUP BY ALL",
+            f"SELECT {read.route} AS name, count(*) FROM ({read.relation}) AS src GROUP BY ALL",
         ).fetchall()
         wanted: dict[str, tuple[TableSchema, list[str | None]]] = {}
         skipped: dict[str, int] = {}
@@ -309,9 +302,7 @@ class ExportLoader:
                 source=Location(file=str(path)),
             )
         if not wanted and not self._skip:
-            held = ", ".join(
-                f"{name} ({count})" for name, count in sorted(skipped.items())
-            )
+            held = ", ".join(f"{name} ({count})" for name, count in sorted(skipped.items()))
             raise UnreadableExport(
                 f"holds only records of tables tokenward does not read: {held}",
                 source=Location(file=str(path)),
@@ -323,9 +314,7 @@ class ExportLoader:
 
     # -- loading one table ---------------------------------------------------------
 
-    def _casts(
-        self, read: FileRead, table: TableSchema
-    ) -> list[tuple[Cast, Raw | None]]:
+    def _casts(self, read: FileRead, table: TableSchema) -> list[tuple[Cast, Raw | None]]:
         raws = read.columns_for(table)
         made = []
         for name, kind in table.columns.items():
@@ -383,9 +372,7 @@ class ExportLoader:
             if made.failure is None:
                 continue
             if raw is None:
-                checks.append(
-                    f"WHEN true THEN {sql_string(f'a record has no {made.column}')}"
-                )
+                checks.append(f"WHEN true THEN {sql_string(f'a record has no {made.column}')}")
                 continue
             inner.append(f"{raw.sql} AS {held}")
             why = made.message(Raw(held, raw.json).text)

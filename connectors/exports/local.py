@@ -80,28 +80,19 @@ class LocalKqlSource:
                 reused.append(earlier)
         table = f"{_REUSED_PREFIX}{next(_numbers)}" if keep else None
         try:
-            relation = duckdb_kql.kql(
-                self._con, text, allow_write=False, query_now=self._now
-            )
+            relation = duckdb_kql.kql(self._con, text, allow_write=False, query_now=self._now)
             if table is not None:
                 # Keep the rows, in order, for the queries that embed this one.
                 view = f"{table}_source"
                 relation.create_view(view, replace=True)
-                self._con.execute(
-                    f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM "{view}"'
-                )
+                self._con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM "{view}"')
                 self._con.execute(f'DROP VIEW "{view}"')
                 relation = self._con.table(table)
             columns = relation.columns
-            rows = [
-                dict(zip(columns, values, strict=True))
-                for values in relation.fetchall()
-            ]
+            rows = [dict(zip(columns, values, strict=True)) for values in relation.fetchall()]
         except Exception as error:  # the engine raises KqlError and DuckDB errors
             elapsed = _ms(started)
-            logger.warning(
-                "query %s failed locally: %s", query.name, type(error).__name__
-            )
+            logger.warning("query %s failed locally: %s", query.name, type(error).__name__)
             return (
                 QueryOutcome(
                     name=query.name,
@@ -113,9 +104,7 @@ class LocalKqlSource:
                 None,
             )
         elapsed = _ms(started)
-        logger.info(
-            "query %s returned %d rows in %d ms", query.name, len(rows), elapsed
-        )
+        logger.info("query %s returned %d rows in %d ms", query.name, len(rows), elapsed)
         details = {"reused_rows_of_earlier_query": True} if reused else {}
         return (
             QueryOutcome(

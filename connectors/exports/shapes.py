@@ -225,9 +225,7 @@ class ReadOptions:
 class Shape(Protocol):
     name: str
 
-    def reads(
-        self, sniff: Sniff, head: JsonHead | None, options: ReadOptions
-    ) -> FileRead | None:
+    def reads(self, sniff: Sniff, head: JsonHead | None, options: ReadOptions) -> FileRead | None:
         """How to read this file in this shape, or ``None`` if it is not one."""
         ...
 
@@ -251,9 +249,7 @@ def read_type(kind: Kind) -> str:
 
 
 def _struct(fields: Mapping[str, str]) -> str:
-    inner = ", ".join(
-        f"{quote_identifier(name)} {kind}" for name, kind in fields.items()
-    )
+    inner = ", ".join(f"{quote_identifier(name)} {kind}" for name, kind in fields.items())
     return f"STRUCT({inner})"
 
 
@@ -264,9 +260,7 @@ def _read_json(
     json_format: str,
     skip_bad: bool = False,
 ) -> str:
-    listed = ", ".join(
-        f"{sql_string(name)}: {sql_string(kind)}" for name, kind in columns.items()
-    )
+    listed = ", ".join(f"{sql_string(name)}: {sql_string(kind)}" for name, kind in columns.items())
     if json_format == "unstructured":
         largest = min(max((sniff.size or 0) + 1, LINE_OBJECT_BYTES), MAX_DOCUMENT_BYTES)
     else:
@@ -381,18 +375,14 @@ def json_head(sniff: Sniff, *, lenient_lines: bool = False) -> JsonHead | None:
     envelope = match.group(1)
     if envelope in ("schema", "tables"):
         # The column list comes before the rows; the rows may not fit the head.
-        columns = _list_after(
-            body, '"columns"' if envelope == "tables" else None, match
-        )
+        columns = _list_after(body, '"columns"' if envelope == "tables" else None, match)
         key = "tables" if envelope == "tables" else "results"
         listed = {"columns": columns} if envelope == "tables" else None
         document = {"schema": columns} if envelope == "schema" else None
         return JsonHead("json-document", key, listed, document)
     found = decode(_skip_space(body, match.end()))
     first = found[0] if found else None
-    return JsonHead(
-        "json-document", envelope, first if isinstance(first, dict) else None
-    )
+    return JsonHead("json-document", envelope, first if isinstance(first, dict) else None)
 
 
 def _list_after(body: str, key: str | None, match: re.Match[str]) -> list[Any]:
@@ -611,9 +601,7 @@ def _sign_in_columns(table: TableSchema) -> dict[str, Raw]:
     """A sign-in table's columns from a camelCase record (``src.properties``)."""
     status = _prop("status")
     columns: dict[str, Raw] = {
-        column: _prop(prop)
-        for column, prop in _SIGN_IN_RENAMES.items()
-        if column in table.columns
+        column: _prop(prop) for column, prop in _SIGN_IN_RENAMES.items() if column in table.columns
     }
     columns.update(
         {
@@ -623,9 +611,7 @@ def _sign_in_columns(table: TableSchema) -> dict[str, Raw]:
             "Category": _top("category"),
             "TenantId": _top("tenantId"),
             "AADTenantId": _top("tenantId"),
-            "ResultType": _first_of(
-                _top("resultType"), _text_in(status, "$.errorCode")
-            ),
+            "ResultType": _first_of(_top("resultType"), _text_in(status, "$.errorCode")),
             "ResultSignature": _top("resultSignature"),
             "ResultDescription": _first_of(
                 _top("resultDescription"), _text_in(status, "$.failureReason")
@@ -660,9 +646,7 @@ def _defender_columns(table: TableSchema) -> dict[str, Raw]:
     """A Defender table's columns from a streaming record (PascalCase properties)."""
     read = _defender_properties()
     columns = {
-        column: Raw(
-            f"src.properties.{quote_identifier(column)}", json=read[column] == "JSON"
-        )
+        column: Raw(f"src.properties.{quote_identifier(column)}", json=read[column] == "JSON")
         for column in table.columns
     }
     columns["TimeGenerated"] = _first_of(columns["TimeGenerated"], _top("time"))
@@ -687,9 +671,7 @@ class DiagnosticRecords:
 
     name = "entra-diagnostic-records"
 
-    def reads(
-        self, sniff: Sniff, head: JsonHead | None, options: ReadOptions
-    ) -> FileRead | None:
+    def reads(self, sniff: Sniff, head: JsonHead | None, options: ReadOptions) -> FileRead | None:
         if head is None or head.envelope not in (None, "records"):
             return None
         record = head.first
@@ -711,10 +693,7 @@ class DiagnosticRecords:
                     {"records": _struct(fields) + "[]"},
                     json_format=head.duckdb_format,
                 )
-                return (
-                    "SELECT record.* FROM "
-                    f"(SELECT unnest(records) AS record FROM {reader})"
-                )
+                return f"SELECT record.* FROM (SELECT unnest(records) AS record FROM {reader})"
             reader = _read_json(
                 sniff,
                 fields,
@@ -732,9 +711,7 @@ class DiagnosticRecords:
         return FileRead(
             shape="defender-streaming-records" if streaming else self.name,
             framing=(
-                f"records envelope, {head.framing}"
-                if head.envelope == "records"
-                else head.framing
+                f"records envelope, {head.framing}" if head.envelope == "records" else head.framing
             ),
             relation=relation(None),
             relation_for=relation_for,
@@ -751,27 +728,19 @@ class GraphSignIns:
 
     name = "graph-sign-ins"
 
-    def reads(
-        self, sniff: Sniff, head: JsonHead | None, options: ReadOptions
-    ) -> FileRead | None:
+    def reads(self, sniff: Sniff, head: JsonHead | None, options: ReadOptions) -> FileRead | None:
         if head is None or head.envelope not in (None, "value"):
             return None
         context = str((head.document or {}).get("@odata.context", ""))
         record = head.first
-        if "auditLogs/signIns" not in context and not (
-            record and _looks_like_sign_in(record)
-        ):
+        if "auditLogs/signIns" not in context and not (record and _looks_like_sign_in(record)):
             return None
 
         properties = _struct(_SIGN_IN_PROPERTIES)
         # The record itself is what a diagnostic record keeps in ``properties``.
-        nothing = ", ".join(
-            f"NULL::VARCHAR AS {quote_identifier(name)}" for name in _RECORD_FIELDS
-        )
+        nothing = ", ".join(f"NULL::VARCHAR AS {quote_identifier(name)}" for name in _RECORD_FIELDS)
         if head.envelope == "value":
-            reader = _read_json(
-                sniff, {"value": properties + "[]"}, json_format=head.duckdb_format
-            )
+            reader = _read_json(sniff, {"value": properties + "[]"}, json_format=head.duckdb_format)
             relation = f"SELECT {nothing}, unnest(value) AS properties FROM {reader}"
             framing = f"value envelope, {head.framing}"
         else:
@@ -787,9 +756,7 @@ class GraphSignIns:
                 f"{quote_identifier(name)} := {quote_identifier(name)}"
                 for name in _SIGN_IN_PROPERTIES
             )
-            relation = (
-                f"SELECT {nothing}, struct_pack({packed}) AS properties FROM {reader}"
-            )
+            relation = f"SELECT {nothing}, struct_pack({packed}) AS properties FROM {reader}"
             framing = head.framing
         # v1.0 returns interactive sign-ins; beta says which kind each one is.
         events = "CAST(src.properties.signInEventTypes AS VARCHAR)"
@@ -876,9 +843,7 @@ class LogAnalyticsJson:
 
     name = "log-analytics-json"
 
-    def reads(
-        self, sniff: Sniff, head: JsonHead | None, options: ReadOptions
-    ) -> FileRead | None:
+    def reads(self, sniff: Sniff, head: JsonHead | None, options: ReadOptions) -> FileRead | None:
         if head is None or head.envelope is not None:
             return None
         if head.framing == "json-document" and head.first is not None:
@@ -914,9 +879,7 @@ class LogAnalyticsApi:
 
     name = "log-analytics-api"
 
-    def reads(
-        self, sniff: Sniff, head: JsonHead | None, options: ReadOptions
-    ) -> FileRead | None:
+    def reads(self, sniff: Sniff, head: JsonHead | None, options: ReadOptions) -> FileRead | None:
         if head is None or head.envelope != "tables":
             return None
         first = head.first or {}
@@ -925,12 +888,9 @@ class LogAnalyticsApi:
             for column in first.get("columns", [])
             if isinstance(column, dict)
         }
-        table, route = _routed_by_type(
-            sniff, names, "it holds Log Analytics query results"
-        )
+        table, route = _routed_by_type(sniff, names, "it holds Log Analytics query results")
         shape = (
-            "STRUCT(name VARCHAR, columns STRUCT(name VARCHAR, type VARCHAR)[], "
-            "rows JSON[][])[]"
+            "STRUCT(name VARCHAR, columns STRUCT(name VARCHAR, type VARCHAR)[], rows JSON[][])[]"
         )
         reader = _read_json(sniff, {"tables": shape}, json_format=head.duckdb_format)
         relation = (
@@ -963,16 +923,12 @@ class DefenderHuntingResults:
 
     name = "defender-hunting-results"
 
-    def reads(
-        self, sniff: Sniff, head: JsonHead | None, options: ReadOptions
-    ) -> FileRead | None:
+    def reads(self, sniff: Sniff, head: JsonHead | None, options: ReadOptions) -> FileRead | None:
         if head is None or head.envelope != "results":
             return None
         schema = (head.document or {}).get("schema") or []
         names = {
-            str(item.get("name") or item.get("Name"))
-            for item in schema
-            if isinstance(item, dict)
+            str(item.get("name") or item.get("Name")) for item in schema if isinstance(item, dict)
         } or set(head.first or {})
         table, _ = _table_of(sniff, names, "it holds Defender advanced hunting results")
         columns = {column: read_type(kind) for column, kind in table.columns.items()}
@@ -1036,9 +992,7 @@ def csv_header(sniff: Sniff) -> CsvHeader | None:
         sources.setdefault(name, []).append(cell)
     if not set(sources) & known:
         return None
-    return CsvHeader(
-        tuple(cells), {name: tuple(found) for name, found in sources.items()}
-    )
+    return CsvHeader(tuple(cells), {name: tuple(found) for name, found in sources.items()})
 
 
 class LogAnalyticsCsv:
@@ -1046,9 +1000,7 @@ class LogAnalyticsCsv:
 
     name = "log-analytics-csv"
 
-    def reads(
-        self, sniff: Sniff, head: JsonHead | None, options: ReadOptions
-    ) -> FileRead | None:
+    def reads(self, sniff: Sniff, head: JsonHead | None, options: ReadOptions) -> FileRead | None:
         if head is not None:
             return None
         header = csv_header(sniff)
@@ -1142,9 +1094,7 @@ def _resniff(sniffed: Sniff) -> Sniff | None:
     with opener(sniffed.path, "rb") as handle:
         head = handle.read(wanted + 1)
     complete = len(head) <= wanted
-    return Sniff(
-        sniffed.path, head[:wanted], sniffed.compressed, complete, sniffed.size
-    )
+    return Sniff(sniffed.path, head[:wanted], sniffed.compressed, complete, sniffed.size)
 
 
 def _looks_like(sniffed: Sniff, head: JsonHead | None) -> str:
@@ -1157,9 +1107,7 @@ def _looks_like(sniffed: Sniff, head: JsonHead | None) -> str:
         return "it is an API error response, not exported logs"
     context = record.get("@odata.context")
     if isinstance(context, str):
-        return (
-            f"it is a Graph response ({context.rsplit('#', 1)[-1]}), not exported logs"
-        )
+        return f"it is a Graph response ({context.rsplit('#', 1)[-1]}), not exported logs"
     if {"parameters", "responses"} <= set(record):
         return "it is an API example (parameters and responses), not exported logs"
     if "requests" in record:
@@ -1168,8 +1116,7 @@ def _looks_like(sniffed: Sniff, head: JsonHead | None) -> str:
         return f"its records are of category {record['category']!r}, which has no properties"
     keys = ", ".join(sorted(record)[:8]) or "none"
     return (
-        f"its records' keys ({keys}) match no table tokenward reads "
-        f"({', '.join(sorted(TABLES))})"
+        f"its records' keys ({keys}) match no table tokenward reads ({', '.join(sorted(TABLES))})"
     )
 
 

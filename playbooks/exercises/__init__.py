@@ -123,7 +123,9 @@ class History(Strict):
     country: str = Field(default="US", pattern=r"^[A-Za-z]{2}$")
     city: str = ""
     ip: str = "203.0.113.10"
-    apps: tuple[str, ...] = Field(default=("Office 365 Exchange Online", "OfficeHome"), min_length=1)
+    apps: tuple[str, ...] = Field(
+        default=("Office 365 Exchange Online", "OfficeHome"), min_length=1
+    )
     # How many of those sign-ins used device code (with device_code_app).
     device_code: int = Field(default=0, ge=0)
     device_code_app: str = "Microsoft Azure CLI"
@@ -206,7 +208,11 @@ class ScenarioClick(Strict):
     url: str
     chain: tuple[str, ...] = ()
     action: Literal[
-        "ClickAllowed", "ClickBlocked", "ClickBlockedByTenantPolicy", "UrlErrorPage", "UrlScanInProgress"
+        "ClickAllowed",
+        "ClickBlocked",
+        "ClickBlockedByTenantPolicy",
+        "UrlErrorPage",
+        "UrlScanInProgress",
     ] = "ClickAllowed"
     clicked_through: bool = False
     workload: Literal["Email", "Office", "Teams"] = "Email"
@@ -297,10 +303,7 @@ class Scenario(Strict):
         """The configured settings plus what this case needs."""
         extra = self.settings
         threat = settings.threat_intel.model_copy(
-            update={
-                "ip_ranges": settings.threat_intel.ip_ranges
-                + extra.threat_intel_ip_ranges
-            }
+            update={"ip_ranges": settings.threat_intel.ip_ranges + extra.threat_intel_ip_ranges}
         )
         rails = settings.guardrails.model_copy(
             update={
@@ -315,7 +318,9 @@ class Scenario(Strict):
                 + tuple(item.upper() for item in extra.allowed_countries)
             }
         )
-        return settings.model_copy(update={"threat_intel": threat, "guardrails": rails, "hunt": hunt})
+        return settings.model_copy(
+            update={"threat_intel": threat, "guardrails": rails, "hunt": hunt}
+        )
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         """The case as Log Analytics export rows, table by table."""
@@ -347,7 +352,8 @@ class Scenario(Strict):
             "UserId": self.user_id(key),
             "UserDisplayName": user.display_name or user.upn.split("@")[0],
             "UserType": user.type,
-            "HomeTenantId": user.home_tenant_id or (self._id("home", key) if user.type == "Guest" else tenant),
+            "HomeTenantId": user.home_tenant_id
+            or (self._id("home", key) if user.type == "Guest" else tenant),
             "ResourceTenantId": tenant,
             "TenantId": tenant,
         }
@@ -399,10 +405,14 @@ class Scenario(Strict):
         step = timedelta(days=history.days) / count
         for number in range(count):
             device_code = number < history.device_code
-            app = history.device_code_app if device_code else history.apps[number % len(history.apps)]
+            app = (
+                history.device_code_app if device_code else history.apps[number % len(history.apps)]
+            )
             rows.append(
                 {
-                    "TimeGenerated": isoformat_z(self.anchor - timedelta(days=history.days) + step * number),
+                    "TimeGenerated": isoformat_z(
+                        self.anchor - timedelta(days=history.days) + step * number
+                    ),
                     "Id": self._id("history", key, number),
                     **self._user_columns(key),
                     "AppId": KNOWN_APPS.get(app, self._id("app", app)),
@@ -414,8 +424,15 @@ class Scenario(Strict):
                     "ResultSignature": "SUCCESS",
                     "IPAddress": history.ip,
                     "Location": history.country.upper(),
-                    "LocationDetails": {"countryOrRegion": history.country.upper(), "city": history.city},
-                    "DeviceDetail": {"operatingSystem": "Windows10", "isCompliant": True, "isManaged": True},
+                    "LocationDetails": {
+                        "countryOrRegion": history.country.upper(),
+                        "city": history.city,
+                    },
+                    "DeviceDetail": {
+                        "operatingSystem": "Windows10",
+                        "isCompliant": True,
+                        "isManaged": True,
+                    },
                     "RiskLevelDuringSignIn": "none",
                     "RiskLevelAggregated": "none",
                     "UserAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Edge/120.0",
@@ -591,13 +608,19 @@ def check_expected(scenario: Scenario, report: RunReport) -> list[str]:
         finding = max(found, key=lambda item: (item.tier.rank, item.score))
         fired = {reason.signal for reason in finding.reasons}
         if finding.tier is not expected.tier:
-            problems.append(f"{upn}: expected tier {expected.tier}, got {finding.tier} ({finding.score})")
+            problems.append(
+                f"{upn}: expected tier {expected.tier}, got {finding.tier} ({finding.score})"
+            )
         if expected.score is not None and finding.score != expected.score:
             problems.append(f"{upn}: expected score {expected.score}, got {finding.score}")
         if expected.min_score is not None and finding.score < expected.min_score:
-            problems.append(f"{upn}: expected a score of at least {expected.min_score}, got {finding.score}")
+            problems.append(
+                f"{upn}: expected a score of at least {expected.min_score}, got {finding.score}"
+            )
         if expected.max_score is not None and finding.score > expected.max_score:
-            problems.append(f"{upn}: expected a score of at most {expected.max_score}, got {finding.score}")
+            problems.append(
+                f"{upn}: expected a score of at most {expected.max_score}, got {finding.score}"
+            )
         for signal in sorted(set(expected.reasons) - fired):
             problems.append(f"{upn}: expected reason {signal!r} did not fire")
         for signal in sorted(set(expected.absent_reasons) & fired):
@@ -612,7 +635,8 @@ def check_expected(scenario: Scenario, report: RunReport) -> list[str]:
         for target in item.targets
     )
     wanted = sorted(
-        (a.action.value, scenario.user(a.user).upn.lower(), a.status.value) for a in scenario.expected.actions
+        (a.action.value, scenario.user(a.user).upn.lower(), a.status.value)
+        for a in scenario.expected.actions
     )
     if actual != wanted:
         problems.append(f"expected actions {_show(wanted)}, got {_show(actual)}")

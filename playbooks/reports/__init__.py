@@ -82,8 +82,7 @@ def planned_words(items: Sequence[PlannedItem]) -> str:
     if not items:
         return "nothing"
     return ", ".join(
-        f"{action_title(item.action).lower()} ({STATUS_WORDS[item.status]})"
-        for item in items
+        f"{action_title(item.action).lower()} ({STATUS_WORDS[item.status]})" for item in items
     )
 
 

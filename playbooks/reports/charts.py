@@ -154,9 +154,7 @@ def timeline_svg(
     """
     actions = timeline.lane(Lane.TOKENWARD)
     # The token-use lane only when the flow has such rows.
-    lanes = [
-        lane for lane in _LANES if lane is not Lane.TOKEN_USE or timeline.lane(lane)
-    ]
+    lanes = [lane for lane in _LANES if lane is not Lane.TOKEN_USE or timeline.lane(lane)]
     heights = {lane: LANE_HEIGHT for lane in lanes}
     heights[Lane.TOKENWARD] = max(LANE_HEIGHT, ACTION_STEP * len(actions) + 0.3)
     top, bottom, left, right = 0.42, 0.5, 1.05, 0.25
@@ -177,9 +175,7 @@ def timeline_svg(
         axes: list[Axes] = []
         x = left / WIDTH
         for index, segment in enumerate(segments):
-            share = (
-                widths[index] / sum(widths) if len(segments) == 1 else (0.8, 0.2)[index]
-            )
+            share = widths[index] / sum(widths) if len(segments) == 1 else (0.8, 0.2)[index]
             ax = figure.add_axes(
                 (x, bottom / height, usable * share, sum(heights.values()) / height)
             )
@@ -201,9 +197,7 @@ def timeline_svg(
             if not marks and lane.empty_note:
                 note = lane.empty_note
                 if searched is not None:
-                    before, after = (
-                        offset_text(value).lstrip("+") for value in searched
-                    )
+                    before, after = (offset_text(value).lstrip("+") for value in searched)
                     what = note.split(" around")[0]
                     note = f"{what} from {before} before to {after} after the sign-in"
                 axes[0].text(
@@ -235,9 +229,7 @@ def timeline_svg(
 def _segments(timeline: Timeline) -> list[_Segment]:
     """One stretch for the whole story, or two when the run came much later."""
     minutes = [_minutes(mark.offset) for mark in timeline.marks]
-    events = [
-        _minutes(m.offset) for m in timeline.marks if m.lane is not Lane.TOKENWARD
-    ] + [0.0]
+    events = [_minutes(m.offset) for m in timeline.marks if m.lane is not Lane.TOKENWARD] + [0.0]
     runs = [_minutes(m.offset) for m in timeline.marks if m.lane is Lane.TOKENWARD]
     first, last = min(events), max(events)
     span = last - first
@@ -271,9 +263,7 @@ def _lanes(
         edge = low
     ax.set_yticks([centres[lane] for lane in lanes])
     if first:
-        ax.set_yticklabels(
-            [lane.heading for lane in lanes], fontweight="bold", color="#334155"
-        )
+        ax.set_yticklabels([lane.heading for lane in lanes], fontweight="bold", color="#334155")
     else:
         ax.set_yticklabels([])
     ax.tick_params(axis="y", length=0, pad=10)
@@ -359,12 +349,8 @@ def _exposure(axes: list[Axes], segments: list[_Segment], timeline: Timeline) ->
         for ax, segment in zip(axes, segments, strict=True):
             low, high = max(0.0, segment.start), min(end, segment.end)
             if low < high:
-                ax.axvspan(
-                    low, high, color="#fee2e2", alpha=0.45, zorder=0.2, linewidth=0
-                )
-    words = (
-        f"{offset_text(runs[0].offset).lstrip('+')} from the sign-in to tokenward's run"
-    )
+                ax.axvspan(low, high, color="#fee2e2", alpha=0.45, zorder=0.2, linewidth=0)
+    words = f"{offset_text(runs[0].offset).lstrip('+')} from the sign-in to tokenward's run"
     if timeline.exposed:
         words += ": the token's holder had this long"
     ax = axes[-1]
@@ -383,9 +369,7 @@ def _exposure(axes: list[Axes], segments: list[_Segment], timeline: Timeline) ->
     )
 
 
-def _sign_in_line(
-    axes: list[Axes], segments: list[_Segment], timeline: Timeline
-) -> None:
+def _sign_in_line(axes: list[Axes], segments: list[_Segment], timeline: Timeline) -> None:
     ax = axes[0]
     ax.axvline(0, color=INK, linewidth=1, linestyle=(0, (3, 2)), zorder=2)
     ax.annotate(
@@ -437,8 +421,7 @@ def _event_marks(
                 "data-time": isoformat_z(mark.time),
                 "data-offset-seconds": str(round(mark.offset.total_seconds())),
             },
-            f"{mark.title} · {isoformat_z(mark.time)} ({mark.offset_text})\n"
-            + mark.detail,
+            f"{mark.title} · {isoformat_z(mark.time)} ({mark.offset_text})\n" + mark.detail,
         )
         ax.plot(
             [_minutes(mark.offset)],
@@ -504,11 +487,7 @@ def _action_marks(
     for index, mark in enumerate(marks):
         ax = _axis_for(axes, segments, mark)
         row = y + (((count - 1) / 2) - index) * ACTION_STEP
-        style = (
-            _ACTION_STYLE.get(mark.status, _STYLE["run"])
-            if mark.status
-            else _STYLE["run"]
-        )
+        style = _ACTION_STYLE.get(mark.status, _STYLE["run"]) if mark.status else _STYLE["run"]
         marker, face, edge, size = style
         gid = svg.gid(
             "mark",
@@ -520,8 +499,7 @@ def _action_marks(
                 "data-offset-seconds": str(round(mark.offset.total_seconds())),
                 "data-status": mark.status.value if mark.status else "",
             },
-            f"{mark.title}: {mark.detail} · {isoformat_z(mark.time)} "
-            f"({mark.offset_text})",
+            f"{mark.title}: {mark.detail} · {isoformat_z(mark.time)} ({mark.offset_text})",
         )
         ax.plot(
             [_minutes(mark.offset)],
@@ -536,9 +514,7 @@ def _action_marks(
             clip_on=False,
             gid=gid,
         )
-        _label(
-            svg, ax, _minutes(mark.offset), row, mark.title, mark.detail, inline=True
-        )
+        _label(svg, ax, _minutes(mark.offset), row, mark.title, mark.detail, inline=True)
 
 
 def _label(
@@ -861,9 +837,7 @@ def _bars(svg: _Svg, ax: Axes, reasons: Sequence[Reason]) -> None:
     ax.axvline(0, color="#475569", linewidth=1, zorder=4)
     ax.grid(axis="x", color=FAINT, linewidth=0.6, zorder=0)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10], integer=True))
-    ax.xaxis.set_major_formatter(
-        FuncFormatter(lambda value, _: f"{value:+.0f}" if value else "0")
-    )
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+.0f}" if value else "0"))
     ax.set_xlabel("points added to the score", fontsize=8, color=MUTED, labelpad=4)
 
     present = [group for group in SignalGroup if group in groups]

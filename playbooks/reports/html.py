@@ -185,9 +185,7 @@ class View:
 
 def build_view(report: RunReport, context: ReportContext) -> View:
     """The page's content, computed once, for the template to lay out."""
-    all_actions = tuple(
-        _action_view(n, a) for n, a in enumerate(report.actions, start=1)
-    )
+    all_actions = tuple(_action_view(n, a) for n, a in enumerate(report.actions, start=1))
     by_id = {action.id: action for action in all_actions}
     findings = tuple(
         _finding_view(number, finding, report, context, by_id)
@@ -264,11 +262,7 @@ def _finding_view(
             f"{_when(primary.time)} · {primary.app_display_name or primary.app_id} · "
             f"{primary.ip_address}"
             + (f" ({primary.country})" if primary.country else "")
-            + (
-                ""
-                if primary.outcome is SignInOutcome.SUCCESS
-                else f" · {primary.outcome.value}"
-            )
+            + ("" if primary.outcome is SignInOutcome.SUCCESS else f" · {primary.outcome.value}")
         ),
         lure_line=_lure_line(finding),
         action_line=_action_line(mine),
@@ -306,10 +300,8 @@ def _finding_view(
                 "time": _when(row.time),
                 "offset": offset_text(row.time - primary.time),
                 "row": _row_role(row),
-                "resource": f"{row.app_display_name or row.app_id} → "
-                + row.resource_display_name,
-                "result": row.outcome.value
-                + (f" ({row.result_type})" if row.result_type else ""),
+                "resource": f"{row.app_display_name or row.app_id} → " + row.resource_display_name,
+                "result": row.outcome.value + (f" ({row.result_type})" if row.result_type else ""),
                 "ip": row.ip_address,
                 "country": row.country,
                 "user_agent": row.user_agent,
@@ -318,9 +310,7 @@ def _finding_view(
             if row is not primary
         ),
         baseline=_baseline(finding),
-        actions=tuple(
-            actions_by_id[action.id] for action in mine if action.id in actions_by_id
-        ),
+        actions=tuple(actions_by_id[action.id] for action in mine if action.id in actions_by_id),
         actions_elsewhere=_actions_elsewhere(finding, report),
         guest=finding.is_guest,
         allowlisted=finding.allowlisted,
@@ -367,22 +357,15 @@ def headline(finding: Finding, actions: tuple[ActionReport, ...]) -> str:
         return story + verdict + " No action is planned."
     by_status: dict[ActionStatus, list[str]] = {}
     for action in actions:
-        by_status.setdefault(action.status, []).append(
-            action_title(action.action).lower()
-        )
-    parts = [
-        f"{_joined(titles)} {STATUS_WORDS[status]}"
-        for status, titles in by_status.items()
-    ]
+        by_status.setdefault(action.status, []).append(action_title(action.action).lower())
+    parts = [f"{_joined(titles)} {STATUS_WORDS[status]}" for status, titles in by_status.items()]
     return story + verdict + " Planned: " + "; ".join(parts) + "."
 
 
 def _evidence(finding: Finding) -> tuple[FactSheet, ...]:
     """The scored sign-in, then each mail and click, as fact sheets."""
     row = finding.primary
-    result = row.outcome.value + (
-        f", error {row.result_type}" if row.result_type else ""
-    )
+    result = row.outcome.value + (f", error {row.result_type}" if row.result_type else "")
     if row.result_description:
         result += f": {row.result_description}"
     sheets = [
@@ -398,8 +381,7 @@ def _evidence(finding: Finding) -> tuple[FactSheet, ...]:
                 Fact("IP address", row.ip_address, code=True),
                 Fact(
                     "Location",
-                    ", ".join(part for part in (row.country, row.city) if part)
-                    or "unknown",
+                    ", ".join(part for part in (row.country, row.city) if part) or "unknown",
                 ),
                 Fact(
                     "Device",
@@ -433,11 +415,7 @@ def _evidence(finding: Finding) -> tuple[FactSheet, ...]:
                     Fact("Direction", email.email_direction or "unknown"),
                     Fact(
                         "Delivery",
-                        " · ".join(
-                            p
-                            for p in (email.delivery_action, email.delivery_location)
-                            if p
-                        )
+                        " · ".join(p for p in (email.delivery_action, email.delivery_location) if p)
                         or "unknown",
                     ),
                     Fact("Defender threats", email.threat_types or "none"),
@@ -458,13 +436,8 @@ def _evidence(finding: Finding) -> tuple[FactSheet, ...]:
                 when=_when(click.time),
                 facts=(
                     Fact("URL", click.url, code=True),
-                    *(
-                        Fact("Redirect chain", " → ".join(chain), code=True)
-                        for _ in chain[:1]
-                    ),
-                    Fact(
-                        "Safe Links", ", ".join(click.action_types) or "none recorded"
-                    ),
+                    *(Fact("Redirect chain", " → ".join(chain), code=True) for _ in chain[:1]),
+                    Fact("Safe Links", ", ".join(click.action_types) or "none recorded"),
                     Fact("Page reached", "yes" if click.reached else "no, blocked"),
                     Fact(
                         "Warning clicked through",
@@ -515,12 +488,9 @@ def _action_line(actions: tuple[ActionReport, ...]) -> str:
         return "no action"
     by_status: dict[ActionStatus, list[str]] = {}
     for action in actions:
-        by_status.setdefault(action.status, []).append(
-            action_title(action.action).lower()
-        )
+        by_status.setdefault(action.status, []).append(action_title(action.action).lower())
     return "; ".join(
-        f"{_joined(titles)}: {STATUS_WORDS[status]}"
-        for status, titles in by_status.items()
+        f"{_joined(titles)}: {STATUS_WORDS[status]}" for status, titles in by_status.items()
     )
 
 
@@ -641,9 +611,7 @@ def _generator() -> str:
 def _environment() -> Environment:
     environment = Environment(
         loader=PackageLoader("playbooks", "reports/templates"),
-        autoescape=select_autoescape(
-            ["html", "j2"], default_for_string=True, default=True
-        ),
+        autoescape=select_autoescape(["html", "j2"], default_for_string=True, default=True),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

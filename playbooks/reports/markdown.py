@@ -34,8 +34,7 @@ def to_markdown(
         lines += [context.description, ""]
     lines += [
         f"- **Run:** `{report.run_id}` ({report.mode.value}, {report.trigger})",
-        f"- **Status:** {report.status.value}"
-        + (f" — {report.error}" if report.error else ""),
+        f"- **Status:** {report.status.value}" + (f" — {report.error}" if report.error else ""),
         f"- **Window:** {isoformat_z(report.window.start)} to {isoformat_z(report.window.end)}",
         f"- **Clock:** {isoformat_z(report.now)}",
         f"- **Source:** {report.source}",
@@ -45,16 +44,12 @@ def to_markdown(
         lines += ["## Expected outcome", ""]
         if what_if is not None:
             lines += ["With the unchanged playbook:", ""]
-        lines += ["Met." if not expected else "**Not met:**"] + [
-            f"- {item}" for item in expected
-        ]
+        lines += ["Met." if not expected else "**Not met:**"] + [f"- {item}" for item in expected]
         lines.append("")
     if what_if is not None:
         lines += _what_if(what_if)
     if report.warnings:
-        lines += (
-            ["## Warnings", ""] + [f"- {warning}" for warning in report.warnings] + [""]
-        )
+        lines += ["## Warnings", ""] + [f"- {warning}" for warning in report.warnings] + [""]
 
     counts = report.tier_counts()
     lines += [
@@ -77,9 +72,7 @@ def to_markdown(
         ]
         for action in report.actions:
             body = request_body(action.request)
-            request = f"`{request_line(action.request)}`" + (
-                f" `{body}`" if body else ""
-            )
+            request = f"`{request_line(action.request)}`" + (f" `{body}`" if body else "")
             lines.append(
                 f"| {action.action.value} | {action.target} | {action.gate.value} | "
                 f"{action.status.value} | {request} |"
@@ -103,7 +96,11 @@ def to_markdown(
         lines += [
             f"### {query.name} — {query.row_count} row(s), {query.duration_ms} ms, {query.status.value}",
             "",
-            *([f"Ran in {query.source} ({query.phase} step).", ""] if query.source and query.phase else []),
+            *(
+                [f"Ran in {query.source} ({query.phase} step).", ""]
+                if query.source and query.phase
+                else []
+            ),
             *([f"{query.detail}.", ""] if query.detail else []),
             "```kql",
             query.text.rstrip(),
@@ -118,9 +115,7 @@ def _timeline(finding: Finding, report: RunReport) -> list[str]:
     lines = ["| from the sign-in | time | what | detail |", "|---:|---|---|---|"]
     for mark in timeline_for(finding, report).marks:
         detail = mark.detail.replace("\n", " ").replace("|", "\\|")
-        lines.append(
-            f"| {mark.offset_text} | {isoformat_z(mark.time)} | {mark.title} | {detail} |"
-        )
+        lines.append(f"| {mark.offset_text} | {isoformat_z(mark.time)} | {mark.title} | {detail} |")
     return [*lines, ""]
 
 
@@ -135,8 +130,7 @@ def _what_if(what_if: WhatIf) -> list[str]:
     ]
     for override in what_if.overrides:
         lines.append(
-            f"| `{override.key}` | `{override.before}` | `{override.after}` "
-            f"| {override.source} |"
+            f"| `{override.key}` | `{override.before}` | `{override.after}` | {override.source} |"
         )
     lines += [
         "",
@@ -182,7 +176,8 @@ def _finding(finding: Finding, report: RunReport) -> list[str]:
     lines = [
         f"### {finding.user_principal_name} — {finding.tier.value.upper()}, score {finding.score}",
         "",
-        f"Device code sign-in at {isoformat_z(primary.time)} to **{primary.app_display_name or primary.app_id}**"
+        f"Device code sign-in at {isoformat_z(primary.time)}"
+        f" to **{primary.app_display_name or primary.app_id}**"
         f" for {primary.resource_display_name or 'an unnamed resource'} from {primary.ip_address}"
         f" ({primary.country or 'country unknown'}), {primary.outcome.value}"
         f" ({primary.source_table}, {len(finding.sign_ins)} row(s) in the flow).",
@@ -192,8 +187,7 @@ def _finding(finding: Finding, report: RunReport) -> list[str]:
         "|---:|---|---|",
     ]
     lines += [
-        f"| {reason.weight:+d} | {reason.signal} | {reason.detail} |"
-        for reason in finding.reasons
+        f"| {reason.weight:+d} | {reason.signal} | {reason.detail} |" for reason in finding.reasons
     ]
     lines.append("")
     if finding.evidence.emails:

@@ -91,9 +91,7 @@ def print_report(
                 markup=False,
             )
             if body:
-                console.print(
-                    f"      {body}", highlight=False, soft_wrap=True, markup=False
-                )
+                console.print(f"      {body}", highlight=False, soft_wrap=True, markup=False)
             for decision in action.decisions:
                 console.print(
                     f"      {decision.guardrail}: {decision.detail}",
@@ -113,9 +111,7 @@ def print_report(
         print_what_if(what_if, console)
     if expected is not None:
         console.print()
-        label = (
-            "Expected outcome (unchanged playbook)" if what_if else "Expected outcome"
-        )
+        label = "Expected outcome (unchanged playbook)" if what_if else "Expected outcome"
         if expected:
             console.print(f"[bold red]{label} not met:[/]")
             for problem in expected:
@@ -162,9 +158,7 @@ def print_what_if(what_if: WhatIf, console: Console) -> None:
         added = planned_words(actions.added)
         removed = planned_words(actions.removed)
         console.print(
-            Text(
-                f"  actions for {actions.user_principal_name}: adds {added}; drops {removed}"
-            )
+            Text(f"  actions for {actions.user_principal_name}: adds {added}; drops {removed}")
         )
     if what_if.expected_after:
         console.print("  against the scenario's expected outcome, the what-if differs:")

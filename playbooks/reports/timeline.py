@@ -117,9 +117,7 @@ def timeline_for(finding: Finding, report: RunReport) -> Timeline:
         if click.reached and click.network_message_id
     }
     for email in finding.evidence.emails:
-        marks.append(
-            _email_mark(email, anchor, lure=email.network_message_id in lure_ids)
-        )
+        marks.append(_email_mark(email, anchor, lure=email.network_message_id in lure_ids))
     for click in finding.evidence.url_clicks:
         marks.append(_click_mark(click, anchor))
     for sign_in in finding.sign_ins:
@@ -143,9 +141,7 @@ def timeline_for(finding: Finding, report: RunReport) -> Timeline:
     # Stable: marks at the same instant keep the order of the story.
     ordered = sorted(marks, key=lambda mark: mark.time)
     issued = any(row.outcome is SignInOutcome.SUCCESS for row in finding.sign_ins)
-    return Timeline(
-        anchor=anchor, marks=tuple(ordered), exposed=issued and bool(actions)
-    )
+    return Timeline(anchor=anchor, marks=tuple(ordered), exposed=issued and bool(actions))
 
 
 def deciding_findings(report: RunReport) -> dict[str, str]:

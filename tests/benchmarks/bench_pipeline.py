@@ -143,9 +143,7 @@ def run_tokenward(data: Path, cache: Path | None, memory_limit: str) -> dict[str
     clock = Clock()
     # As ``tokenward hunt`` loads: the columns the playbook's queries name.
     columns = columns_used(playbook.templates.values())
-    with load_exports(
-        data, cache=cache, memory_limit=memory_limit, columns=columns
-    ) as loaded:
+    with load_exports(data, cache=cache, memory_limit=memory_limit, columns=columns) as loaded:
         clock.lap("load")
         source = LocalKqlSource(loaded.con, now=END, origin="benchmark")
 
@@ -176,10 +174,7 @@ def run_tokenward(data: Path, cache: Path | None, memory_limit: str) -> dict[str
 
 def _read(path: Path, columns: dict[str, str]) -> str:
     listed = ", ".join(f"'{name}': '{kind}'" for name, kind in columns.items())
-    return (
-        f"SELECT * FROM read_json('{path}', format='newline_delimited', "
-        f"columns={{{listed}}})"
-    )
+    return f"SELECT * FROM read_json('{path}', format='newline_delimited', columns={{{listed}}})"
 
 
 _SIGN_IN_TEXT = (
@@ -200,11 +195,7 @@ _CLICK_TEXT = "AccountUpn Url UrlChain ActionType ReportId Workload NetworkMessa
 
 def _hunt_select(table: str, dynamic: bool) -> str:
     def detail(column: str, key: str) -> str:
-        value = (
-            f"{column}->>'$.{key}'"
-            if dynamic
-            else f"json_extract_string({column}, '$.{key}')"
-        )
+        value = f"{column}->>'$.{key}'" if dynamic else f"json_extract_string({column}, '$.{key}')"
         return f"coalesce({value}, '')"
 
     return f"""
@@ -513,23 +504,14 @@ def main() -> None:
             f"{cpu:10.2f}s"
         )
     print("* rows to scored findings in Python; not part of the totals or the ratios")
-    print(
-        "  CPU total: user and system time of all threads for load, hunt and correlation"
-    )
+    print("  CPU total: user and system time of all threads for load, hunt and correlation")
 
     baseline = statistics.median(_total(result) for result in results["baseline"])
     first = statistics.median(_total(result) for result in results["tokenward"])
-    built = statistics.median(
-        _total(result) for result in results["tokenward, cache built"]
-    )
-    reused = statistics.median(
-        _total(result) for result in results["tokenward, cache reused"]
-    )
+    built = statistics.median(_total(result) for result in results["tokenward, cache built"])
+    reused = statistics.median(_total(result) for result in results["tokenward, cache reused"])
     peak = max(
-        result["peak_rss"]
-        for kind in kinds[1:]
-        if kind != kinds[2]
-        for result in results[kind]
+        result["peak_rss"] for kind in kinds[1:] if kind != kinds[2] for result in results[kind]
     )
     roomy_total = statistics.median(_total(result) for result in results[kinds[2]])
     roomy_peak = max(result["peak_rss"] for result in results[kinds[2]])

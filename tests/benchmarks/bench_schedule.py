@@ -46,7 +46,9 @@ from tests.scheduled import (
 )
 
 
-def one_run(emu: object, directory: Path, *, every: float, delay: float) -> tuple[float, float, int]:
+def one_run(
+    emu: object, directory: Path, *, every: float, delay: float
+) -> tuple[float, float, int]:
     """(audit seconds, wire seconds, revocations) of one run."""
     emu.reset()  # type: ignore[attr-defined]
     tenant(emu)
@@ -63,12 +65,15 @@ def one_run(emu: object, directory: Path, *, every: float, delay: float) -> tupl
         if failures:
             raise failures[0]
         (request,) = [
-            r for r in emu.requests(r"^/v1\.0/")  # type: ignore[attr-defined]
+            r
+            for r in emu.requests(r"^/v1\.0/")  # type: ignore[attr-defined]
             if b"revokeSignInSessions" in r.body or "revokeSignInSessions" in r.path
         ]
         # One more cycle over the same window: still one revocation.
         seen = len(records(settings, "schedule.window_completed"))
-        wait_for(lambda: len(records(settings, "schedule.window_completed")) > seen, timeout=60 + every)
+        wait_for(
+            lambda: len(records(settings, "schedule.window_completed")) > seen, timeout=60 + every
+        )
     (contained,) = records(settings, "finding.contained")
     return (
         float(contained.data["sign_in_to_containment_seconds"]),
@@ -78,10 +83,14 @@ def one_run(emu: object, directory: Path, *, every: float, delay: float) -> tupl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--every", type=float, default=5.0, help="schedule.hunt_every_seconds")
-    parser.add_argument("--ingestion-delay", type=float, default=3.0, help="seconds the sign-in is held back")
+    parser.add_argument(
+        "--ingestion-delay", type=float, default=3.0, help="seconds the sign-in is held back"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     emu = start_emulator()
@@ -91,11 +100,15 @@ def main() -> int:
     try:
         for number in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="bench-schedule-") as folder:
-                seconds, on_wire, count = one_run(emu, Path(folder), every=args.every, delay=args.ingestion_delay)
+                seconds, on_wire, count = one_run(
+                    emu, Path(folder), every=args.every, delay=args.ingestion_delay
+                )
             audit.append(seconds)
             wire.append(on_wire)
             ok &= count == 1
-            print(f"run {number + 1}: audit {seconds:.2f} s, wire {on_wire:.2f} s, revocations {count}")
+            print(
+                f"run {number + 1}: audit {seconds:.2f} s, wire {on_wire:.2f} s, revocations {count}"
+            )
     finally:
         emu.stop()
     print(

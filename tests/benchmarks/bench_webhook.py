@@ -59,11 +59,21 @@ def emulator_process(conn: Any, incidents: list[dict[str, Any]]) -> None:
     for item in incidents:
         emu.sentinel.add(item)
     token = emu.identity.signed_token(AUDIENCE, oid=LOGIC_APP, lifetime=7200)
-    conn.send({"base_url": emu.base_url, "ca": str(emu.ca_file), "cert": str(emu.tls.cert_file), "key": str(emu.tls.key_file), "token": token})
+    conn.send(
+        {
+            "base_url": emu.base_url,
+            "ca": str(emu.ca_file),
+            "cert": str(emu.tls.cert_file),
+            "key": str(emu.tls.key_file),
+            "token": token,
+        }
+    )
     conn.recv()
     puts: Counter[str] = Counter()
     for request in emu.requests(r"(?i)/comments/", method="PUT"):
-        puts[re.split(r"(?i)/incidents/", request.path, maxsplit=1)[1].split("/", 1)[0].lower()] += 1
+        puts[
+            re.split(r"(?i)/incidents/", request.path, maxsplit=1)[1].split("/", 1)[0].lower()
+        ] += 1
     comments = {key.rsplit("/", 1)[-1]: len(value) for key, value in emu.sentinel.comments.items()}
     conn.send({"puts": dict(puts), "comments": comments})
     emu.stop()
@@ -72,19 +82,29 @@ def emulator_process(conn: Any, incidents: list[dict[str, Any]]) -> None:
 # -- what is sent ----------------------------------------------------------------------
 
 
-def deliveries(total: int, rng: random.Random) -> tuple[list[dict[str, Any]], list[tuple[str, bytes, dict[str, str]]]]:
+def deliveries(
+    total: int, rng: random.Random
+) -> tuple[list[dict[str, Any]], list[tuple[str, bytes, dict[str, str]]]]:
     """Incidents to seed, and (kind, body, headers) to send, shuffled."""
     duplicates = total // 10
     malformed = total // 10
     unique = total - duplicates - malformed
     bodies = [incident() for _ in range(unique)]
-    sent: list[tuple[str, bytes, dict[str, str]]] = [("valid", json.dumps(b).encode(), {}) for b in bodies]
+    sent: list[tuple[str, bytes, dict[str, str]]] = [
+        ("valid", json.dumps(b).encode(), {}) for b in bodies
+    ]
     sent += [("duplicate", json.dumps(rng.choice(bodies)).encode(), {}) for _ in range(duplicates)]
     bad = [
         ("bad-json", b'{"object": {"id": ', {}),
         ("wrong-type", json.dumps(incident(incidentNumber="12")).encode(), {}),
         ("missing-field", json.dumps({"object": {"id": bodies[0]["object"]["id"]}}).encode(), {}),
-        ("hostile-id", json.dumps({**incident(), "object": {**incident()["object"], "id": "/subscriptions/../x"}}).encode(), {}),
+        (
+            "hostile-id",
+            json.dumps(
+                {**incident(), "object": {**incident()["object"], "id": "/subscriptions/../x"}}
+            ).encode(),
+            {},
+        ),
         ("unsigned", json.dumps(incident()).encode(), {"unsigned": "1"}),
         ("forged", json.dumps(incident()).encode(), {"forged": "1"}),
         ("replayed", json.dumps(incident()).encode(), {"replayed": "1"}),
@@ -95,22 +115,40 @@ def deliveries(total: int, rng: random.Random) -> tuple[list[dict[str, Any]], li
     return [b["object"] for b in bodies], sent
 
 
-def headers_for(kind: str, body: bytes, extra: dict[str, str], token: str, rng: random.Random) -> dict[str, str]:
+def headers_for(
+    kind: str, body: bytes, extra: dict[str, str], token: str, rng: random.Random
+) -> dict[str, str]:
     now = int(time.time())
     headers = {"Content-Type": "application/json"}
     if "unsigned" in extra:
         return headers
     if "forged" in extra:
-        return headers | {"X-Tokenward-Timestamp": str(now), "X-Tokenward-Signature": sign(body, secret=b"f" * 40, timestamp=now)}
+        return headers | {
+            "X-Tokenward-Timestamp": str(now),
+            "X-Tokenward-Signature": sign(body, secret=b"f" * 40, timestamp=now),
+        }
     if "replayed" in extra:
-        return headers | {"X-Tokenward-Timestamp": str(now - 3600), "X-Tokenward-Signature": sign(body, secret=SECRET.encode(), timestamp=now - 3600)}
+        return headers | {
+            "X-Tokenward-Timestamp": str(now - 3600),
+            "X-Tokenward-Signature": sign(body, secret=SECRET.encode(), timestamp=now - 3600),
+        }
     # Half as the Logic App does it (an Entra ID token), half HMAC-signed.
     if rng.random() < 0.5:
         return headers | {"Authorization": f"Bearer {token}"}
-    return headers | {"X-Tokenward-Timestamp": str(now), "X-Tokenward-Signature": sign(body, secret=SECRET.encode(), timestamp=now)}
+    return headers | {
+        "X-Tokenward-Timestamp": str(now),
+        "X-Tokenward-Signature": sign(body, secret=SECRET.encode(), timestamp=now),
+    }
 
 
-async def send_all(url: str, ca: str, sent: list[tuple[str, bytes, dict[str, str]]], token: str, concurrency: int, rng: random.Random) -> list[dict[str, Any]]:
+async def send_all(
+    url: str,
+    ca: str,
+    sent: list[tuple[str, bytes, dict[str, str]]],
+    token: str,
+    concurrency: int,
+    rng: random.Random,
+) -> list[dict[str, Any]]:
     context = ssl.create_default_context(cafile=ca)
     connector = aiohttp.TCPConnector(limit=concurrency, ssl=context)
     results: list[dict[str, Any]] = []
@@ -127,14 +165,32 @@ async def send_all(url: str, ca: str, sent: list[tuple[str, bytes, dict[str, str
                 kind, body, extra = queue.get_nowait()
                 headers = headers_for(kind, body, extra, token, rng)
                 started = time.perf_counter()
-                async with session.post(f"{url}/webhooks/sentinel", data=body, headers=headers) as answer:
+                async with session.post(
+                    f"{url}/webhooks/sentinel", data=body, headers=headers
+                ) as answer:
                     payload = await answer.read()
                 elapsed = time.perf_counter() - started
-                results.append({"kind": kind, "status": answer.status, "ms": elapsed * 1000, "body": payload, "sent": body})
+                results.append(
+                    {
+                        "kind": kind,
+                        "status": answer.status,
+                        "ms": elapsed * 1000,
+                        "body": payload,
+                        "sent": body,
+                    }
+                )
 
         started = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(concurrency)))
-        results.append({"kind": "_wall", "status": 0, "ms": (time.perf_counter() - started) * 1000, "body": b"", "sent": b""})
+        results.append(
+            {
+                "kind": "_wall",
+                "status": 0,
+                "ms": (time.perf_counter() - started) * 1000,
+                "body": b"",
+                "sent": b"",
+            }
+        )
     return results
 
 
@@ -142,7 +198,9 @@ async def send_all(url: str, ca: str, sent: list[tuple[str, bytes, dict[str, str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--deliveries", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=6)
@@ -161,7 +219,9 @@ def main() -> int:
 
     seeded, sent = deliveries(args.deliveries, rng)
     parent, child = multiprocessing.get_context("spawn").Pipe()
-    emulator = multiprocessing.get_context("spawn").Process(target=emulator_process, args=(child, seeded), daemon=True)
+    emulator = multiprocessing.get_context("spawn").Process(
+        target=emulator_process, args=(child, seeded), daemon=True
+    )
     emulator.start()
     emu = parent.recv()
 
@@ -175,7 +235,11 @@ def main() -> int:
         fake,  # type: ignore[arg-type]
         store={"url": f"sqlite:///{folder / 'tokenward.db'}"},
         server={"port": port, "certfile": emu["cert"], "keyfile": emu["key"]},
-        webhook={"auth": ["bearer", "hmac"], "audiences": [AUDIENCE], "allowed_principals": [LOGIC_APP]},
+        webhook={
+            "auth": ["bearer", "hmac"],
+            "audiences": [AUDIENCE],
+            "allowed_principals": [LOGIC_APP],
+        },
         inbox={"poll_seconds": 0.2},
         threat_intel={"ip_ranges": ["185.220.101.0/24"]},
         # Every incident here finds its sign-in; no re-hunt should follow, and
@@ -184,18 +248,29 @@ def main() -> int:
     )
     (folder / "tokenward.toml").write_text(to_toml(settings))
     log = (folder / "serve.log").open("wb")
-    source = ["--source", f"files:{exports}", "--now", scenario.clock.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    source = [
+        "--source",
+        f"files:{exports}",
+        "--now",
+        scenario.clock.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    ]
     config = [TOKENWARD, "--config", str(folder / "tokenward.toml")]
     env = {**os.environ, **ENVIRON, "TOKENWARD_WEBHOOK_HMAC_SECRET": SECRET}
     apart = ["--no-worker"] if args.worker in ("process", "none") else []
-    serve = subprocess.Popen([*config, "serve", *source, *apart], cwd=folder, env=env, stdout=log, stderr=log)
+    serve = subprocess.Popen(
+        [*config, "serve", *source, *apart], cwd=folder, env=env, stdout=log, stderr=log
+    )
     worker = None
     if args.worker == "process":
-        worker = subprocess.Popen([*config, "worker", *source], cwd=folder, env=env, stdout=log, stderr=log)
+        worker = subprocess.Popen(
+            [*config, "worker", *source], cwd=folder, env=env, stdout=log, stderr=log
+        )
     url = f"https://127.0.0.1:{port}"
     try:
         wait_ready(url, emu["ca"], serve)
-        print(f"tokenward serve pid {serve.pid} on {url}; emulator pid {emulator.pid}; load from pid {os.getpid()}")
+        print(
+            f"tokenward serve pid {serve.pid} on {url}; emulator pid {emulator.pid}; load from pid {os.getpid()}"
+        )
         print(f"sending {len(sent)} deliveries, {args.concurrency} at a time ...")
         results = asyncio.run(send_all(url, emu["ca"], sent, emu["token"], args.concurrency, rng))
         wall = results.pop()["ms"]
@@ -239,7 +314,11 @@ def drain(database: Path, timeout: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         with engine.connect() as connection:
-            open_rows = connection.execute(select(func.count()).select_from(inbox).where(inbox.c.status.in_(("pending", "running")))).scalar_one()
+            open_rows = connection.execute(
+                select(func.count())
+                .select_from(inbox)
+                .where(inbox.c.status.in_(("pending", "running")))
+            ).scalar_one()
         if open_rows == 0:
             return time.monotonic() - started
         time.sleep(1)
@@ -251,20 +330,32 @@ def print_latency(results: list[dict[str, Any]], wall_ms: float) -> None:
     statuses = Counter(r["status"] for r in results)
     by_kind = Counter((r["kind"], r["status"]) for r in results)
     q = statistics.quantiles(latencies, n=100, method="inclusive")
-    print(f"\nacknowledgement latency over {len(results)} requests (ms): p50 {q[49]:.1f}  p95 {q[94]:.1f}  p99 {q[98]:.1f}  max {latencies[-1]:.1f}")
+    print(
+        f"\nacknowledgement latency over {len(results)} requests (ms): p50 {q[49]:.1f}  p95 {q[94]:.1f}  p99 {q[98]:.1f}  max {latencies[-1]:.1f}"
+    )
     print(f"sent in {wall_ms / 1000:.2f} s ({len(results) / (wall_ms / 1000):.0f} requests/s)")
     print("status counts: " + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items())))
     for (kind, status), count in sorted(by_kind.items()):
         times = sorted(r["ms"] for r in results if (r["kind"], r["status"]) == (kind, status))
-        print(f"  {kind:<14} {status}  x{count:<4} median {times[len(times) // 2]:6.1f} ms  max {times[-1]:6.1f} ms")
+        print(
+            f"  {kind:<14} {status}  x{count:<4} median {times[len(times) // 2]:6.1f} ms  max {times[-1]:6.1f} ms"
+        )
     accepted = sorted(r["ms"] for r in results if r["status"] == 202)
     if len(accepted) > 1:
         qa = statistics.quantiles(accepted, n=100, method="inclusive")
-        print(f"the {len(accepted)} 202 answers alone (ms): p50 {qa[49]:.1f}  p95 {qa[94]:.1f}  p99 {qa[98]:.1f}  max {accepted[-1]:.1f}")
+        print(
+            f"the {len(accepted)} 202 answers alone (ms): p50 {qa[49]:.1f}  p95 {qa[94]:.1f}  p99 {qa[98]:.1f}  max {accepted[-1]:.1f}"
+        )
     sys.stdout.flush()
 
 
-def report(results: list[dict[str, Any]], wall_ms: float, drained: float, seen: dict[str, Any], folder: Path) -> int:
+def report(
+    results: list[dict[str, Any]],
+    wall_ms: float,
+    drained: float,
+    seen: dict[str, Any],
+    folder: Path,
+) -> int:
 
     problems: list[str] = []
     valid = [r for r in results if r["kind"] in ("valid", "duplicate")]
@@ -287,17 +378,32 @@ def report(results: list[dict[str, Any]], wall_ms: float, drained: float, seen: 
     engine = create_engine(f"sqlite:///{folder / 'tokenward.db'}")
     with engine.connect() as connection:
         rows = connection.execute(select(inbox.c.run_id, inbox.c.status, inbox.c.attempts)).all()
-        finished = Counter(r.run_id for r in connection.execute(select(audit_records.c.run_id).where(audit_records.c.kind == "run.finished")))
+        finished = Counter(
+            r.run_id
+            for r in connection.execute(
+                select(audit_records.c.run_id).where(audit_records.c.kind == "run.finished")
+            )
+        )
     done = sum(row.status == "done" for row in rows)
-    print(f"\ninbox: {len(rows)} runs stored for {len(run_of)} distinct incidents; {done} done; drained {drained:.0f} s after the last acknowledgement")
-    print(f"runs finished once: {sum(finished[row.run_id] == 1 for row in rows)}/{len(rows)}; attempts > 1: {sum(row.attempts > 1 for row in rows)}")
+    print(
+        f"\ninbox: {len(rows)} runs stored for {len(run_of)} distinct incidents; {done} done; drained {drained:.0f} s after the last acknowledgement"
+    )
+    print(
+        f"runs finished once: {sum(finished[row.run_id] == 1 for row in rows)}/{len(rows)}; attempts > 1: {sum(row.attempts > 1 for row in rows)}"
+    )
     puts, comments = seen["puts"], seen["comments"]
-    print(f"Sentinel: comment PUTs per incident {dict(Counter(puts.values()))}; comments per incident {dict(Counter(comments.values()))}")
+    print(
+        f"Sentinel: comment PUTs per incident {dict(Counter(puts.values()))}; comments per incident {dict(Counter(comments.values()))}"
+    )
     if len(rows) != len(run_of) or done != len(rows):
         problems.append("not every valid incident was stored once and run to the end")
     if any(finished[row.run_id] != 1 for row in rows):
         problems.append("a run finished more or less than once")
-    if set(puts) != set(run_of) or any(n != 1 for n in puts.values()) or any(n != 1 for n in comments.values()):
+    if (
+        set(puts) != set(run_of)
+        or any(n != 1 for n in puts.values())
+        or any(n != 1 for n in comments.values())
+    ):
         problems.append("an incident did not get exactly one comment PUT and one comment")
     if drained < 0:
         problems.append("the inbox did not drain in time")

@@ -34,7 +34,10 @@ _TYPES = {
     "long": "Int64",
     "real": "Double",
 }
-PATHS = ("/v1.0/security/runHuntingQuery", "/v1.0/security/microsoft.graph.security.runHuntingQuery")
+PATHS = (
+    "/v1.0/security/runHuntingQuery",
+    "/v1.0/security/microsoft.graph.security.runHuntingQuery",
+)
 
 
 @dataclass
@@ -55,7 +58,10 @@ def graph_error(status: int, code: str, message: str) -> JSONResponse:
             "error": {
                 "code": code,
                 "message": message,
-                "innerError": {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "request-id": "emulated-request-id"},
+                "innerError": {
+                    "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                    "request-id": "emulated-request-id",
+                },
             }
         },
         status_code=status,
@@ -71,7 +77,9 @@ def install(emulator: Emulator) -> None:
     async def run_hunting_query(request: Request) -> Response:
         refused = refuse_unless_audience(request, emulator.audiences["graph"])
         if refused is not None:
-            return graph_error(401, "InvalidAuthenticationToken", "Access token validation failure.")
+            return graph_error(
+                401, "InvalidAuthenticationToken", "Access token validation failure."
+            )
         body = await request.json()
         query = str(body.get("query") or body.get("Query") or "")
         rule = emulator.take_fault("POST", request.url.path, query, scope="query")
@@ -81,7 +89,9 @@ def install(emulator: Emulator) -> None:
             return rule.response()
         workspace = emulator.log_analytics.workspace  # type: ignore[attr-defined]
         try:
-            start, end = parse_timespan(body.get("timespan") or body.get("Timespan"), now=datetime.now(UTC))
+            start, end = parse_timespan(
+                body.get("timespan") or body.get("Timespan"), now=datetime.now(UTC)
+            )
             result = workspace.run(query, start=start, end=end)
         except (QueryFailed, ValueError) as failure:
             return graph_error(400, "BadRequest", f"Query could not be parsed or run: {failure}")

@@ -372,9 +372,7 @@ def install(emulator: Emulator) -> None:
 
     @router.api_route("/v1.0/users", methods=["GET"])
     @router.api_route("/v1.0/users/{rest:path}", methods=["GET", "POST", "PATCH"])
-    @router.api_route(
-        "/v1.0/identityProtection/riskyUsers/confirmCompromised", methods=["POST"]
-    )
+    @router.api_route("/v1.0/identityProtection/riskyUsers/confirmCompromised", methods=["POST"])
     async def direct(request: Request) -> Response:
         refused = refuse_unless_audience(request, emulator.audiences["graph"])
         if refused is not None:

@@ -101,7 +101,9 @@ class IdentityState:
             **claims,
         }
         chosen = kid or self.current_kid
-        return jwt.encode(body, self.signing_keys[chosen], algorithm="RS256", headers={"kid": chosen})
+        return jwt.encode(
+            body, self.signing_keys[chosen], algorithm="RS256", headers={"kid": chosen}
+        )
 
 
 def token_for(audience: str, *, client_id: str, tenant: str, roles: list[str]) -> str:
@@ -121,9 +123,7 @@ def token_for(audience: str, *, client_id: str, tenant: str, roles: list[str]) -
         "exp": now + 3600,
         "jti": uuid.uuid4().hex,
     }
-    return ".".join(
-        (_b64({"alg": "none", "typ": "JWT"}), _b64(claims), "emulator-signature")
-    )
+    return ".".join((_b64({"alg": "none", "typ": "JWT"}), _b64(claims), "emulator-signature"))
 
 
 def claims_of(authorization: str | None) -> dict[str, Any] | None:
@@ -146,7 +146,12 @@ def refuse_unless_audience(request: Request, audience: str) -> JSONResponse | No
     claims = claims_of(request.headers.get("authorization"))
     if claims is None:
         return JSONResponse(
-            {"error": {"code": "AuthorizationRequiredError", "message": "Valid authentication was not provided"}},
+            {
+                "error": {
+                    "code": "AuthorizationRequiredError",
+                    "message": "Valid authentication was not provided",
+                }
+            },
             status_code=401,
         )
     if claims.get("aud") != audience:
@@ -194,13 +199,23 @@ def install(emulator: Emulator) -> None:
         client_id = form.get("client_id", "")
         scope = form.get("scope", "")
         if form.get("grant_type") != "client_credentials" or not scope.endswith("/.default"):
-            return _aad_error(400, "invalid_request", "AADSTS900144: expected client_credentials and a /.default scope")
+            return _aad_error(
+                400,
+                "invalid_request",
+                "AADSTS900144: expected client_credentials and a /.default scope",
+            )
         expected = state.secrets.get(client_id)
         if "client_secret" in form:
             if expected is not None and form["client_secret"] != expected:
-                return _aad_error(401, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
+                return _aad_error(
+                    401, "invalid_client", "AADSTS7000215: Invalid client secret provided."
+                )
         elif "client_assertion" not in form:
-            return _aad_error(401, "invalid_client", "AADSTS7000218: the request must contain client_assertion or client_secret")
+            return _aad_error(
+                401,
+                "invalid_client",
+                "AADSTS7000218: the request must contain client_assertion or client_secret",
+            )
         audience = scope.split(" ")[0].removesuffix("/.default")
         state.issued += 1
         return JSONResponse(
@@ -209,7 +224,10 @@ def install(emulator: Emulator) -> None:
                 "expires_in": 3599,
                 "ext_expires_in": 3599,
                 "access_token": token_for(
-                    audience, client_id=client_id, tenant=tenant, roles=state.roles.get(audience, [])
+                    audience,
+                    client_id=client_id,
+                    tenant=tenant,
+                    roles=state.roles.get(audience, []),
                 ),
             }
         )
@@ -217,15 +235,26 @@ def install(emulator: Emulator) -> None:
     @router.get("/msi/token")
     async def managed_identity(request: Request) -> JSONResponse:
         if request.headers.get("x-identity-header") != MSI_HEADER:
-            return JSONResponse({"error": "unauthorized", "error_description": "bad X-IDENTITY-HEADER"}, status_code=401)
+            return JSONResponse(
+                {"error": "unauthorized", "error_description": "bad X-IDENTITY-HEADER"},
+                status_code=401,
+            )
         resource = request.query_params.get("resource", "")
         client_id = request.query_params.get("client_id") or request.query_params.get("clientid")
         if client_id:
             if client_id not in state.user_assigned:
-                return JSONResponse({"error": "invalid_request", "error_description": "Identity not found"}, status_code=400)
+                return JSONResponse(
+                    {"error": "invalid_request", "error_description": "Identity not found"},
+                    status_code=400,
+                )
         elif not state.system_assigned and len(state.user_assigned) != 1:
-            return JSONResponse({"error": "invalid_request", "error_description": "Identity not found"}, status_code=400)
-        identity = client_id or (state.user_assigned[0] if not state.system_assigned else "system-assigned")
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "Identity not found"},
+                status_code=400,
+            )
+        identity = client_id or (
+            state.user_assigned[0] if not state.system_assigned else "system-assigned"
+        )
         state.issued += 1
         return JSONResponse(
             {

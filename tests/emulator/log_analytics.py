@@ -51,7 +51,9 @@ def install(emulator: Emulator) -> None:
     emulator.log_analytics = state  # type: ignore[attr-defined]
     router = APIRouter()
 
-    async def answer(workspace_id: str, body: dict[str, Any], path: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+    async def answer(
+        workspace_id: str, body: dict[str, Any], path: str
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
         """One query's status, headers and body, faults applied."""
         query = str(body.get("query", ""))
         rule = emulator.take_fault("POST", path, query, scope="query")
@@ -60,25 +62,36 @@ def install(emulator: Emulator) -> None:
         if rule is not None and rule.status is not None:
             return rule.status, dict(rule.headers), _fault_body(rule)
         if workspace_id.lower() not in state.workspaces:
-            return 404, {}, error_body(
-                "WorkspaceNotFoundError",
-                f"Workspace {workspace_id} could not be found",
+            return (
+                404,
+                {},
+                error_body(
+                    "WorkspaceNotFoundError",
+                    f"Workspace {workspace_id} could not be found",
+                ),
             )
         try:
             start, end = parse_timespan(body.get("timespan"), now=datetime.now(UTC))
             result = state.workspace.run(query, start=start, end=end)
         except (QueryFailed, ValueError) as failure:
-            return 400, {}, error_body(
-                "BadArgumentError",
-                "The request had some invalid properties",
-                {
-                    "code": "SemanticError",
-                    "message": "A semantic error occurred.",
-                    "innererror": {"code": "SEM0100", "message": str(failure)},
-                },
+            return (
+                400,
+                {},
+                error_body(
+                    "BadArgumentError",
+                    "The request had some invalid properties",
+                    {
+                        "code": "SemanticError",
+                        "message": "A semantic error occurred.",
+                        "innererror": {"code": "SEM0100", "message": str(failure)},
+                    },
+                ),
             )
         rows = [
-            [wire_value(column.type, value, dynamic_as_text=True) for column, value in zip(result.columns, row, strict=True)]
+            [
+                wire_value(column.type, value, dynamic_as_text=True)
+                for column, value in zip(result.columns, row, strict=True)
+            ]
             for row in result.rows
         ]
         payload: dict[str, Any] = {

@@ -41,9 +41,7 @@ _PATH = re.compile(
     r"(?:/comments(?:/(?P<comment>[^/]+))?|/(?P<entities>entities))?$",
     re.IGNORECASE,
 )
-_FILTER = re.compile(
-    r"^properties/createdTimeUtc (?P<op>gt|ge|lt|le) (?P<at>\S+)$", re.IGNORECASE
-)
+_FILTER = re.compile(r"^properties/createdTimeUtc (?P<op>gt|ge|lt|le) (?P<at>\S+)$", re.IGNORECASE)
 MAX_COMMENT = 30_000
 
 
@@ -140,13 +138,9 @@ def install(emulator: Emulator) -> None:
                 found = state.incidents.get(key)
                 found = copy.deepcopy(found) if found else None
             if found is None:
-                return _error(
-                    404, "NotFound", f"Incident {match['name']} was not found"
-                )
+                return _error(404, "NotFound", f"Incident {match['name']} was not found")
             return JSONResponse(found)
-        return await _put_incident(
-            state, key, match["incident"], match["name"], request
-        )
+        return await _put_incident(state, key, match["incident"], match["name"], request)
 
     emulator.app.include_router(router)
 
@@ -156,9 +150,7 @@ def _list(state: SentinelState, key: str, request: Request) -> Response:
     params = request.query_params
     with state.lock:
         prefix = key + "/"
-        listed = [
-            copy.deepcopy(i) for k, i in state.incidents.items() if k.startswith(prefix)
-        ]
+        listed = [copy.deepcopy(i) for k, i in state.incidents.items() if k.startswith(prefix)]
     text = params.get("$filter")
     if text:
         match = _FILTER.match(text.strip())
@@ -204,13 +196,9 @@ async def _put_incident(
     properties = body["properties"]
     missing = [k for k in ("title", "severity", "status") if not properties.get(k)]
     if missing:
-        return _error(
-            400, "BadRequest", f"missing required properties: {', '.join(missing)}"
-        )
+        return _error(400, "BadRequest", f"missing required properties: {', '.join(missing)}")
     if properties["status"] == "Closed" and not properties.get("classification"):
-        return _error(
-            400, "BadRequest", "Classification is required when closing an incident"
-        )
+        return _error(400, "BadRequest", "Classification is required when closing an incident")
     for label in properties.get("labels") or []:
         if not isinstance(label, dict) or not isinstance(label.get("labelName"), str):
             return _error(400, "BadRequest", "labels are objects with a labelName")
@@ -239,15 +227,11 @@ async def _put_comment(
     state: SentinelState, key: str, comment_id: str, request: Request
 ) -> Response:
     body = await _json(request)
-    message = (
-        body.get("properties", {}).get("message") if isinstance(body, dict) else None
-    )
+    message = body.get("properties", {}).get("message") if isinstance(body, dict) else None
     if not isinstance(message, str) or not message:
         return _error(400, "BadRequest", "properties.message is required")
     if len(message) > MAX_COMMENT:
-        return _error(
-            400, "BadRequest", f"the message is longer than {MAX_COMMENT} characters"
-        )
+        return _error(400, "BadRequest", f"the message is longer than {MAX_COMMENT} characters")
     with state.lock:
         if key not in state.incidents:
             return _error(404, "NotFound", "the incident was not found")
@@ -260,9 +244,7 @@ async def _put_comment(
             "etag": _etag(),
             "properties": {
                 "message": message,
-                "createdTimeUtc": (known or {})
-                .get("properties", {})
-                .get("createdTimeUtc")
+                "createdTimeUtc": (known or {}).get("properties", {}).get("createdTimeUtc")
                 or "2026-01-15T10:00:00Z",
                 "author": {"objectId": "emulated", "name": "tokenward"},
             },
@@ -283,6 +265,4 @@ def _etag() -> str:
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status
-    )
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)

@@ -223,7 +223,9 @@ class Emulator:
             self._faults.append(added)
         return added
 
-    def take_fault(self, method: str, path: str, text: str = "", *, scope: FaultScope) -> Fault | None:
+    def take_fault(
+        self, method: str, path: str, text: str = "", *, scope: FaultScope
+    ) -> Fault | None:
         """The first rule that matches, counted as used; ``None`` if none does."""
         with self._lock:
             for rule in self._faults:

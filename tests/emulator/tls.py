@@ -42,9 +42,15 @@ def make_tls(directory: Path) -> TlsFiles:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -88,7 +94,9 @@ def make_tls(directory: Path) -> TlsFiles:
     return files
 
 
-def make_client_certificate(directory: Path, *, with_key: bool = True, with_cert: bool = True) -> Path:
+def make_client_certificate(
+    directory: Path, *, with_key: bool = True, with_cert: bool = True
+) -> Path:
     """A self-signed app certificate in one PEM, as CertificateCredential reads it."""
     from cryptography.hazmat.primitives.asymmetric import rsa
 

@@ -59,9 +59,7 @@ class Workspace:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
     # (monotonic time it becomes visible, table, row), not yet visible.
-    _pending: list[tuple[float, str, dict[str, Any]]] = field(
-        default_factory=list, repr=False
-    )
+    _pending: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list, repr=False)
 
     def reset(self) -> None:
         self.now = None
@@ -69,9 +67,7 @@ class Workspace:
             self._pending = []
         self.load({})
 
-    def add_later(
-        self, tables: dict[str, list[dict[str, Any]]], *, after_seconds: float
-    ) -> float:
+    def add_later(self, tables: dict[str, list[dict[str, Any]]], *, after_seconds: float) -> float:
         """Add *tables*' rows, visible to queries only *after_seconds* from now
         (an ingestion delay); the monotonic time they become visible."""
         visible = time.monotonic() + after_seconds
@@ -146,9 +142,7 @@ class Workspace:
             if end is not None:
                 where.append(f"\"{column}\" <= TIMESTAMPTZ '{end.isoformat()}'")
             clause = f" WHERE {' AND '.join(where)}" if where else ""
-            con.execute(
-                f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "data_{name}"{clause}'
-            )
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "data_{name}"{clause}')
 
 
 def _kind(duckdb_type: str) -> str:
