@@ -65,6 +65,38 @@ from playbooks.wiring import action_kinds as _action_kinds
 
 logger = logging.getLogger(__name__)
 
+
+def _report_path(
+    context: click.Context, parameter: click.Parameter, value: Path | None
+) -> Path | None:
+    """A report file option, refused before the run if it cannot be written.
+
+    A run in auto mode writes to the tenant; finding out afterwards that its
+    report has nowhere to go would leave the operator without the record of
+    what was done.
+    """
+    if value is None:
+        return None
+    problem = _unwritable(value)
+    if problem:
+        raise click.BadParameter(f"{value}: {problem}", param=parameter)
+    return value
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why *path* cannot take a report, or ``None`` if it can."""
+    if path.is_dir():
+        return "is a directory"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Writing is the only test that holds for every file system and user.
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tokenward-"):
+            pass
+    except OSError as failure:
+        return f"cannot write there ({failure.strerror or type(failure).__name__})"
+    return None
+
+
 MAX_WINDOW = timedelta(days=90)
 T = TypeVar("T")
 
@@ -146,17 +178,20 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_report_path,
     help="Also write the JSON report to this file.",
 )
 @click.option(
     "--markdown",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_report_path,
     help="Also write the report as Markdown.",
 )
 @click.option(
     "--report",
     "html_report",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_report_path,
     help="Also write the report as one self-contained HTML file.",
 )
 @click.option(
@@ -374,6 +409,7 @@ def plans_reject(app: App, plan_id: str, by: str, reason: str | None) -> None:
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_report_path,
     help="Also write the JSON report to this file.",
 )
 @pass_app
@@ -530,17 +566,20 @@ def doctor(app: App) -> None:
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_report_path,
     help="Also write the JSON report to this file.",
 )
 @click.option(
     "--markdown",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_report_path,
     help="Where to write the Markdown report (default: reports/NAME.md).",
 )
 @click.option(
     "--report",
     "html_report",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_report_path,
     help="Where to write the HTML report (default: reports/NAME.html).",
 )
 @pass_app
@@ -570,6 +609,12 @@ def exercise(
         raise click.UsageError("give a scenario NAME or --file, not both")
     path = scenario_file or find_scenario(name or "seed-true-positive")
     scenario = load_scenario(path)
+    markdown_path = markdown or Path("reports") / f"{scenario.name}.md"
+    html_path = html_report or Path("reports") / f"{scenario.name}.html"
+    for report_path in {markdown_path, html_path} - {markdown, html_report}:
+        problem = _unwritable(report_path)
+        if problem:
+            raise click.UsageError(f"the report {report_path}: {problem}; give --markdown/--report")
     settings = scenario.with_settings(app.settings())
     playbook = load_playbook(settings.playbook.path)
     overrides = [parse_set(item) for item in sets]
@@ -626,8 +671,6 @@ def exercise(
         what_if=what_if,
         scenario=scenario.name,
     )
-    markdown_path = markdown or Path("reports") / f"{scenario.name}.md"
-    html_path = html_report or Path("reports") / f"{scenario.name}.html"
     _write(markdown_path, to_markdown(report, context=context))
     _write(html_path, to_html(report, context=context))
     _emit(app, report, as_json=as_json, output=output, markdown=None, context=context)
@@ -1049,8 +1092,15 @@ def to_html(report: RunReport, *, context: ReportContext) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as failure:
+        raise TokenwardError(
+            f"the run is complete and in the audit, but its report could not be written "
+            f"to {path} ({failure.strerror or type(failure).__name__}); "
+            "the run's records are in the audit (tokenward audit show)"
+        ) from None
 
 
 def _exit_for(report: RunReport) -> None:

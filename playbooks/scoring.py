@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from playbooks.models import (
     Baseline,
@@ -255,6 +255,16 @@ def _threat_intel_ip(config: SignalConfig, given: SignalInput) -> Reason | None:
 class UserAgentConfig(SignalConfig):
     # Case-insensitive regular expressions.
     patterns: list[str]
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern, flags=re.IGNORECASE)
+            except re.error as failure:
+                raise ValueError(f"not a regular expression: {pattern!r} ({failure})") from None
+        return patterns
 
 
 @signal("scripted_user_agent", UserAgentConfig, "a script, not a browser, redeemed the code")

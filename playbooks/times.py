@@ -21,6 +21,7 @@ _US = re.compile(
     r"(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<frac>\d+))?)?"
     r"\s*(?P<ampm>AM|PM|am|pm)?$"
 )
+LONGEST_DURATION = timedelta(days=3660)
 _DURATION = re.compile(r"^(?P<n>\d+)\s*(?P<unit>s|m|h|d|w)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -110,7 +111,15 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise ValueError(f"not a duration (use e.g. 15m, 24h, 7d): {text!r}")
-    return timedelta(**{_UNITS[match["unit"]]: int(match["n"])})
+    try:
+        duration = timedelta(**{_UNITS[match["unit"]]: int(match["n"])})
+    except OverflowError:
+        duration = None
+    # No window, delay or lookback tokenward reads is anywhere near this; a
+    # larger value is a typo, and would overflow the dates it is taken from.
+    if duration is None or duration > LONGEST_DURATION:
+        raise ValueError(f"longer than {LONGEST_DURATION.days} days: {text!r}")
+    return duration
 
 
 def utcnow() -> datetime:

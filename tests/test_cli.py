@@ -98,6 +98,8 @@ def test_a_hunt_scoped_to_other_users_finds_nothing(tmp_path: Path, exports: Pat
         (["--since", "soon"], "not a duration"),
         (["--start", "yesterday"], "'yesterday' is not a time"),
         (["--since", "120d"], "longer than 90 days"),
+        (["--since", "3000000d"], "longer than 3660 days"),
+        (["--since", "99999999999999999999d"], "longer than 3660 days"),
         (["--user", 'x" or 1==1 or "'], "is not a UPN or mail address"),
     ],
 )
@@ -234,3 +236,57 @@ def test_a_bad_window_is_refused_and_the_refused_run_is_audited(
         rows = list(db.execute("SELECT kind, data FROM audit_records ORDER BY seq"))
     assert [kind for kind, _ in rows] == ["run.started", "run.failed"]
     assert "at or after it ends" in rows[1][1]
+
+
+@pytest.mark.parametrize("option", ["--output", "--markdown", "--report"])
+def test_a_report_path_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path: Path, exports: Path, option: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    done = hunt(tmp_path, exports, option, str(blocker / "report.out"))
+
+    assert done.returncode == 2
+    assert f"Invalid value for '{option}'" in done.stderr
+    assert "cannot write there" in done.stderr
+    assert "Traceback" not in done.stderr
+    # Refused as the command was read: no run started, nothing was audited.
+    assert not (tmp_path / "tokenward.db").exists()
+
+
+def test_an_exercise_whose_default_report_folder_is_unwritable_is_refused_before_it_runs(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "reports").write_text("a file where the reports folder would be")
+
+    done = run(tmp_path, "exercise", "seed-true-positive")
+
+    assert done.returncode == 2
+    assert "reports/seed-true-positive" in done.stderr
+    assert "give --markdown/--report" in done.stderr
+    assert not (tmp_path / "tokenward.db").exists()
+
+
+def test_an_empty_export_file_is_no_records_and_the_missing_evidence_is_warned_of(
+    tmp_path: Path, exports: Path
+) -> None:
+    (exports / "UrlClickEvents.jsonl").unlink()
+    (exports / "EmailEvents.jsonl").write_text("")
+
+    done = hunt(tmp_path, exports, "--json")
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["findings"], "the sign-in is still found"
+    assert (
+        "EmailEvents.jsonl: the file is empty: no records were read from it" in report["warnings"]
+    )
+    assert (
+        "the export holds no EmailEvents records: no sign-in can be linked to the mail "
+        "that came before it"
+    ) in report["warnings"]
+    assert (
+        "the export holds no UrlClickEvents records: no sign-in can be linked to a click "
+        "on the lure"
+    ) in report["warnings"]

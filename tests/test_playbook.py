@@ -85,6 +85,18 @@ def test_a_bad_signal_setting_is_refused_with_its_key(copy: Path) -> None:
         load_playbook(copy)
 
 
+def test_a_user_agent_pattern_that_is_no_regular_expression_is_refused_at_load(
+    copy: Path,
+) -> None:
+    edit(copy, '        - "^wget"', '        - "(unclosed"')
+    with pytest.raises(
+        PlaybookError,
+        match=r"scoring\.signals\.scripted_user_agent\.patterns.*not a regular expression: "
+        r"'\(unclosed'",
+    ):
+        load_playbook(copy)
+
+
 def test_thresholds_must_be_ordered(copy: Path) -> None:
     edit(copy, "    medium: 40", "    medium: 80")
     with pytest.raises(PlaybookError, match="medium .80. must be below high .70."):

@@ -58,3 +58,13 @@ def test_durations() -> None:
     assert parse_duration("7d") == timedelta(days=7)
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("soon")
+
+
+@pytest.mark.parametrize("text", ["3661d", "523w", "99999999999999999999d", "999999999999999999h"])
+def test_a_duration_longer_than_ten_years_is_refused_rather_than_overflowing(text: str) -> None:
+    with pytest.raises(ValueError, match="longer than 3660 days"):
+        parse_duration(text)
+
+
+def test_ten_years_is_still_a_duration() -> None:
+    assert parse_duration("3660d") == timedelta(days=3660)

@@ -47,6 +47,14 @@ _LOCATE_LIMIT = 64 * 1024 * 1024
 _tags = itertools.count(1)
 
 
+SIGN_IN_TABLES = ("SigninLogs", "AADNonInteractiveUserSignInLogs")
+#: The evidence tables whose absence the findings cannot show by themselves.
+EVIDENCE_TABLES = {
+    "EmailEvents": "no sign-in can be linked to the mail that came before it",
+    "UrlClickEvents": "no sign-in can be linked to a click on the lure",
+}
+
+
 @dataclass(frozen=True)
 class FileLoad:
     """What one file held, and what of it was loaded."""
@@ -227,7 +235,17 @@ class ExportLoader:
             skip_bad_records=self._skip,
             rejects_table=f"tokenward_rejects_{next(_tags)}",
         )
-        read = detect(sniff(path), options)
+        sniffed = sniff(path)
+        if sniffed.complete and not sniffed.head.lstrip(b"\xef\xbb\xbf \t\r\n"):
+            # An export of a table with nothing in it: no records, not an error.
+            return FileLoad(
+                path=str(path),
+                shape="empty",
+                framing="none",
+                tables={},
+                notes=("the file is empty: no records were read from it",),
+            )
+        read = detect(sniffed, options)
 
         plan, skipped, unnamed = self._plan(path, read)
         counts: dict[str, int] = {}
@@ -456,6 +474,10 @@ class ExportLoader:
                     f"{' or '.join(table.signals)}: a hunt over this export "
                     "cannot find device code sign-ins"
                 )
+        if any(summary.rows.get(name) for name in SIGN_IN_TABLES):
+            for name, lost in EVIDENCE_TABLES.items():
+                if not summary.rows.get(name):
+                    summary.warnings.append(f"the export holds no {name} records: {lost}")
         if summary.bad_records:
             summary.warnings.append(
                 f"{summary.bad_records:,} bad record(s) were left out "
