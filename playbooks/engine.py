@@ -596,7 +596,14 @@ class Runner:
             privileged_users=frozenset(
                 name.lower()
                 for user in readings
-                if holds_privileged_role(user, policy.privileged_roles) or not user.roles_known
+                if user.roles_known and holds_privileged_role(user, policy.privileged_roles)
+                for name in (user.key, user.id, user.user_principal_name)
+                if name
+            ),
+            unread_users=frozenset(
+                name.lower()
+                for user in readings
+                if not user.roles_known
                 for name in (user.key, user.id, user.user_principal_name)
                 if name
             ),

@@ -51,6 +51,9 @@ class Guardrails:
     comment_api_version: str = "2025-09-01"
     # Lower-cased UPNs and object ids that hold privileged directory roles.
     privileged_users: frozenset[str] = field(default_factory=frozenset)
+    # Lower-cased UPNs and object ids whose roles could not be read: as
+    # privileged users, they wait for a person.
+    unread_users: frozenset[str] = field(default_factory=frozenset)
     # Lower-cased UPNs and object ids of accounts synced from on-premises.
     synced_users: frozenset[str] = field(default_factory=frozenset)
 
@@ -165,11 +168,16 @@ def _gate(
         hold("tier", Gate.APPROVAL, f"the {finding.tier} tier does not run unattended")
     if is_protected_account(target, guardrails.protected_accounts):
         hold("protected_account", Gate.BLOCKED, f"{target.label} is a protected account")
-    if target.user_principal_name.lower() in guardrails.privileged_users or (
-        target.user_id and target.user_id.lower() in guardrails.privileged_users
-    ):
+    names = {target.user_principal_name.lower(), target.user_id.lower()} - {""}
+    if names & guardrails.privileged_users:
         hold(
             "privileged_account", Gate.APPROVAL, f"{target.label} holds a privileged directory role"
+        )
+    elif names & guardrails.unread_users:
+        hold(
+            "privileged_account",
+            Gate.APPROVAL,
+            f"{target.label} could not be read from the directory, so its roles are unknown",
         )
     if finding.allowlisted:
         hold("sanctioned_use", Gate.APPROVAL, "the sign-in matches a sanctioned use")

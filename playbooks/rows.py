@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from playbooks.identities import is_guid
 from playbooks.models import (
     Baseline,
     FlowEvidence,
@@ -42,6 +43,21 @@ KNOWN_PROTOCOLS = {
 INTERRUPT_CODES = frozenset(
     {50055, 50072, 50074, 50076, 50079, 50125, 50140, 50158, 50199, 70016, 81010}
 )
+
+
+
+def object_id(value: Any) -> str:
+    """A directory object id from the logs, or ``""`` when it is not a GUID.
+
+    Graph requests put the id in their path; a value that is not one (the
+    logs are data anyone who can reach a sign-in page shapes) is dropped, and
+    the user is addressed by the percent-encoded UPN instead.
+    """
+    given = text(value).strip().lower()
+    if given and not is_guid(given):
+        logger.warning("ignored a UserId that is not an object id: %r", given[:80])
+        return ""
+    return given
 
 
 def text(value: Any) -> str:
@@ -161,7 +177,7 @@ def sign_in_from_row(row: Row) -> SignIn | None:
         source_table=text(row.get("SourceTable")) or "SigninLogs",
         id=text(row.get("Id")),
         user_principal_name=text(row.get("UserPrincipalName")),
-        user_id=text(row.get("UserId")).lower(),
+        user_id=object_id(row.get("UserId")),
         user_display_name=text(row.get("UserDisplayName")),
         user_type=text(row.get("UserType")),
         home_tenant_id=text(row.get("HomeTenantId")),

@@ -14,10 +14,13 @@ from typing import Any
 import duckdb_kql
 import pytest
 
+from playbooks.actions import revoke_sessions
 from playbooks.errors import IdentityError
 from playbooks.identities import require_guid, require_ip, require_upn
 from playbooks.kql import HitsTable, kql_string
+from playbooks.models import Target
 from playbooks.playbook import load_playbook
+from playbooks.rows import sign_in_from_row
 from tests.test_kql_literals import HOSTILE
 
 AT = datetime(2026, 1, 15, 9, 24, 58, tzinfo=UTC)
@@ -175,3 +178,27 @@ def test_a_correlation_given_hostile_hits_returns_no_rows_beyond_its_matches(
 def test_control_characters_in_a_hit_are_refused_not_passed_on(value: str) -> None:
     with pytest.raises(ValueError, match="control character"):
         HitsTable([{"Id": "si-1", "TimeGenerated": AT, "UserPrincipalName": value}])
+
+
+@pytest.mark.parametrize(
+    "value", ["../../../groups/abc?x=1#", "me", "aaaaaaaa-0000-4000-8000", *HOSTILE]
+)
+def test_a_user_id_from_the_logs_that_is_no_object_id_never_reaches_a_graph_path(
+    value: str,
+) -> None:
+    sign_in = sign_in_from_row(
+        {
+            "TimeGenerated": "2026-01-15T09:00:00Z",
+            "Id": "row-1",
+            "UserPrincipalName": "pat.lee_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+            "UserId": value,
+            "AuthenticationProtocol": "deviceCode",
+        }
+    )
+
+    assert sign_in is not None
+    assert sign_in.user_id == ""
+    target = Target(user_principal_name=sign_in.user_principal_name, user_id=sign_in.user_id)
+    assert revoke_sessions(target).path == (
+        "/users/pat.lee_fabrikam.com%23EXT%23@contoso.onmicrosoft.com/revokeSignInSessions"
+    )

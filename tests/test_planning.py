@@ -76,6 +76,32 @@ def test_a_protected_account_is_never_planned_for_under_any_score() -> None:
         assert all(d.guardrail == "protected_account" for a in result.actions for d in a.decisions)
 
 
+def test_a_privileged_user_and_one_whose_roles_could_not_be_read_wait_with_their_own_reason() -> (
+    None
+):
+    cases = {
+        "privileged": (
+            Guardrails(privileged_users=frozenset({"megan.bowen@contoso.com"})),
+            "megan.bowen@contoso.com holds a privileged directory role",
+        ),
+        "unread": (
+            Guardrails(unread_users=frozenset({"aaaaaaaa-0000-4000-8000-000000000002"})),
+            "could not be read from the directory, so its roles are unknown",
+        ),
+    }
+    for guardrails, reason in cases.values():
+        result = plan([finding(score=100)], guardrails)
+        user_actions = [a for a in result.actions if a.targets]
+        assert user_actions and {a.gate for a in user_actions} == {Gate.APPROVAL}
+        details = [
+            d.detail
+            for a in user_actions
+            for d in a.decisions
+            if d.guardrail == "privileged_account"
+        ]
+        assert details and all(reason in detail for detail in details)
+
+
 def test_sanctioned_use_never_runs_unattended() -> None:
     result = plan([finding(allowlisted=True)])
     assert {a.gate for a in result.actions} == {Gate.APPROVAL}
