@@ -38,6 +38,9 @@ class Location:
     key: str | None = None
 
     def __str__(self) -> str:
+        if self.file is None and self.line is None and self.key:
+            # A setting checked once loaded: its key is where it is.
+            return f"at {self.key}"
         place = self.file or "<input>"
         if self.line is not None:
             place += f":{self.line}"

@@ -149,6 +149,17 @@ def test_skipping_leaves_out_bad_lines_and_counts_them(tmp_path: Path) -> None:
     assert item.bad_records == 3 and item.problem
 
 
+def test_a_skipped_line_that_is_not_json_is_named_by_its_line(tmp_path: Path) -> None:
+    lines(tmp_path / "SigninLogs.jsonl", [*good_lines(2), '{"TimeGenerated": ', *good_lines(1)])
+
+    _, summary = load_directory(tmp_path, skip_bad_records=True)
+
+    assert summary.rows == {"SigninLogs": 3}
+    (item,) = summary.files
+    assert item.bad_records == 1
+    assert item.problem == "line 3 is not valid JSON"
+
+
 def test_skipping_leaves_out_a_broken_csv_row_and_counts_it(tmp_path: Path) -> None:
     (tmp_path / "SigninLogs.csv").write_text(
         "TimeGenerated [UTC],UserPrincipalName,IsInteractive\n"

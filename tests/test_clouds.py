@@ -27,7 +27,7 @@ def test_us_government_derives_its_own_authority_graph_scope_and_log_analytics()
 def test_another_clouds_graph_host_is_refused_at_startup() -> None:
     with pytest.raises(
         SettingsError,
-        match=r"at azure.graph_endpoint\): graph_endpoint 'https://graph.microsoft.com' is the Microsoft Graph host of AzurePublic, but cloud is AzureUSGovernment",
+        match=r"at azure.graph_endpoint: graph_endpoint 'https://graph.microsoft.com' is the Microsoft Graph host of AzurePublic, but cloud is AzureUSGovernment",
     ):
         endpoints(cloud="USGov", graph_endpoint="https://graph.microsoft.com")
 
@@ -96,7 +96,7 @@ def test_an_emulator_or_proxy_host_keeps_the_production_scopes() -> None:
 def test_endpoints_that_cannot_be_right_are_refused_naming_the_key(
     key: str, value: str, message: str
 ) -> None:
-    with pytest.raises(SettingsError, match=rf"\(at azure\.{key}\): .*{message}"):
+    with pytest.raises(SettingsError, match=rf"at azure\.{key}: .*{message}"):
         endpoints(**{key: value})
 
 

@@ -102,7 +102,7 @@ def test_a_pem_with_only_a_private_key_is_refused_before_any_request(
     key_only = make_client_certificate(tmp_path, with_cert=False)
     with pytest.raises(
         SettingsError,
-        match=r"at azure.credential.certificate_path\).*cannot be used as the app's certificate",
+        match=r"at azure.credential.certificate_path: .*cannot be used as the app's certificate",
     ):
         token(emu, {"kind": "client_certificate", "certificate_path": str(key_only)})
     assert emu.requests() == []

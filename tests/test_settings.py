@@ -104,7 +104,7 @@ def test_server_timeout_must_stay_below_the_read_timeout() -> None:
     # B18: a client that gives up first wastes the query and retries it again.
     with pytest.raises(
         SettingsError,
-        match=r"at log_analytics.server_timeout\): server_timeout \(600 s\) must be below azure.read_timeout \(100 s\)",
+        match=r"at log_analytics.server_timeout: server_timeout \(600 s\) must be below azure.read_timeout \(100 s\)",
     ):
         settings_from_dict(
             {"log_analytics": {"server_timeout": 600}, "azure": {"read_timeout": 100}}

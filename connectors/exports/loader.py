@@ -419,7 +419,11 @@ class ExportLoader:
             self._con.execute(f"DROP TABLE {stage}")
         left_out = int(bad[0]) if bad else 0
         reason: str | None = str(bad[1]) if bad and bad[1] else None
-        if reason:
+        if reason and reason.startswith("a record has no ") and read.framing == "json-lines":
+            # A line that is not JSON at all reaches here as an empty record.
+            broken = _first_malformed_line(path)
+            reason = f"line {broken} is not valid JSON" if broken else reason
+        elif reason:
             value = _offending_value(reason)
             line = _first_line_holding(path, value) if value else None
             reason = f"{reason} (line {line})" if line else reason
