@@ -63,9 +63,15 @@ def parse_body(body: bytes) -> Any:
             f"the body is not JSON: {failure.msg} at line {failure.lineno}, column {failure.colno}",
             status=400,
         ) from None
-    except (RecursionError, ValueError) as failure:
+    except RecursionError:
         raise PayloadError(
-            f"the body is not JSON tokenward can read ({type(failure).__name__})",
+            f"the body is not JSON tokenward can read: it nests deeper than {MAX_DEPTH} levels",
+            status=400,
+        ) from None
+    except ValueError:
+        # What json.loads refuses beyond syntax: integers of thousands of digits.
+        raise PayloadError(
+            "the body is not JSON tokenward can read: it holds a number too long to be one",
             status=400,
         ) from None
     _check_text(value, "", 0)
@@ -75,7 +81,7 @@ def parse_body(body: bytes) -> Any:
 def check_delivery(payload: Any) -> str:
     """Check *payload* against the delivery schema; returns which shape it is."""
     if not isinstance(payload, dict):
-        raise PayloadError(f"the body is a JSON {type(payload).__name__}, not an object")
+        raise PayloadError(f"the body is {_json_kind(payload)}, not a JSON object")
     model: type[BaseModel]
     if "object" in payload:
         shape, model = "trigger", TriggerBody
@@ -220,6 +226,19 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _Duplicate(key)
         found[key] = value
     return found
+
+
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words."""
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, str):
+        return "a JSON string"
+    if isinstance(value, bool):
+        return f"JSON {str(value).lower()}"
+    if isinstance(value, int | float):
+        return "a JSON number"
+    return "JSON null"
 
 
 def _no_constant(name: str) -> Any:

@@ -8,6 +8,7 @@ service went on working.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,12 +57,19 @@ BAD_BODIES: dict[str, tuple[bytes, int, str]] = {
     "lone-surrogate": (json.dumps(with_properties(title="\ud800")).encode(), 400, "lone surrogate"),
     "too-deep": (nested(100), 400, "nests deeper than 32 levels"),
     "recursion-bomb": (nested(200_000)[:500_000], 400, "the body is not JSON"),
+    "deep-enough-to-overflow": (
+        nested(200_000),
+        400,
+        "the body is not JSON tokenward can read: it nests deeper than 32 levels",
+    ),
     "huge-number": (
         b'{"object": ' + b"9" * 5000 + b"}",
         400,
-        "the body is not JSON tokenward can read",
+        "the body is not JSON tokenward can read: it holds a number too long to be one",
     ),
-    "a-list": (b"[1, 2]", 422, "the body is a JSON list, not an object"),
+    "a-list": (b"[1, 2]", 422, "the body is a JSON array, not a JSON object"),
+    "a-string": (b'"incident"', 422, "the body is a JSON string, not a JSON object"),
+    "null": (b"null", 422, "the body is JSON null, not a JSON object"),
     "no-incident": (b'{"hello": "world"}', 422, "the body holds no incident"),
     "an-alert": (
         json.dumps({**incident(), "objectSchemaType": "Alert"}).encode(),
@@ -155,6 +163,9 @@ def test_every_bad_body_gets_a_4xx_that_says_what_is_wrong_and_nothing_is_stored
 
     assert answer.status_code == status, answer.text
     assert message in answer.json()["message"]
+    assert not re.search(r"[A-Z][a-z]+Error\b|\b(list|dict|str|NoneType)\b", answer.text), (
+        "the sender is told in JSON's words, not Python's"
+    )
     assert service.parts.inbox.counts() == before
     assert emu.requests(r"^/subscriptions") == []
 
