@@ -6,6 +6,11 @@ apart. Editing a record breaks its hash, inserting one breaks the next
 record's link, deleting one leaves a gap in the sequence, and deleting the
 newest ones leaves the log shorter than its head.
 
+A chain is keyed or not from its first record on: the store keeps a
+fingerprint of the key (an HMAC of a fixed label under it), and a log with no
+key, or another key, is refused before it appends anything and told so when it
+verifies, so one chain never mixes records hashed in different ways.
+
 The audit is data, not logging: an intent is recorded before every side
 effect and its outcome after. Nothing is stored that could let someone act
 as tokenward: keys that name secrets and strings that look like tokens are
@@ -25,11 +30,18 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from playbooks.errors import AuditError
-from playbooks.store import Store, audit_head, audit_records
+from playbooks.settings import ENV_AUDIT_KEY
+from playbooks.store import Store, audit_head, audit_key, audit_records
 from playbooks.times import isoformat_z, utcnow
 
 GENESIS = "0" * 64
 REDACTED = "[redacted]"
+# What a key's fingerprint is the HMAC of: it tells which key keyed a chain
+# and nothing about the key itself.
+_FINGERPRINT_LABEL = b"tokenward audit key fingerprint"
+# The fingerprint of a chain from before fingerprints were kept whose newest
+# record matches neither no key nor the key at hand.
+_UNKNOWN_KEY = "unknown"
 
 _SECRET_KEY = re.compile(
     r"(authorization|password|secret|access_?token|refresh_?token|id_?token|"
@@ -56,10 +68,17 @@ class AuditRecord:
 class Verification:
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    # Why the records could not be checked at all (the key is missing or wrong).
+    unverifiable: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.unverifiable is None
+
+
+def key_fingerprint(key: bytes | None) -> str | None:
+    """What the store keeps of *key*: an HMAC of a fixed label under it; None without a key."""
+    return hmac.new(key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest() if key else None
 
 
 def redact(value: Any) -> Any:
@@ -82,6 +101,7 @@ class AuditLog:
     def __init__(self, store: Store, *, key: bytes | None = None) -> None:
         self._store = store
         self._key = key
+        self._fingerprint = key_fingerprint(key)
 
     def record(
         self, run_id: str, kind: str, data: dict[str, Any], *, actor: str = "tokenward"
@@ -110,9 +130,10 @@ class AuditLog:
         clean = redact(data)
         at = isoformat_z(utcnow())
         head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+        self._claim(connection, head)
         seq = (head.seq if head else 0) + 1
         prev = head.hash if head else GENESIS
-        digest = self._digest(seq, run_id, at, kind, actor, clean, prev)
+        digest = _digest(self._key, seq, run_id, at, kind, actor, clean, prev)
         connection.execute(
             insert(audit_records).values(
                 seq=seq,
@@ -166,6 +187,7 @@ class AuditLog:
         if not entries:
             return []
         head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+        self._claim(connection, head)
         seq = head.seq if head else 0
         prev = head.hash if head else GENESIS
         at = isoformat_z(utcnow())
@@ -173,7 +195,7 @@ class AuditLog:
         for run_id, kind, data, actor in entries:
             seq += 1
             clean = redact(data)
-            digest = self._digest(seq, run_id, at, kind, actor, clean, prev)
+            digest = _digest(self._key, seq, run_id, at, kind, actor, clean, prev)
             written.append(AuditRecord(seq, run_id, at, kind, actor, clean, prev, digest))
             prev = digest
         connection.execute(
@@ -211,11 +233,64 @@ class AuditLog:
             rows = connection.execute(query).all()
         return [_record(row) for row in rows]
 
+    def check_key(self) -> None:
+        """Raise :class:`AuditError` now unless this log's key (or none) is the chain's."""
+        with self._store.engine.connect() as connection:
+            head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+            self._chain_fingerprint(connection, head)
+
+    def _claim(self, connection: Connection, head: Any) -> None:
+        """Refuse to append unless this log's key is the chain's; the first record fixes it."""
+        recorded, stored = self._chain_fingerprint(connection, head)
+        if not stored:
+            connection.execute(insert(audit_key).values(id=1, fingerprint=recorded))
+
+    def _chain_fingerprint(self, connection: Connection, head: Any) -> tuple[str | None, bool]:
+        """The chain's key fingerprint and whether the store holds it yet;
+        :class:`AuditError` if it is not this log's."""
+        marker = connection.execute(select(audit_key).where(audit_key.c.id == 1)).first()
+        if marker is not None:
+            recorded = marker.fingerprint
+        elif head is None:
+            recorded = self._fingerprint
+        else:
+            recorded = self._inferred_fingerprint(connection, head.seq)
+        problem = self._mismatch(recorded)
+        if problem is not None:
+            raise AuditError(f"{problem}; nothing was recorded")
+        return recorded, marker is not None
+
+    def _inferred_fingerprint(self, connection: Connection, seq: int) -> str | None:
+        """A chain from before fingerprints were kept: how its newest record was hashed."""
+        row = connection.execute(select(audit_records).where(audit_records.c.seq == seq)).first()
+        for key in (None, self._key):
+            if row is not None and _row_digest(key, row) == row.hash:
+                return key_fingerprint(key)
+        return _UNKNOWN_KEY
+
+    def _mismatch(self, recorded: str | None) -> str | None:
+        """Why this log's key is not the one the chain was written with, or None."""
+        if recorded == self._fingerprint:
+            return None
+        if self._fingerprint is None:
+            return f"this audit is keyed: set {ENV_AUDIT_KEY} to its key"
+        if recorded is None:
+            return (
+                f"this audit is not keyed but {ENV_AUDIT_KEY} is set: unset it for this "
+                "database, or give keyed runs a new one"
+            )
+        return f"the key in {ENV_AUDIT_KEY} does not match this audit's key"
+
     def verify(self) -> Verification:
         """Walk the chain from the first record; report every break."""
         result = Verification()
         expected_seq, prev = 1, GENESIS
         with self._store.engine.connect() as connection:
+            marker = connection.execute(select(audit_key).where(audit_key.c.id == 1)).first()
+            if marker is not None:
+                result.unverifiable = self._mismatch(marker.fingerprint)
+                if result.unverifiable is not None:
+                    return result
             head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
             total = connection.execute(select(func.count()).select_from(audit_records)).scalar_one()
             rows = connection.execute(select(audit_records).order_by(audit_records.c.seq))
@@ -234,14 +309,8 @@ class AuditLog:
                         f"record {row.seq} does not link to the record before it "
                         "(a record was inserted, deleted or edited there)"
                     )
-                try:
-                    data = json.loads(row.data)
-                except ValueError:
-                    data = None
-                digest = self._digest(
-                    row.seq, row.run_id, row.at, row.kind, row.actor, data, row.prev_hash
-                )
-                if data is None or not hmac.compare_digest(digest, row.hash):
+                digest = _row_digest(self._key, row)
+                if digest is None or not hmac.compare_digest(digest, row.hash):
                     result.problems.append(
                         f"record {row.seq} ({row.kind}) was edited: its hash does not match"
                     )
@@ -257,23 +326,33 @@ class AuditLog:
                 )
         return result
 
-    def _digest(
-        self, seq: int, run_id: str, at: str, kind: str, actor: str, data: Any, prev: str
-    ) -> str:
-        payload = _canonical(
-            {
-                "seq": seq,
-                "run_id": run_id,
-                "at": at,
-                "kind": kind,
-                "actor": actor,
-                "data": data,
-                "prev": prev,
-            }
-        ).encode()
-        if self._key:
-            return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
-        return hashlib.sha256(payload).hexdigest()
+
+def _digest(
+    key: bytes | None, seq: int, run_id: str, at: str, kind: str, actor: str, data: Any, prev: str
+) -> str:
+    payload = _canonical(
+        {
+            "seq": seq,
+            "run_id": run_id,
+            "at": at,
+            "kind": kind,
+            "actor": actor,
+            "data": data,
+            "prev": prev,
+        }
+    ).encode()
+    if key:
+        return hmac.new(key, payload, hashlib.sha256).hexdigest()
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _row_digest(key: bytes | None, row: Any) -> str | None:
+    """The hash a stored record should have under *key*; None if its data is not JSON."""
+    try:
+        data = json.loads(row.data)
+    except ValueError:
+        return None
+    return _digest(key, row.seq, row.run_id, row.at, row.kind, row.actor, data, row.prev_hash)
 
 
 def _canonical(value: Any) -> str:

@@ -728,6 +728,8 @@ def audit() -> None:
 def audit_verify(app: App) -> None:
     """Check that no audit record was edited, inserted or deleted."""
     result = app.audit(app.settings()).verify()
+    if result.unverifiable is not None:
+        _fail(f"the audit cannot be verified: {result.unverifiable}")
     if result.ok:
         app.out.print(f"audit chain intact: {result.checked} record(s) verified")
         return

@@ -1018,6 +1018,7 @@ def open_audit(settings: Settings) -> tuple[Inbox, AuditLog]:
     key = settings.audit.hmac_key
     store = open_store(settings.store.url)
     audit = AuditLog(store, key=key.get_secret_value().encode() if key is not None else None)
+    audit.check_key()
     return Inbox(store, audit, mode=settings.webhook.mode), audit
 
 

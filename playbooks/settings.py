@@ -47,6 +47,9 @@ from playbooks.yamlsource import describe, dotted
 DEFAULT_PATH = Path("config/tokenward.toml")
 ENV_CONFIG = "TOKENWARD_CONFIG"
 ENV_AUDIT_KEY = "TOKENWARD_AUDIT_HMAC_KEY"
+# As long as HMAC-SHA256's output (RFC 2104): a shorter key is easier to guess
+# than the chain's hashes are to forge.
+MIN_AUDIT_KEY_BYTES = 32
 ENV_CLIENT_SECRET = "TOKENWARD_CLIENT_SECRET"
 ENV_CERTIFICATE_PASSWORD = "TOKENWARD_CLIENT_CERTIFICATE_PASSWORD"
 # Any of 1/true/yes/on turns the kill switch on, whatever the file says.
@@ -794,7 +797,7 @@ def settings_from_dict(
     env = {} if environ is None else environ
     merged: dict[str, Any] = {key: value for key, value in data.items()}
     if env.get(ENV_AUDIT_KEY):
-        merged["audit"] = {**merged.get("audit", {}), "hmac_key": env[ENV_AUDIT_KEY]}
+        merged["audit"] = {**merged.get("audit", {}), "hmac_key": _audit_key(env[ENV_AUDIT_KEY])}
     elif "hmac_key" in merged.get("audit", {}):
         raise SettingsError(
             f"audit.hmac_key belongs in the {ENV_AUDIT_KEY} variable, not in a file",
@@ -840,6 +843,17 @@ def _settings_error(failure: ValidationError, file: str | None) -> SettingsError
         prefix = "azure." if isinstance(cause, EndpointConflict) else ""
         return SettingsError(str(cause), source=Location(file=file, key=prefix + cause.key))
     return SettingsError(describe(first), source=Location(file=file, key=key or None))
+
+
+def _audit_key(key: str) -> str:
+    """The audit key from its variable, refused when too short to be a key."""
+    size = len(key.encode())
+    if size < MIN_AUDIT_KEY_BYTES:
+        raise SettingsError(
+            f"{ENV_AUDIT_KEY} is {size} bytes long: an audit key needs at least "
+            f"{MIN_AUDIT_KEY_BYTES} (e.g. the output of `openssl rand -hex 32`)"
+        )
+    return key
 
 
 def _with_credential_environment(

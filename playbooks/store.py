@@ -73,6 +73,17 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
+# Whether the chain is keyed, fixed when its first record is written: a
+# fingerprint of the key (an HMAC of a fixed label under it, which tells
+# nothing about the key) or NULL for a chain hashed without one. Every append
+# checks it, so one chain never mixes keys.
+audit_key = Table(
+    "audit_key",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("fingerprint", String(64)),
+)
+
 plans = Table(
     "plans",
     metadata,

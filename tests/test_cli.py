@@ -23,9 +23,10 @@ from playbooks.exercises import find_scenario, load_scenario
 from playbooks.models import Mode, RunReport, Window
 from playbooks.playbook import load_playbook
 from playbooks.reports import SCHEMA_PATH, report_schema
-from playbooks.settings import Settings
+from playbooks.settings import ENV_AUDIT_KEY, Settings
 from playbooks.store import open_store
 from playbooks.times import parse_time
+from tests.cli_helpers import run_tokenward
 from tests.conftest import write_table
 
 TOKENWARD = str(Path(sys.executable).with_name("tokenward"))
@@ -161,6 +162,31 @@ def test_audit_verify_passes_then_fails_once_a_record_is_edited(
     broken = run(tmp_path, "audit", "verify")
     assert broken.returncode == 1
     assert "record 2" in broken.stderr and "was edited" in broken.stderr
+
+
+def test_a_run_without_the_audit_key_is_refused_and_the_keyed_audit_stays_intact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(ENV_AUDIT_KEY, "k" * 32)
+    assert run_tokenward(["exercise", "seed-true-positive"], tmp_path, capsys).code == 0
+    monkeypatch.delenv(ENV_AUDIT_KEY)
+    refused = run_tokenward(["exercise", "seed-true-positive"], tmp_path, capsys)
+    assert refused.code == 1
+    assert f"this audit is keyed: set {ENV_AUDIT_KEY} to its key; nothing was recorded" in (
+        refused.err
+    )
+    unverified = run_tokenward(["audit", "verify"], tmp_path, capsys)
+    assert unverified.code == 1 and "was edited" not in unverified.err
+    assert f"the audit cannot be verified: this audit is keyed: set {ENV_AUDIT_KEY}" in (
+        unverified.err
+    )
+    monkeypatch.setenv(ENV_AUDIT_KEY, "w" * 32)
+    wrong = run_tokenward(["audit", "verify"], tmp_path, capsys)
+    assert wrong.code == 1 and "does not match this audit's key" in wrong.err
+    monkeypatch.setenv(ENV_AUDIT_KEY, "k" * 32)
+    verified = run_tokenward(["audit", "verify"], tmp_path, capsys)
+    assert verified.code == 0 and "audit chain intact" in verified.out
 
 
 def test_audit_show_lists_the_run_records(tmp_path: Path, exports: Path) -> None:

@@ -10,6 +10,11 @@ from typing import Any
 
 import pytest
 
+from playbooks.audit import AuditLog
+from playbooks.errors import AuditError
+from playbooks.server import open_audit
+from playbooks.settings import ENV_AUDIT_KEY, settings_from_dict
+from playbooks.store import open_store
 from tests.service import (
     AUDIENCE,
     LOGIC_APP,
@@ -370,3 +375,15 @@ def test_an_incident_from_a_workspace_not_allowed_is_refused_and_not_stored(
         "message": "not allowed",
     }
     assert counts == {}
+
+
+def test_the_service_will_not_open_an_audit_keyed_with_another_key(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    AuditLog(open_store(url), key=b"k" * 32).record("r-1", "step", {})
+    for environ in ({}, {ENV_AUDIT_KEY: "o" * 32}):
+        with pytest.raises(AuditError, match=ENV_AUDIT_KEY):
+            open_audit(settings_from_dict({"store": {"url": url}}, environ=environ))
+    _, audit = open_audit(
+        settings_from_dict({"store": {"url": url}}, environ={ENV_AUDIT_KEY: "k" * 32})
+    )
+    assert audit.verify().ok

@@ -60,6 +60,14 @@ def test_the_audit_key_comes_only_from_the_environment() -> None:
     assert "k" * 32 not in repr(settings) and "k" * 32 not in str(settings.model_dump())
 
 
+def test_an_audit_key_shorter_than_32_bytes_is_refused() -> None:
+    with pytest.raises(
+        SettingsError, match=f"^{ENV_AUDIT_KEY} is 5 bytes long: an audit key needs at least 32"
+    ):
+        settings_from_dict({}, environ={ENV_AUDIT_KEY: "short"})
+    assert settings_from_dict({}, environ={ENV_AUDIT_KEY: "é" * 16}).audit.hmac_key is not None
+
+
 def test_threat_intel_files_are_read_relative_to_the_settings_file(tmp_path: Path) -> None:
     (tmp_path / "tor.txt").write_text("# Tor exits\n185.220.101.0/24\n198.51.100.20  # one host\n")
     config = tmp_path / "t.toml"
