@@ -33,7 +33,7 @@ from playbooks.dryrun import DryRunResponder
 from playbooks.errors import QueryError, TokenwardError
 from playbooks.execution import Executor, execution_policy, target_key
 from playbooks.followon import follow_on_for
-from playbooks.incident_report import report_to_incident
+from playbooks.incident_report import rehearse_report, report_to_incident
 from playbooks.kql import HitsTable, ParamType, TrustedQuery
 from playbooks.models import (
     ActionKind,
@@ -411,8 +411,23 @@ class Runner:
         )
 
     async def _write_back(self, run_id: str, request: RunRequest, report: RunReport) -> RunReport:
-        """Report: the incident's labels and the run's one comment (after acting)."""
-        if request.incident is None or self.writer is None:
+        """Report: the incident's labels and the run's one comment (after acting).
+
+        A dry-run writes neither, whatever writer it was given; it records them.
+        """
+        if request.incident is None:
+            return report
+        if request.mode is Mode.DRY_RUN:
+            if not self.settings.sentinel.write_back:
+                return report
+            return rehearse_report(
+                report,
+                incident=request.incident,
+                audit=self.audit,
+                label_prefix=self.settings.sentinel.label_prefix,
+                api_version=self.settings.sentinel.api_version,
+            )
+        if self.writer is None:
             return report
         return await report_to_incident(
             report,

@@ -9,6 +9,10 @@ Labels go first so the comment can say which were set. Both writes are
 idempotent (labels are set, not added; the comment id is fixed per run), so a
 run repeated after a crash repeats them without adding anything. A failed
 write is recorded and reported; it never changes what the run decided or did.
+
+A dry-run writes nothing: :func:`rehearse_report` takes no writer, and
+records the labels and the comment it would have written (``incident.dry_run``)
+for the report and the audit, as dry-run Graph actions are.
 """
 
 from __future__ import annotations
@@ -52,10 +56,7 @@ async def report_to_incident(
 
         # The comment: the plan's action when it planned, else one built here
         # (a run that failed before planning is reported all the same).
-        action = next(
-            (a for a in report.actions if a.action is ActionKind.COMMENT_ON_INCIDENT),
-            None,
-        ) or _comment_action(incident, run_id, api_version)
+        action = _planned_comment(report) or _comment_action(incident, run_id, api_version)
         comment_id = actions.comment_id(run_id)
         message = comment_message(report, labels=labels_outcome)
         audit.record(
@@ -117,6 +118,47 @@ async def report_to_incident(
     )
     others = tuple(a for a in report.actions if a.id != action.id)
     return report.model_copy(update={"actions": (*others, done)})
+
+
+def rehearse_report(
+    report: RunReport,
+    *,
+    incident: IncidentRef,
+    audit: AuditLog,
+    label_prefix: str,
+    api_version: str,
+) -> RunReport:
+    """The report step of a dry-run: what would be written, recorded and sent nowhere."""
+    run_id = report.run_id
+    labels = labels_for(report, prefix=label_prefix)
+    action = _planned_comment(report) or _comment_action(incident, run_id, api_version)
+    noted = f"labels not set (dry-run): {', '.join(labels)}" if labels else ""
+    message = comment_message(report, labels=noted)
+    request = action.request.model_copy(update={"body": {"properties": {"message": message}}})
+    audit.record(
+        run_id,
+        "incident.dry_run",
+        {
+            "action": action.id,
+            "incident": incident.resource_id,
+            "labels": list(labels),
+            "request": request.model_dump(mode="json"),
+            "status": ActionStatus.WOULD_SEND.value,
+        },
+    )
+    done = action.model_copy(
+        update={
+            "status": ActionStatus.WOULD_SEND,
+            "detail": "dry-run: not written to the incident; the comment is in the request",
+            "request": request,
+        }
+    )
+    others = tuple(a for a in report.actions if a.id != action.id)
+    return report.model_copy(update={"actions": (*others, done)})
+
+
+def _planned_comment(report: RunReport) -> ActionReport | None:
+    return next((a for a in report.actions if a.action is ActionKind.COMMENT_ON_INCIDENT), None)
 
 
 async def _label(

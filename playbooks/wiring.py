@@ -78,12 +78,62 @@ def action_kinds(playbook: Playbook) -> list[ActionKind]:
     return [kind for tier in playbook.spec.tiers.values() for kind in tier.actions]
 
 
+def writes_back(settings: Settings) -> bool:
+    """Whether incident runs comment on and label their incidents: a dry-run never does."""
+    return settings.sentinel.write_back and settings.webhook.mode != Mode.DRY_RUN.value
+
+
 def writing_modes(settings: Settings) -> list[str]:
     """The service's settings that run in a mode which reads or writes Graph."""
     chosen = [("webhook.mode", settings.webhook.mode)]
     if settings.schedule.hunt:
         chosen.append(("schedule.mode", settings.schedule.mode))
     return [f"{key} = {mode!r}" for key, mode in chosen if mode != Mode.DRY_RUN.value]
+
+
+def credential_needs(settings: Settings, spec: SourceSpec) -> list[str]:
+    """Why the service's runs need an Azure credential, one phrase each; empty: they do not."""
+    needs = []
+    if spec.live is not None:
+        needs.append(f"--source {spec.kind} needs an Azure credential to read the logs")
+    modes = writing_modes(settings)
+    if modes:
+        needs.append(
+            f"{', '.join(modes)} needs an Azure credential to contain through Microsoft Graph"
+        )
+    if writes_back(settings):
+        needs.append("sentinel.write_back = true needs an Azure credential to comment on incidents")
+    if settings.schedule.reconcile:
+        needs.append(
+            "schedule.reconcile = true needs an Azure credential to list Sentinel incidents"
+        )
+    return needs
+
+
+def require_credential(settings: Settings, spec: SourceSpec) -> None:
+    """Refuse to start (:class:`SettingsError`, saying what needs it) if the runs
+    need a credential that cannot be built.
+
+    Runs its own event loop: call it before the face starts its own.
+    """
+    needs = credential_needs(settings, spec)
+    if not needs:
+        return
+    try:
+        asyncio.run(build_credential(settings.azure).close())
+    except SettingsError as failure:
+        raise SettingsError(
+            f"{'; '.join(needs)}, but {failure.message}", source=failure.source
+        ) from None
+
+
+def require_source(spec: SourceSpec) -> None:
+    """Refuse to start (:class:`~playbooks.errors.ExportError`) if ``files:DIR``
+    holds no exports; the files themselves are read when the worker starts."""
+    if spec.kind == "files":
+        from connectors.exports.loader import export_files
+
+        export_files(Path(spec.argument))
 
 
 async def permission_check(settings: Settings, kinds: Sequence[ActionKind]) -> PermissionCheck:
@@ -156,7 +206,7 @@ class ServiceTools:
     to Microsoft is made by :meth:`start` in the worker's event loop and
     closed by :meth:`aclose`: the credential, the clients, the live source,
     the Graph responder (approve and auto, after the permission preflight),
-    and the Sentinel client that writes back and lists incidents.
+    and the Sentinel client that lists incidents and, outside dry-run, writes back.
     """
 
     def __init__(self, settings: Settings, playbook: Playbook, spec: SourceSpec) -> None:
@@ -179,13 +229,7 @@ class ServiceTools:
         """Make the clients in this event loop; :class:`PermissionDenied` if the
         Graph token lacks what approve or auto needs."""
         settings = self._settings
-        wanted = (
-            self._spec.live is not None
-            or self.needs_graph
-            or settings.sentinel.write_back
-            or settings.schedule.reconcile
-        )
-        if not wanted or self._clients is not None:
+        if not credential_needs(settings, self._spec) or self._clients is not None:
             return
         credential = build_credential(settings.azure)
         self._clients = Clients(settings.azure, credential)
@@ -196,7 +240,7 @@ class ServiceTools:
                 self._responder = await graph_responder(
                     settings, self._playbook, credential, self._clients
                 )
-            if settings.sentinel.write_back or settings.schedule.reconcile:
+            if writes_back(settings) or settings.schedule.reconcile:
                 self._sentinel = sentinel_incidents(settings, self._clients)
         except BaseException:
             await self.aclose()
@@ -209,7 +253,7 @@ class ServiceTools:
         yield RunTools(
             source=self._source(now),
             responder=self._responder,
-            writer=self._sentinel if self._settings.sentinel.write_back else None,
+            writer=self._sentinel if writes_back(self._settings) else None,
             now=now,
             incidents=self._sentinel,
         )
@@ -254,9 +298,13 @@ __all__ = [
     "ServiceTools",
     "SourceSpec",
     "action_kinds",
+    "credential_needs",
     "graph_responder",
     "permission_check",
+    "require_credential",
     "require_permissions",
+    "require_source",
     "sentinel_incidents",
+    "writes_back",
     "writing_modes",
 ]

@@ -2,7 +2,8 @@
 
 ``tokenward serve`` runs as its own process (uvicorn, the inbox in a SQLite
 file, and the worker process it starts) against the emulator. The emulator holds one of the
-run's Sentinel requests for a long while; the test kills serve with SIGKILL
+run's Sentinel requests (in approve: a dry-run writes nothing) for a long while;
+the test kills serve with SIGKILL
 while that request is in flight (its worker, orphaned, stops within half a
 second), starts it again on the same database, and reads the emulator's
 request log and the store.
@@ -30,6 +31,7 @@ from sqlalchemy import create_engine, select
 from playbooks.store import audit_records, inbox
 from tests.emulator import ENVIRON, settings_data
 from tests.runs import export_scenario, seed_scenario
+from tests.scheduled import tenant
 from tests.service import AUDIENCE, LOGIC_APP, SECRET, incident
 
 TOKENWARD = str(Path(sys.executable).with_name("tokenward"))
@@ -148,11 +150,14 @@ def test_a_worker_killed_mid_run_is_recovered_and_the_incident_gets_one_comment(
             "auth": ["bearer", "hmac"],
             "audiences": [AUDIENCE],
             "allowed_principals": [LOGIC_APP],
+            "mode": "approve",
         },
         inbox={"lease_seconds": 2, "poll_seconds": 0.1, "retry_seconds": 0.5},
         threat_intel={"ip_ranges": ["185.220.101.0/24"]},
+        graph={"verify_delay": 0, "identity_protection_wait": 0},
     )
     (tmp_path / "tokenward.toml").write_text(to_toml(settings))
+    tenant(emu)
     body = incident()
     name = body["object"]["name"]
     emu.sentinel.add(body["object"])
@@ -270,5 +275,10 @@ def test_workers_apart_from_serve_process_what_it_stores(emu: Any, tmp_path: Pat
 
     assert row["status"] == "done"
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
-    (comment,) = emu.sentinel.comments_of(body["object"]["id"]).values()
-    assert "score 100" in comment["properties"]["message"]
+    assert emu.sentinel.comments_of(body["object"]["id"]) == {}, "a dry-run writes nothing"
+    (would_be,) = [
+        r.data["request"]["body"]["properties"]["message"]
+        for r in service.parts.audit.records(run_id=row["run_id"])
+        if r.kind == "incident.dry_run"
+    ]
+    assert "score 100" in would_be

@@ -39,11 +39,28 @@ def svc(service: Service, emu: Any) -> Service:
     return service
 
 
-def comment_puts(emu: Any, body: dict[str, Any]) -> list[Any]:
-    return emu.requests(rf"(?i){body['object']['name']}/comments/", method="PUT")
+def sentinel_writes(emu: Any, body: dict[str, Any]) -> list[Any]:
+    """Every request that could change the incident: the service runs in dry-run."""
+    name = body["object"]["name"]
+    return [
+        request
+        for method in ("PUT", "POST", "PATCH", "DELETE")
+        for request in emu.requests(rf"(?i)/incidents/{name}", method=method)
+    ]
 
 
-def test_a_delivery_is_stored_acknowledged_with_a_run_id_and_run_once(svc: Service) -> None:
+def would_be_comments(svc: Service, body: dict[str, Any]) -> list[str]:
+    """The comments dry-runs recorded for the incident instead of writing them."""
+    return [
+        record.data["request"]["body"]["properties"]["message"]
+        for record in svc.parts.audit.records()
+        if record.kind == "incident.dry_run" and record.data["incident"] == body["object"]["id"]
+    ]
+
+
+def test_a_delivery_is_stored_acknowledged_run_once_and_in_dry_run_writes_nothing(
+    svc: Service,
+) -> None:
     body = incident()
 
     answer = svc.post(body)
@@ -53,14 +70,12 @@ def test_a_delivery_is_stored_acknowledged_with_a_run_id_and_run_once(svc: Servi
     assert accepted["status"] == "accepted" and accepted["run_id"].startswith("r-")
     row = svc.wait_done(accepted["delivery_id"])
     assert row["status"] == "done" and row["run_id"] == accepted["run_id"]
-    (put,) = comment_puts(svc.emu, body)
-    (comment,) = svc.emu.sentinel.comments_of(body["object"]["id"]).values()
-    assert "target.user@contoso.com</b>: high, score 100" in comment["properties"]["message"]
-    labels = [
-        label["labelName"]
-        for label in svc.emu.sentinel.incident(body["object"]["id"])["properties"]["labels"]
-    ]
-    assert labels == ["tokenward:dry-run"]
+    assert sentinel_writes(svc.emu, body) == [], "a dry-run writes nothing to Sentinel"
+    assert svc.emu.sentinel.comments_of(body["object"]["id"]) == {}
+    stored = svc.emu.sentinel.incident(body["object"]["id"])
+    assert stored["properties"].get("labels") == body["object"]["properties"].get("labels")
+    (comment,) = would_be_comments(svc, body)
+    assert "target.user@contoso.com</b>: high, score 100" in comment
     kinds = [r.kind for r in svc.parts.audit.records(run_id=accepted["run_id"])]
     assert kinds[:3] == ["delivery.accepted", "delivery.claimed", "run.started"]
     assert kinds[-1] == "delivery.done"
@@ -79,7 +94,7 @@ def test_the_same_incident_delivered_again_is_the_same_run_and_runs_once(svc: Se
     }
     assert "same incident revision was delivered before" in again["detail"]
     svc.wait_done(first["delivery_id"])
-    assert len(comment_puts(svc.emu, body)) == 1
+    assert len(would_be_comments(svc, body)) == 1
 
 
 def test_an_update_reruns_only_when_the_accounts_addresses_or_window_changed(svc: Service) -> None:
@@ -102,7 +117,7 @@ def test_an_update_reruns_only_when_the_accounts_addresses_or_window_changed(svc
     assert rerun["status"] == "accepted" and rerun["run_id"] != first["run_id"]
     svc.wait_done(first["delivery_id"])
     svc.wait_done(rerun["delivery_id"])
-    assert len(svc.emu.sentinel.comments_of(body["object"]["id"])) == 2
+    assert len(would_be_comments(svc, body)) == 2
 
 
 def test_a_signed_body_from_another_sender_is_accepted(svc: Service) -> None:
@@ -293,18 +308,13 @@ def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_
         service.wait_done(first["delivery_id"])
         service.wait_done(other["delivery_id"])
         deadline = time.monotonic() + 20
-        while (
-            time.monotonic() < deadline
-            and len(emu.sentinel.comments_of(nobody["object"]["id"])) < 3
-        ):
+        while time.monotonic() < deadline and len(would_be_comments(service, nobody)) < 3:
             time.sleep(0.1)
         time.sleep(0.5)
         runs = [r.run_id for r in service.parts.audit.records() if r.kind == "run.finished"]
+        nobody_comments = would_be_comments(service, nobody)
+        found_comments = would_be_comments(service, found)
 
-    nobody_comments = [
-        c["properties"]["message"]
-        for c in emu.sentinel.comments_of(nobody["object"]["id"]).values()
-    ]
     assert len(nobody_comments) == 3, "the first run and two re-hunts, each with its one comment"
     assert sum("re-hunt 2 of 2" in m for m in nobody_comments) == 1
     assert [r for r in runs if r.startswith(first["run_id"])] == [
@@ -312,7 +322,7 @@ def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_
         first["run_id"] + "+rehunt-1",
         first["run_id"] + "+rehunt-2",
     ]
-    assert len(emu.sentinel.comments_of(found["object"]["id"])) == 1, (
+    assert len(found_comments) == 1, (
         "a run that found the sign-in needs no re-hunt"
     )
 

@@ -1,4 +1,5 @@
-"""A run triggered by an incident reports back: one comment, its labels, every state."""
+"""A run triggered by an incident reports back: one comment, its labels, every state;
+a dry-run only records them."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def incident_run(
     payload: dict[str, Any] | None = None,
     *,
     writer: RecordingWriter | None = None,
+    mode: Mode = Mode.DRY_RUN,
 ) -> tuple[RunReport, RecordingWriter]:
     scenario = seed_scenario()
     settings = scenario_settings(scenario)
@@ -45,7 +47,7 @@ def incident_run(
     )
     request = RunRequest(
         trigger="sentinel:Create",
-        mode=Mode.DRY_RUN,
+        mode=mode,
         window=scope.window,
         now=scenario.clock,
         users=scope.users,
@@ -57,13 +59,23 @@ def incident_run(
     return asyncio.run(runner.run(request)), writer
 
 
-def test_the_seed_incident_gets_one_comment_with_findings_reasons_evidence_and_action_states(
+def would_be(report: RunReport, audit_log: AuditLog) -> tuple[str, tuple[str, ...]]:
+    """The comment and the labels a dry-run recorded instead of writing them."""
+    (comment,) = [a for a in report.actions if a.action is ActionKind.COMMENT_ON_INCIDENT]
+    assert comment.status is ActionStatus.WOULD_SEND
+    (record,) = [r for r in audit_log.records() if r.kind == "incident.dry_run"]
+    assert record.data["request"] == comment.request.model_dump(mode="json")
+    return comment.request.body["properties"]["message"], tuple(record.data["labels"])
+
+
+def test_in_dry_run_the_incident_is_not_written_to_and_the_comment_it_would_get_is_recorded(
     tmp_path: Path, audit_log: AuditLog
 ) -> None:
     report, writer = incident_run(tmp_path, audit_log)
 
-    ((key, message),) = writer.comments.items()
-    assert key[0] == trigger_body()["object"]["id"]
+    assert writer.calls == [] and writer.comments == {} and writer.labels == {}
+    message, labels = would_be(report, audit_log)
+    assert "<b>tokenward</b> (dry-run, nothing sent)" in message
     assert "<b>1 finding(s)</b> (1 high)" in message
     assert "<b>target.user@contoso.com</b>: high, score 100" in message
     assert "threat_intel_ip: 185.220.101.47 is in 185.220.101.0/24" in message
@@ -72,17 +84,29 @@ def test_the_seed_incident_gets_one_comment_with_findings_reasons_evidence_and_a
     assert "revoke_sessions target.user@contoso.com: <b>would send</b>" in message
     assert "access tokens already issued stay valid until they expire" in message
     assert "account &#x27;svc-backup&#x27; has no Entra object id or UPN" in message
+    assert labels == ("tokenward:dry-run",)
+    kinds = [r.kind for r in audit_log.records(run_id="r-incident-1")]
+    assert "incident.labels.intent" not in kinds and "action.intent" not in kinds
 
+
+def test_outside_dry_run_the_seed_incident_gets_its_labels_then_one_comment(
+    tmp_path: Path, audit_log: AuditLog
+) -> None:
+    report, writer = incident_run(tmp_path, audit_log, mode=Mode.APPROVE)
+
+    ((key, message),) = writer.comments.items()
+    assert key[0] == trigger_body()["object"]["id"]
+    assert "<b>tokenward</b> (approve)" in message
+    assert "<b>target.user@contoso.com</b>: high, score 100" in message
     (comment,) = [a for a in report.actions if a.action is ActionKind.COMMENT_ON_INCIDENT]
     assert (comment.status, comment.http_status) == (ActionStatus.SUCCEEDED, 201)
     assert writer.calls == ["label", "comment"]
-    assert writer.labels[key[0]] == ("tokenward:dry-run",)
 
 
 def test_the_comment_intent_and_outcome_are_audited_with_the_fixed_comment_id(
     tmp_path: Path, audit_log: AuditLog
 ) -> None:
-    _, writer = incident_run(tmp_path, audit_log)
+    _, writer = incident_run(tmp_path, audit_log, mode=Mode.APPROVE)
     kinds = [r.kind for r in audit_log.records(run_id="r-incident-1")]
     assert kinds[-5:] == [
         "incident.labels.intent",
@@ -105,13 +129,13 @@ def test_an_incident_with_no_resolvable_account_is_reported_back_and_nothing_is_
         {"kind": "Account", "properties": {"accountName": "megan.bowen"}}
     ]
 
-    report, writer = incident_run(tmp_path, audit_log, payload)
+    report, _ = incident_run(tmp_path, audit_log, payload)
 
     assert report.queries == () and report.findings == ()
-    (message,) = writer.comments.values()
+    message, labels = would_be(report, audit_log)
     assert "no account in this incident could be resolved" in message
     assert "account &#x27;megan.bowen&#x27; has no Entra object id or UPN" in message
-    assert set(writer.labels.values()) == {("tokenward:unresolved-account", "tokenward:dry-run")}
+    assert labels == ("tokenward:unresolved-account", "tokenward:dry-run")
     assert "incident.unresolvable_identity" in [r.kind for r in audit_log.records()]
 
 
@@ -123,12 +147,12 @@ def test_a_low_confidence_identity_is_never_acted_on_without_approval(
         {"kind": "Account", "properties": {"fullName": "target.user@contoso.com"}}
     ]
 
-    report, writer = incident_run(tmp_path, audit_log, payload)
+    report, _ = incident_run(tmp_path, audit_log, payload)
 
     containment = [a for a in report.actions if a.action is not ActionKind.COMMENT_ON_INCIDENT]
     assert containment and all(a.status is ActionStatus.AWAITING_APPROVAL for a in containment)
     assert all("low_confidence_identity" in [d.guardrail for d in a.decisions] for a in containment)
-    assert "tokenward:needs-approval" in next(iter(writer.labels.values()))
+    assert "tokenward:needs-approval" in would_be(report, audit_log)[1]
 
 
 def test_a_refused_comment_is_recorded_and_changes_nothing_the_run_decided(
@@ -142,7 +166,7 @@ def test_a_refused_comment_is_recorded_and_changes_nothing_the_run_decided(
         )
     )
 
-    report, _ = incident_run(tmp_path, audit_log, writer=writer)
+    report, _ = incident_run(tmp_path, audit_log, writer=writer, mode=Mode.APPROVE)
 
     assert report.status.value == "complete" and len(report.findings) == 1
     (comment,) = [a for a in report.actions if a.action is ActionKind.COMMENT_ON_INCIDENT]
