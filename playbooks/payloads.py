@@ -274,6 +274,20 @@ def _check_string(text: str, where: str) -> None:
         ) from None
 
 
+# pydantic's type errors in JSON's words (the sender wrote JSON, not Python).
+_JSON_TYPES = {
+    "list_type": "an array",
+    "tuple_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+}
+
+
 def _problem(error: Any) -> str:
     place = ""
     for part in error["loc"]:
@@ -284,7 +298,8 @@ def _problem(error: Any) -> str:
     elif error["type"] == "extra_forbidden":
         message = "is not allowed"
     elif error["type"].endswith("_type"):
-        message = f"has the wrong type ({message.lower()})"
+        wanted = _JSON_TYPES.get(error["type"])
+        message = f"has the wrong type ({f'it should be {wanted}' if wanted else message.lower()})"
     elif message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
     return f"{place or 'the body'} {message}"

@@ -110,6 +110,14 @@ class Service:
             "X-Tokenward-Signature": sign(body, secret=secret.encode(), timestamp=stamp),
         }
 
+    def would_be_comments(self, body: dict[str, Any]) -> list[str]:
+        """The comments dry-runs recorded for the incident instead of writing them."""
+        return [
+            record.data["request"]["body"]["properties"]["message"]
+            for record in self.parts.audit.records()
+            if record.kind == "incident.dry_run" and record.data["incident"] == body["object"]["id"]
+        ]
+
     def wait_done(self, delivery_id: str, *, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

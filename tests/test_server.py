@@ -49,15 +49,6 @@ def sentinel_writes(emu: Any, body: dict[str, Any]) -> list[Any]:
     ]
 
 
-def would_be_comments(svc: Service, body: dict[str, Any]) -> list[str]:
-    """The comments dry-runs recorded for the incident instead of writing them."""
-    return [
-        record.data["request"]["body"]["properties"]["message"]
-        for record in svc.parts.audit.records()
-        if record.kind == "incident.dry_run" and record.data["incident"] == body["object"]["id"]
-    ]
-
-
 def test_a_delivery_is_stored_acknowledged_run_once_and_in_dry_run_writes_nothing(
     svc: Service,
 ) -> None:
@@ -74,7 +65,7 @@ def test_a_delivery_is_stored_acknowledged_run_once_and_in_dry_run_writes_nothin
     assert svc.emu.sentinel.comments_of(body["object"]["id"]) == {}
     stored = svc.emu.sentinel.incident(body["object"]["id"])
     assert stored["properties"].get("labels") == body["object"]["properties"].get("labels")
-    (comment,) = would_be_comments(svc, body)
+    (comment,) = svc.would_be_comments(body)
     assert "target.user@contoso.com</b>: high, score 100" in comment
     kinds = [r.kind for r in svc.parts.audit.records(run_id=accepted["run_id"])]
     assert kinds[:3] == ["delivery.accepted", "delivery.claimed", "run.started"]
@@ -94,7 +85,7 @@ def test_the_same_incident_delivered_again_is_the_same_run_and_runs_once(svc: Se
     }
     assert "same incident revision was delivered before" in again["detail"]
     svc.wait_done(first["delivery_id"])
-    assert len(would_be_comments(svc, body)) == 1
+    assert len(svc.would_be_comments(body)) == 1
 
 
 def test_an_update_reruns_only_when_the_accounts_addresses_or_window_changed(svc: Service) -> None:
@@ -117,7 +108,7 @@ def test_an_update_reruns_only_when_the_accounts_addresses_or_window_changed(svc
     assert rerun["status"] == "accepted" and rerun["run_id"] != first["run_id"]
     svc.wait_done(first["delivery_id"])
     svc.wait_done(rerun["delivery_id"])
-    assert len(would_be_comments(svc, body)) == 2
+    assert len(svc.would_be_comments(body)) == 2
 
 
 def test_a_signed_body_from_another_sender_is_accepted(svc: Service) -> None:
@@ -308,12 +299,12 @@ def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_
         service.wait_done(first["delivery_id"])
         service.wait_done(other["delivery_id"])
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(would_be_comments(service, nobody)) < 3:
+        while time.monotonic() < deadline and len(service.would_be_comments(nobody)) < 3:
             time.sleep(0.1)
         time.sleep(0.5)
         runs = [r.run_id for r in service.parts.audit.records() if r.kind == "run.finished"]
-        nobody_comments = would_be_comments(service, nobody)
-        found_comments = would_be_comments(service, found)
+        nobody_comments = service.would_be_comments(nobody)
+        found_comments = service.would_be_comments(found)
 
     assert len(nobody_comments) == 3, "the first run and two re-hunts, each with its one comment"
     assert sum("re-hunt 2 of 2" in m for m in nobody_comments) == 1
