@@ -75,24 +75,25 @@ def store_plan(
         "expires_at": isoformat_z(expires_at),
         "sign_in_times": {user: isoformat_z(at) for user, at in sign_in_times.items()},
     }
-    store.save_plan(
+    outcome = store.save_plan(
         plan_id=plan.id,
         run_id=plan.run_id,
         content_hash=plan.content_hash,
         status=PENDING,
         body=json.dumps(body, sort_keys=True),
     )
-    audit.record(
-        plan.run_id,
-        "plan.stored",
-        {
-            "plan": plan.id,
-            "hash": plan.content_hash,
-            "requested_by": requested_by,
-            "expires_at": body["expires_at"],
-        },
-        actor=requested_by,
-    )
+    if outcome != "unchanged":
+        audit.record(
+            plan.run_id,
+            "plan.stored" if outcome == "stored" else "plan.replaced",
+            {
+                "plan": plan.id,
+                "hash": plan.content_hash,
+                "requested_by": requested_by,
+                "expires_at": body["expires_at"],
+            },
+            actor=requested_by,
+        )
     return load_plan(store, plan.id)
 
 

@@ -43,7 +43,7 @@ from connectors.live import LiveMode, live_source
 from playbooks import aio, approvals, logs
 from playbooks.audit import AuditLog
 from playbooks.engine import NoQueries, Runner, RunRequest, new_run_id
-from playbooks.errors import InputError, TokenwardError
+from playbooks.errors import InputError, SettingsError, TokenwardError
 from playbooks.exercises import (
     bundled_scenarios,
     check_expected,
@@ -798,14 +798,7 @@ def serve(
     from playbooks.server import serve as run_server
     from playbooks.wiring import SourceSpec
 
-    settings = app.settings()
-    if host or port:
-        server = settings.server.model_copy(
-            update={k: v for k, v in (("host", host), ("port", port)) if v}
-        )
-        settings = settings.model_copy(
-            update={"server": type(settings.server).model_validate(server.model_dump())}
-        )
+    settings = _listening_on(app.settings(), host=host, port=port)
     with_worker = settings.inbox.worker and not no_worker
     spec = (
         SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
@@ -837,10 +830,12 @@ def worker(app: App, source_spec: str, now_text: str | None) -> None:
     """Process the inbox: webhook deliveries, scheduled cycles, approved plans
     (for workers apart from tokenward serve)."""
     from playbooks.server import build_worker
-    from playbooks.wiring import SourceSpec
+    from playbooks.wiring import SourceSpec, require_credential, require_source
 
     settings = app.settings()
     spec = SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
+    require_source(spec)
+    require_credential(settings, spec)
     processing = build_worker(settings, spec)
     app.err.print(f"tokenward worker {processing.owner} processing the inbox", style="dim")
     aio.run(_until_signalled(processing.run_forever))
@@ -859,13 +854,34 @@ def worker(app: App, source_spec: str, now_text: str | None) -> None:
 def watch(app: App, source_spec: str) -> None:
     """Hunt and reconcile on the schedule in [schedule], with no webhook: one
     process with the worker and a Prometheus listener (metrics.host:port)."""
+    from playbooks.watch import prepare_watch
     from playbooks.watch import watch as run_watch
     from playbooks.wiring import SourceSpec
 
     settings = app.settings()
-    spec = SourceSpec.parse(source_spec)
-    app.err.print("tokenward watching: " + ", ".join(_jobs_line(settings)), style="dim")
-    aio.run(_until_signalled(lambda stop: run_watch(settings, spec, stop)))
+    worker = prepare_watch(settings, SourceSpec.parse(source_spec))
+
+    def started() -> None:
+        app.err.print("tokenward watching: " + ", ".join(_jobs_line(settings)), style="dim")
+
+    aio.run(_until_signalled(lambda stop: run_watch(settings, worker, stop, on_started=started)))
+
+
+def _listening_on(settings: Settings, *, host: str | None, port: int | None) -> Settings:
+    """*settings* with ``--host``/``--port`` in ``[server]``, checked as the file's are."""
+    from pydantic import ValidationError
+
+    from playbooks.yamlsource import describe
+
+    if not (host or port):
+        return settings
+    given = {k: v for k, v in (("host", host), ("port", port)) if v}
+    try:
+        server = type(settings.server).model_validate({**settings.server.model_dump(), **given})
+    except ValidationError as failure:
+        flags = " ".join(f"--{k} {v}" for k, v in given.items())
+        raise SettingsError(f"{flags}: {describe(failure.errors()[0])}") from None
+    return settings.model_copy(update={"server": server})
 
 
 def _jobs_line(settings: Settings) -> list[str]:

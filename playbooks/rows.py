@@ -45,7 +45,6 @@ INTERRUPT_CODES = frozenset(
 )
 
 
-
 def object_id(value: Any) -> str:
     """A directory object id from the logs, or ``""`` when it is not a GUID.
 

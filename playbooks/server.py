@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import ssl
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -86,7 +87,9 @@ from playbooks.webhook_auth import (
 from playbooks.wiring import (
     ServiceTools,
     SourceSpec,
+    require_credential,
     require_permissions,
+    require_source,
     writing_modes,
 )
 from playbooks.worker import Worker
@@ -94,6 +97,8 @@ from playbooks.worker import Worker
 logger = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/sentinel"
+# The worker process's exit code when its configuration stops it: not restarted.
+CANNOT_START = 78  # EX_CONFIG
 # One fixed body per status: nothing about why reaches the caller.
 _PUBLIC = {
     400: ("bad_request", "the body is not valid JSON tokenward can read"),
@@ -426,6 +431,9 @@ class WorkerProcess:
         self._settings = settings
         self._spec = spec
         self._process: multiprocessing.process.BaseProcess | None = None
+        # Set when the worker stopped on a configuration it cannot run with:
+        # it is not started again, and the webhook stops accepting.
+        self.failed = False
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -464,7 +472,20 @@ async def _supervise(parts: ServiceParts, *, every_s: float = 5, backoff_s: floa
     while True:
         await asyncio.sleep(every_s)
         worker = parts.worker
-        if worker is None or worker.alive or loop.time() - started < backoff_s:
+        if worker is None or worker.failed or worker.alive:
+            continue
+        if worker.exit_code == CANNOT_START:
+            # Starting it again would fail the same way: say so, and stop.
+            worker.failed = True
+            logger.error(
+                "the worker cannot run with this configuration (see its error above); "
+                "deliveries are refused with 503 until tokenward serve is restarted"
+            )
+            await asyncio.to_thread(
+                parts.audit.record, "webhook", "worker.failed", {"exit_code": worker.exit_code}
+            )
+            continue
+        if loop.time() - started < backoff_s:
             continue
         logger.error("the worker process stopped unexpectedly; starting it again")
         await asyncio.to_thread(
@@ -494,7 +515,11 @@ def _worker_main(settings: Settings, spec: SourceSpec, parent: int, level: int) 
     threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
     # Runs are background work; acknowledging a delivery is what must not wait.
     os.nice(10)
-    worker = build_worker(settings, spec)
+    try:
+        worker = build_worker(settings, spec)
+    except TokenwardError as failure:
+        logger.error("the worker cannot start: %s", failure)
+        sys.exit(CANNOT_START)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -503,7 +528,11 @@ def _worker_main(settings: Settings, spec: SourceSpec, parent: int, level: int) 
             loop.add_signal_handler(signum, stop.set)
         await worker.run_forever(stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except TokenwardError as failure:
+        logger.error("the worker stopped: %s", failure)
+        sys.exit(CANNOT_START)
 
 
 # -- the application ----------------------------------------------------------------
@@ -663,6 +692,16 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         except Refused as refusal:
             return _refuse(parts, request, refusal, body, caller)
 
+        if parts.worker is not None and parts.worker.failed:
+            # Accepting would promise a run no worker will make.
+            logger.error(
+                "delivery for incident %s refused: the worker cannot run", scope.incident.number
+            )
+            return _error(
+                503,
+                detail="tokenward's worker is not running; the delivery was not stored",
+                headers={"Retry-After": "60"},
+            )
         try:
             assert parts.recorder is not None
             accepted = await parts.recorder.store(delivery)
@@ -718,7 +757,9 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
         except Exception:
             checks["store"] = "unreachable"
         if parts.worker is not None:
-            checks["worker"] = "ok" if parts.worker.alive else "stopped"
+            checks["worker"] = (
+                "failed" if parts.worker.failed else "ok" if parts.worker.alive else "stopped"
+            )
         if parts.scheduler is not None:
             checks["schedule"] = "ok" if parts.scheduler.running else "stopped"
         ready = all(value == "ok" for value in checks.values())
@@ -1077,9 +1118,13 @@ def build_parts(
                 "logs), loganalytics, defender or live (or --no-worker and run "
                 "tokenward worker apart)"
             )
-        # Load the playbook here once, and check the Graph permissions, so a
-        # mistake stops serve at once instead of a worker failing out of sight.
+        # Check the source, the credential, the playbook and the Graph
+        # permissions here, so a mistake stops serve at once instead of a
+        # worker failing out of sight while the webhook goes on accepting.
         from playbooks.playbook import load_playbook
+
+        require_source(spec)
+        require_credential(settings, spec)
 
         playbook = load_playbook(settings.playbook.path)
         if writing_modes(settings):

@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from playbooks.errors import AuditError, SettingsError
 from playbooks.errors import Location as _Location
@@ -255,18 +255,43 @@ class Store:
 
     def save_plan(
         self, *, plan_id: str, run_id: str, content_hash: str, status: str, body: str
-    ) -> None:
+    ) -> str:
+        """Store a plan; idempotent for a run repeated after a crash.
+
+        Returns ``"stored"``, ``"unchanged"`` (the same plan was stored before,
+        and keeps its status and decisions) or ``"replaced"`` (a pending plan
+        of the same id with other actions: no approval bound to it yet). A plan
+        already decided with other actions is refused (:class:`AuditError`).
+        """
         with self.engine.begin() as connection:
-            connection.execute(
-                insert(plans).values(
-                    id=plan_id,
-                    run_id=run_id,
-                    created_at=isoformat_z(utcnow()),
-                    content_hash=content_hash,
-                    status=status,
-                    body=body,
+            stored = connection.execute(
+                select(plans.c.content_hash, plans.c.status).where(plans.c.id == plan_id)
+            ).first()
+            if stored is None:
+                connection.execute(
+                    insert(plans).values(
+                        id=plan_id,
+                        run_id=run_id,
+                        created_at=isoformat_z(utcnow()),
+                        content_hash=content_hash,
+                        status=status,
+                        body=body,
+                    )
                 )
+                return "stored"
+            if stored.content_hash == content_hash:
+                return "unchanged"
+            if stored.status != status:
+                raise AuditError(
+                    f"plan {plan_id} is already {stored.status} with other actions; "
+                    "the repeated run's plan was not stored"
+                )
+            connection.execute(
+                update(plans)
+                .where(plans.c.id == plan_id)
+                .values(content_hash=content_hash, body=body, created_at=isoformat_z(utcnow()))
             )
+            return "replaced"
 
     # -- plans and approvals ------------------------------------------------------
 
@@ -494,17 +519,31 @@ def open_store(url: str) -> Store:
         parsed = make_url(url)
     except Exception:
         raise SettingsError(
-            f"not a database URL: {url!r}", source=_Location(key="store.url")
+            "not a database URL (dialect+driver://..., e.g. sqlite:///tokenward.db)",
+            source=_Location(key="store.url"),
         ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed)
+    try:
+        engine = create_engine(parsed)
+    except ImportError as missing:
+        raise SettingsError(
+            f"the database driver for {parsed.drivername!r} is not installed "
+            f"({missing.name or missing}): use sqlite:///PATH, or install the driver "
+            "the URL names beside tokenward",
+            source=_Location(key="store.url"),
+        ) from None
+    except (ArgumentError, ValueError) as failure:
+        raise SettingsError(
+            f"not a database URL tokenward can open: {failure}", source=_Location(key="store.url")
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         _serialise_sqlite_writers(engine)
     try:
         metadata.create_all(engine)
     except SQLAlchemyError as failure:
-        raise AuditError(f"cannot open the state database {url!r}: {failure}") from None
+        shown = parsed.render_as_string(hide_password=True)
+        raise AuditError(f"cannot open the state database {shown!r}: {failure}") from None
     return Store(engine=engine)
 
 

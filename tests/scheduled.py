@@ -18,7 +18,7 @@ from playbooks.exercises import find_scenario, load_scenario
 from playbooks.settings import Settings, settings_from_dict
 from playbooks.store import open_store
 from playbooks.times import isoformat_z, parse_time
-from playbooks.watch import watch
+from playbooks.watch import prepare_watch, watch
 from playbooks.wiring import SourceSpec
 from tests.emulator import ENVIRON, settings_data
 from tests.graph_helpers import ALL_ROLES, GRAPH_AUDIENCE, graph_calls
@@ -114,9 +114,10 @@ def watching(settings: Settings, source: str = "log_analytics") -> Iterator[list
             box["loop"] = asyncio.get_running_loop()
             box["stop"] = asyncio.Event()
             ready.set()
-            await watch(settings, SourceSpec.parse(source), box["stop"])
+            await watch(settings, worker, box["stop"])
 
         try:
+            worker = prepare_watch(settings, SourceSpec.parse(source))
             asyncio.run(main())
         except BaseException as failure:  # reported to the test
             failures.append(failure)

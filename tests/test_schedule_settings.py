@@ -3,7 +3,6 @@ the hunt's windows and watermark follow the rules the scheduled path relies on."
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from playbooks.errors import SettingsError
 from playbooks.jobs import HUNT, hunt_window
 from playbooks.settings import ScheduleSettings, settings_from_dict
 from playbooks.store import open_store
-from playbooks.watch import watch
+from playbooks.watch import prepare_watch
 from playbooks.wiring import SourceSpec
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -61,7 +60,7 @@ def test_a_schedule_that_cannot_work_is_refused_naming_the_setting(
 def test_watch_with_no_job_turned_on_says_which_settings_to_set(tmp_path: Path) -> None:
     settings = settings_from_dict({"store": {"url": f"sqlite:///{tmp_path / 's.db'}"}}, environ={})
     with pytest.raises(SettingsError, match="schedule.hunt = true or schedule.reconcile = true"):
-        asyncio.run(watch(settings, SourceSpec.parse("live"), asyncio.Event()))
+        prepare_watch(settings, SourceSpec.parse("live"))
 
 
 def test_each_window_starts_the_maximum_ingestion_delay_before_the_last_one_ended() -> None:

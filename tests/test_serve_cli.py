@@ -80,3 +80,58 @@ def test_an_unknown_source_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "use files:DIR" in done.stderr
+
+
+HMAC_ONLY = '[webhook]\nauth = ["hmac"]\n'
+HMAC_ENV = {"PATH": "/usr/bin:/bin", "TOKENWARD_WEBHOOK_HMAC_SECRET": "s" * 40}
+
+
+def test_host_given_on_the_command_line_is_checked_as_the_file_is(tmp_path: Path) -> None:
+    done = serve(tmp_path, HMAC_ONLY, "--no-worker", "--host", "0.0.0.0", env=HMAC_ENV)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("tokenward: SettingsError: --host 0.0.0.0: tokenward would serve plain HTTP")
+    assert "Traceback" not in done.stderr
+
+
+def test_a_store_url_whose_driver_is_missing_names_store_url(tmp_path: Path) -> None:
+    done = serve(
+        tmp_path,
+        HMAC_ONLY + '[store]\nurl = "mysql://u:hunter2@db/x"\n',
+        "--no-worker",
+        env=HMAC_ENV,
+    )
+    assert done.returncode == 1
+    assert "at store.url" in done.stderr and "driver for 'mysql' is not installed" in done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_worker_source_with_no_exports_stops_serve_before_it_listens(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    done = serve(tmp_path, HMAC_ONLY, "--source", f"files:{tmp_path / 'empty'}", env=HMAC_ENV)
+    assert done.returncode == 1
+    assert "holds no export files" in done.stderr and "serving on" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "source", "why"),
+    [
+        (HMAC_ONLY, "live", "--source live needs an Azure credential to read the logs"),
+        (
+            HMAC_ONLY + 'mode = "approve"\n',
+            "files:exports",
+            "webhook.mode = 'approve' needs an Azure credential to contain through Microsoft Graph",
+        ),
+    ],
+    ids=["live-source", "approve"],
+)
+def test_a_worker_that_needs_a_credential_it_has_not_stops_serve_and_says_why(
+    tmp_path: Path, config: str, source: str, why: str
+) -> None:
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "SigninLogs.json").write_text("[]")
+    done = serve(tmp_path, config, "--source", source, env=HMAC_ENV)
+    assert done.returncode == 1
+    assert why in done.stderr and "but no credential is configured" in done.stderr
+    assert "serving on" not in done.stderr

@@ -22,6 +22,7 @@ from tests.service import (
     Service,
     incident,
     running_service,
+    service_settings,
 )
 
 GENERIC_401 = {"error": "unauthorized", "message": "authentication required"}
@@ -313,9 +314,7 @@ def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_
         first["run_id"] + "+rehunt-1",
         first["run_id"] + "+rehunt-2",
     ]
-    assert len(found_comments) == 1, (
-        "a run that found the sign-in needs no re-hunt"
-    )
+    assert len(found_comments) == 1, "a run that found the sign-in needs no re-hunt"
 
 
 def test_a_signing_key_rotated_in_is_picked_up_without_a_restart(svc: Service) -> None:
@@ -358,6 +357,45 @@ def test_a_worker_process_that_dies_is_started_again(emu: Any, tmp_path: Path) -
 
     assert row["status"] == "done"
     assert "worker.restarted" in [r.kind for r in service.parts.audit.records(run_id="webhook")]
+
+
+def test_a_worker_that_cannot_run_with_its_configuration_is_not_restarted_and_deliveries_are_refused(
+    emu: Any, tmp_path: Path
+) -> None:
+    import asyncio
+    import shutil
+
+    from playbooks import server
+
+    playbook = tmp_path / "playbook"
+    shutil.copytree(Path(server.__file__).with_name("device_code"), playbook)
+    settings = service_settings(emu, tmp_path, playbook={"path": str(playbook / "playbook.yaml")})
+    with running_service(emu, tmp_path, settings=settings) as service:
+        worker = service.parts.worker
+        assert worker is not None and worker.alive
+        worker._process.kill()  # type: ignore[union-attr]
+        worker._process.join(5)  # type: ignore[union-attr]
+        (playbook / "playbook.yaml").write_text("kind: nothing\n")
+
+        async def supervise(seconds: float) -> None:
+            task = asyncio.create_task(server._supervise(service.parts, every_s=0.01, backoff_s=0))
+            await asyncio.sleep(seconds)
+            task.cancel()
+
+        # Restarted once (the edit was not known), it stops on the bad playbook.
+        asyncio.run(supervise(0.2))
+        worker._process.join(30)  # type: ignore[union-attr]
+        asyncio.run(supervise(0.2))
+        refused = service.post(incident())
+        with service.client() as client:
+            ready = client.get("/readyz")
+        restarts = [r.kind for r in service.parts.audit.records(run_id="webhook")]
+
+    assert worker.exit_code == server.CANNOT_START and worker.failed
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "60"
+    assert "worker is not running" in refused.json()["message"]
+    assert ready.status_code == 503 and ready.json()["checks"]["worker"] == "failed"
+    assert restarts.count("worker.restarted") == 1 and restarts.count("worker.failed") == 1
 
 
 def test_an_incident_from_a_workspace_not_allowed_is_refused_and_not_stored(
