@@ -90,7 +90,9 @@ def test_host_given_on_the_command_line_is_checked_as_the_file_is(tmp_path: Path
     done = serve(tmp_path, HMAC_ONLY, "--no-worker", "--host", "0.0.0.0", env=HMAC_ENV)
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("tokenward: SettingsError: --host 0.0.0.0: tokenward would serve plain HTTP")
+    assert line.startswith(
+        "tokenward: SettingsError: --host 0.0.0.0: tokenward would serve plain HTTP"
+    )
     assert "Traceback" not in done.stderr
 
 
