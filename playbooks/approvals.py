@@ -100,7 +100,10 @@ def store_plan(
 def load_plan(store: Store, plan_id: str) -> StoredPlan:
     row = store.plan(plan_id)
     if row is None:
-        raise InputError(f"there is no stored plan {plan_id!r} (tokenward plans list shows them)")
+        raise InputError(
+            f"there is no stored plan {plan_id!r}: only approve and auto runs store their "
+            "plans, a dry-run's is in its report (tokenward plans list shows the stored ones)"
+        )
     body = json.loads(row["body"])
     return StoredPlan(
         plan=Plan.model_validate(body["plan"]),

@@ -243,7 +243,18 @@ def hunt(
         with _failed_runs_audited(audit, trigger="cli:hunt", mode=run_mode):
             playbook = load_playbook(settings.playbook.path)
             now = _instant(now_text, "--now") if now_text else utcnow()
-            window = _window(start, end, since or settings.hunt.default_since, now)
+            if start and since:
+                raise click.BadParameter(
+                    "--start and --since both say where the window starts: give one",
+                    param_hint="--start/--since",
+                )
+            window = _window(
+                start,
+                end,
+                since or settings.hunt.default_since,
+                now,
+                end_is="--end" if end else "--now" if now_text else "the wall clock",
+            )
             scope = tuple(_user(value) for value in users)
             local: LocalKqlSource | None = None
             warnings: tuple[str, ...] = ()
@@ -267,7 +278,7 @@ def hunt(
                     )
                 )
                 local = LocalKqlSource(loaded.con, now=now, origin=f"exported files in {directory}")
-                warnings = tuple(loaded.summary.warnings)
+                warnings = tuple(loaded.summary.warnings) + _outside_window(loaded.con, window)
         request = RunRequest(
             trigger="cli:hunt",
             mode=run_mode,
@@ -748,6 +759,10 @@ def audit_verify(app: App) -> None:
 def audit_show(app: App, run_id: str | None, limit: int, as_json: bool) -> None:
     """Show audit records, oldest first."""
     records = app.audit(app.settings()).records(run_id=run_id, limit=limit)
+    if not records:
+        if run_id is not None:
+            _fail(f"no audit record belongs to run {run_id!r} (tokenward audit show lists them)")
+        app.err.print("the audit holds no records yet", style="dim")
     for record in records:
         if as_json:
             click.echo(json.dumps(record.__dict__, sort_keys=True))
@@ -967,7 +982,9 @@ def _instant(text: str, option: str) -> datetime:
         ) from None
 
 
-def _window(start: str | None, end: str | None, since: str, now: datetime) -> Window:
+def _window(
+    start: str | None, end: str | None, since: str, now: datetime, *, end_is: str = "--end"
+) -> Window:
     end_at = _instant(end, "--end") if end else now
     if start:
         start_at = _instant(start, "--start")
@@ -977,15 +994,47 @@ def _window(start: str | None, end: str | None, since: str, now: datetime) -> Wi
         except ValueError as failure:
             raise click.BadParameter(str(failure), param_hint="--since") from None
     if start_at >= end_at:
+        ends = f"{isoformat_z(end_at)}, {end_is}" + (
+            "; give --end or --now for a past window" if end_is == "the wall clock" else ""
+        )
         raise click.BadParameter(
-            f"the window starts ({isoformat_z(start_at)}) at or after it ends ({isoformat_z(end_at)})",
-            param_hint="--start/--end",
+            f"the window starts ({isoformat_z(start_at)}) at or after it ends ({ends})",
+            param_hint="--start" if not end else "--start/--end",
         )
     if end_at - start_at > MAX_WINDOW:
         raise click.BadParameter(
             f"the window is longer than {MAX_WINDOW.days} days", param_hint="--start/--since"
         )
     return Window(start=as_utc(start_at), end=as_utc(end_at))
+
+
+def _outside_window(con: Any, window: Window) -> tuple[str, ...]:
+    """A warning when the exported sign-ins all lie outside the hunt window
+    (an old export hunted without --now finds nothing, and should say why)."""
+    spans = []
+    for table in ("SigninLogs", "AADNonInteractiveUserSignInLogs"):
+        try:
+            spans.append(
+                con.execute(
+                    f'SELECT min("TimeGenerated"), max("TimeGenerated"), '
+                    f'count(*) FILTER (WHERE "TimeGenerated" >= ? AND "TimeGenerated" < ?) '
+                    f'FROM "{table}"',
+                    [window.start, window.end],
+                ).fetchone()
+            )
+        except Exception:  # a table the load did not create
+            continue
+    spans = [span for span in spans if span and span[0] is not None]
+    if not spans or any(span[2] for span in spans):
+        return ()
+    first = as_utc(min(span[0] for span in spans))
+    last = as_utc(max(span[1] for span in spans))
+    return (
+        f"no exported sign-in falls in the window ({isoformat_z(window.start)} to "
+        f"{isoformat_z(window.end)}): they run from {isoformat_z(first)} to "
+        f"{isoformat_z(last)}; for an old export give --now {isoformat_z(last)} "
+        "or --start/--end",
+    )
 
 
 def _user(value: str) -> str:

@@ -164,6 +164,9 @@ def describe(error: Any) -> str:
         return f"missing required key {error['loc'][-1]!r}"
     message = str(error.get("msg", "invalid value"))
     value = error.get("input")
+    if kind in ("tuple_type", "list_type", "set_type", "frozen_set_type"):
+        # A Python type name tells a person writing TOML or YAML nothing.
+        message = 'should be a list, e.g. ["a", "b"]'
     if kind == "value_error":
         # Our own validators already name the value; drop pydantic's prefix.
         return message.removeprefix("Value error, ")

@@ -316,3 +316,55 @@ def test_an_empty_export_file_is_no_records_and_the_missing_evidence_is_warned_o
         "the export holds no UrlClickEvents records: no sign-in can be linked to a click "
         "on the lure"
     ) in report["warnings"]
+
+
+def test_an_old_export_hunted_on_the_wall_clock_says_which_now_to_give(
+    tmp_path: Path, exports: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = run_tokenward(["hunt", "--source", f"files:{exports}", "--json"], tmp_path, capsys)
+    assert done.code == 0
+    report = done.json()
+    assert report["findings"] == []
+    (warning,) = [w for w in report["warnings"] if w.startswith("no exported sign-in")]
+    assert warning.endswith("for an old export give --now 2026-01-15T09:24:58Z or --start/--end")
+
+    pinned = run_tokenward(
+        ["hunt", "--source", f"files:{exports}", "--now", "2026-01-15T09:24:58Z", "--json"],
+        tmp_path,
+        capsys,
+    )
+    assert not [w for w in pinned.json()["warnings"] if w.startswith("no exported sign-in")]
+
+
+def test_start_and_since_together_are_refused_rather_than_one_ignored(
+    tmp_path: Path, exports: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["hunt", "--source", f"files:{exports}", "--start", "2026-01-15T00:00:00Z"]
+    done = run_tokenward([*args, "--since", "1h"], tmp_path, capsys)
+    assert done.code == 2
+    assert "--start and --since both say where the window starts: give one" in done.err
+
+
+def test_a_start_after_the_wall_clock_says_the_end_was_the_wall_clock(
+    tmp_path: Path, exports: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["hunt", "--source", f"files:{exports}", "--start", "2099-01-01T00:00:00Z"]
+    done = run_tokenward(args, tmp_path, capsys)
+    assert done.code == 2
+    assert "the wall clock; give --end or --now for a past window" in " ".join(done.err.split())
+
+
+def test_audit_show_for_a_run_it_does_not_know_says_so_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = run_tokenward(["audit", "show", "--run", "r-nosuch"], tmp_path, capsys)
+    assert done.code == 1
+    assert "no audit record belongs to run 'r-nosuch'" in done.err
+
+
+def test_a_dry_run_plan_id_shown_to_plans_show_says_dry_runs_store_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = run_tokenward(["plans", "show", "plan-r-20260115T092458-00000000"], tmp_path, capsys)
+    assert done.code == 1
+    assert "only approve and auto runs store their plans" in done.err

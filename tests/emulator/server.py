@@ -13,6 +13,7 @@ import asyncio
 import gc
 import json
 import re
+import shutil
 import socket
 import tempfile
 import threading
@@ -123,6 +124,8 @@ class Emulator:
     """The Microsoft APIs tokenward calls, on 127.0.0.1, recording every request."""
 
     def __init__(self, directory: Path | None = None) -> None:
+        # A folder it made itself is its own to remove when it stops.
+        self._owns_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="tokenward-emulator-"))
         self.tls: TlsFiles = make_tls(self.directory / "tls")
         self._lock = threading.Lock()
@@ -160,6 +163,8 @@ class Emulator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def _serve(self, *, tls: bool) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
