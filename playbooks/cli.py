@@ -738,9 +738,16 @@ def audit() -> None:
 @pass_app
 def audit_verify(app: App) -> None:
     """Check that no audit record was edited, inserted or deleted."""
-    result = app.audit(app.settings()).verify()
+    settings = app.settings()
+    result = app.audit(settings).verify()
     if result.unverifiable is not None:
         _fail(f"the audit cannot be verified: {result.unverifiable}")
+    if result.ok and result.checked == 0:
+        # Nothing to check is no proof: a mistyped [store] url opens a new, empty database.
+        _fail(
+            f"the audit in {_shown_url(settings.store.url)} holds no records: nothing was "
+            "verified (is [store] url the database tokenward ran with?)"
+        )
     if result.ok:
         app.out.print(f"audit chain intact: {result.checked} record(s) verified")
         return
@@ -820,13 +827,16 @@ def serve(
         if source_spec
         else None
     )
+    from playbooks.server import listen
+
     parts = build_parts(settings, spec=spec, with_worker=with_worker)
+    sock = listen(settings)
     scheme = "https" if settings.server.certfile else "http"
     app.err.print(
         f"tokenward serving on {scheme}://{settings.server.host}:{settings.server.port}",
         style="dim",
     )
-    run_server(parts)
+    run_server(parts, sock)
 
 
 @cli.command()
@@ -1181,6 +1191,12 @@ def _exit_for(report: RunReport) -> None:
             err=True,
         )
         sys.exit(3)
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _fail(message: str) -> NoReturn:

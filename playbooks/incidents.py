@@ -41,6 +41,8 @@ WORKSPACE_ID = re.compile(
     r"/providers/Microsoft\.OperationalInsights/workspaces/[A-Za-z0-9-]{1,63}$",
     re.IGNORECASE,
 )
+# The longest hunt an incident's own times can ask for.
+MAX_INCIDENT_WINDOW = timedelta(days=30)
 INCIDENT_ID = re.compile(
     r"^(?P<workspace>/subscriptions/[0-9A-Fa-f-]{36}/resourceGroups/[-\w.()]{1,90}"
     r"/providers/Microsoft\.OperationalInsights/workspaces/[A-Za-z0-9-]{1,63})"
@@ -149,7 +151,7 @@ def scope_from_incident(
 
     accounts, unresolved = _accounts(_entities(properties))
     ips, bad_ips = _addresses(_entities(properties))
-    window = _window(properties, now, margin_before, margin_after, default_lookback)
+    window, window_notes = _window(properties, now, margin_before, margin_after, default_lookback)
     activity = _activity_window(properties, margin_before, margin_after)
     number = properties.get("incidentNumber")
     return IncidentScope(
@@ -169,7 +171,7 @@ def scope_from_incident(
         analytic_rule_ids=tuple(
             _text(item) for item in properties.get("relatedAnalyticRuleIds") or () if _text(item)
         ),
-        warnings=_unknown_kinds(_entities(properties)),
+        warnings=_unknown_kinds(_entities(properties)) + window_notes,
         activity_window=activity,
     )
 
@@ -390,15 +392,31 @@ def _window(
     before: timedelta,
     after: timedelta,
     lookback: timedelta,
-) -> Window:
+) -> tuple[Window, tuple[str, ...]]:
+    """The hunt window of the incident's activity, and what was changed in it.
+
+    The times come from the sender: a window longer than :data:`MAX_INCIDENT_WINDOW`
+    (an incident from 1900, say) is cut to its last part rather than sent as
+    a decades-long query to the workspace.
+    """
+    notes: list[str] = []
     first = _time(properties.get("firstActivityTimeUtc"))
     last = _time(properties.get("lastActivityTimeUtc"))
     created = _time(properties.get("createdTimeUtc"))
+    if first is not None and last is not None and last < first:
+        notes.append("the incident's last activity is before its first; hunted around the first")
+        last = None
     start = (first or last or created or now - lookback) - before
     end = min(now, (last or first or created or now) + after)
     if end <= start:
         end = start + before + after
-    return Window(start=start, end=end)
+    if end - start > MAX_INCIDENT_WINDOW:
+        notes.append(
+            f"the incident's activity spans {(end - start).days} days; the hunt covers its "
+            f"last {MAX_INCIDENT_WINDOW.days} days"
+        )
+        start = end - MAX_INCIDENT_WINDOW
+    return Window(start=start, end=end), tuple(notes)
 
 
 def _activity_window(

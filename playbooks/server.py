@@ -33,6 +33,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -56,7 +57,7 @@ from playbooks.approval_api import (
     PlanView,
 )
 from playbooks.audit import AuditLog
-from playbooks.errors import InputError, SettingsError, TokenwardError
+from playbooks.errors import InputError, Location, SettingsError, TokenwardError
 from playbooks.inbox import (
     Accepted,
     Delivery,
@@ -642,6 +643,8 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
                 await asyncio.to_thread(parts.worker.stop)
             await parts.recorder.stop()
             parts.audit.record("webhook", "service.stopped", {})
+            with contextlib.suppress(Exception):  # busy: the next stop folds it in
+                await asyncio.to_thread(parts.audit.store.checkpoint)
 
     app = FastAPI(
         title="tokenward",
@@ -1103,6 +1106,7 @@ def build_parts(
     problems = service_problems(settings)
     if problems:
         raise SettingsError("tokenward serve cannot start: " + "; ".join(problems))
+    _check_tls_files(settings)
     inbox, audit = open_audit(settings)
 
     keys = None
@@ -1147,8 +1151,56 @@ def build_parts(
     )
 
 
-def serve(parts: ServiceParts) -> None:
-    """Run the service under uvicorn until SIGINT or SIGTERM."""
+def _check_tls_files(settings: Settings) -> None:
+    """Refuse (:class:`SettingsError`) a certificate and key TLS cannot use, before listening."""
+    server = settings.server
+    if server.certfile is None or server.keyfile is None:
+        return
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        # No password: an encrypted key fails here instead of prompting.
+        context.load_cert_chain(server.certfile, server.keyfile, password=lambda: b"")
+    except FileNotFoundError as missing:
+        raise SettingsError(
+            f"{missing.filename or server.certfile}: no such file",
+            source=Location(key="server.certfile"),
+        ) from None
+    except ssl.SSLError:
+        raise SettingsError(
+            f"{server.certfile} and {server.keyfile} are not a PEM certificate chain and its "
+            "unencrypted private key",
+            source=Location(key="server.certfile"),
+        ) from None
+    except OSError as failure:
+        raise SettingsError(
+            f"{failure.filename or server.certfile}: {failure.strerror or failure}",
+            source=Location(key="server.certfile"),
+        ) from None
+
+
+def listen(settings: Settings) -> socket.socket:
+    """The service's listening socket; :class:`SettingsError` naming server.port if
+    the address cannot be had (in use, not this machine's, a privileged port)."""
+    server = settings.server
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((server.host, server.port))
+        sock.listen(2048)
+    except OSError as failure:
+        sock.close()
+        raise SettingsError(
+            f"cannot listen on {server.host}:{server.port}: {failure.strerror or failure}",
+            source=Location(key="server.port"),
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(parts: ServiceParts, sock: socket.socket | None = None) -> None:
+    """Run the service under uvicorn until SIGINT or SIGTERM, on *sock* (from
+    :func:`listen`) or on server.host:port."""
     import uvicorn
 
     server = parts.settings.server
@@ -1166,7 +1218,7 @@ def serve(parts: ServiceParts) -> None:
         log_config=None,
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
 __all__ = [

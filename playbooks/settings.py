@@ -180,6 +180,14 @@ class HuntSettings(Section):
         description="Times a partial or timed-out query is re-run over halves of its window.",
     )
 
+    @field_validator("default_since")
+    @classmethod
+    def _since(cls, value: str) -> str:
+        from playbooks.times import parse_duration
+
+        parse_duration(value)
+        return value
+
     @field_validator("allowed_countries")
     @classmethod
     def _countries(cls, value: tuple[str, ...]) -> tuple[str, ...]:

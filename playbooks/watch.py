@@ -12,6 +12,7 @@ is taken over by the next start when its lease runs out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -105,6 +106,8 @@ async def watch(
         await asyncio.to_thread(
             worker.audit.record, SERVICE_RUN, "service.stopped", {"face": "watch"}
         )
+        with contextlib.suppress(Exception):  # busy: the next stop folds it in
+            await asyncio.to_thread(worker.audit.store.checkpoint)
 
 
 __all__ = ["prepare_watch", "watch"]

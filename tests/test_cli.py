@@ -368,3 +368,11 @@ def test_a_dry_run_plan_id_shown_to_plans_show_says_dry_runs_store_none(
     done = run_tokenward(["plans", "show", "plan-r-20260115T092458-00000000"], tmp_path, capsys)
     assert done.code == 1
     assert "only approve and auto runs store their plans" in done.err
+
+
+def test_audit_verify_of_a_database_with_no_records_fails_rather_than_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = run_tokenward(["audit", "verify"], tmp_path, capsys)
+    assert done.code == 1
+    assert "holds no records: nothing was verified (is [store] url the database" in done.err

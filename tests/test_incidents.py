@@ -263,3 +263,24 @@ def test_an_entity_kind_sentinel_does_not_document_is_ignored_with_a_warning() -
     scope = scope_from_incident(payload, now=NOW)
     assert scope.accounts[0].user_principal_name == "target.user@contoso.com"
     assert scope.warnings == ("entity kind 'spaceship' is not one tokenward knows; ignored",)
+
+
+def test_an_incident_whose_activity_spans_decades_is_hunted_over_its_last_30_days() -> None:
+    body = trigger()
+    body["object"]["properties"]["firstActivityTimeUtc"] = "1900-01-01T00:00:00Z"
+    scope = scope_from_incident(body, now=NOW)
+    assert scope.window.end - scope.window.start == timedelta(days=30)
+    assert scope.window.end == datetime(2026, 1, 15, 9, 54, 58, tzinfo=UTC)
+    assert any("activity spans" in w and "covers its last 30 days" in w for w in scope.warnings), (
+        scope.warnings
+    )
+
+
+def test_an_incident_whose_last_activity_is_before_its_first_is_hunted_around_the_first() -> None:
+    body = trigger()
+    properties = body["object"]["properties"]
+    properties["lastActivityTimeUtc"] = "2026-01-01T00:00:00Z"
+    scope = scope_from_incident(body, now=NOW)
+    first = datetime.fromisoformat(properties["firstActivityTimeUtc"].replace("Z", "+00:00"))
+    assert scope.window.start < first < scope.window.end
+    assert "the incident's last activity is before its first" in " ".join(scope.warnings)

@@ -137,3 +137,37 @@ def test_a_worker_that_needs_a_credential_it_has_not_stops_serve_and_says_why(
     assert done.returncode == 1
     assert why in done.stderr and "but no credential is configured" in done.stderr
     assert "serving on" not in done.stderr
+
+
+def test_a_certificate_file_that_is_missing_or_no_pem_stops_serve_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    for cert, expected in (
+        (tmp_path / "missing.pem", "missing.pem: no such file"),
+        (tmp_path / "junk.pem", "are not a PEM certificate chain and its unencrypted private key"),
+    ):
+        config = HMAC_ONLY + f'[server]\ncertfile = "{cert}"\nkeyfile = "{cert}"\n'
+        done = serve(tmp_path, config, "--no-worker", env=HMAC_ENV)
+        assert done.returncode == 1
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("tokenward: SettingsError: at server.certfile: ")
+        assert expected in line and "serving on" not in done.stderr
+
+
+def test_a_port_already_in_use_stops_serve_before_it_says_it_serves(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = serve(
+            tmp_path, HMAC_ONLY + f"[server]\nport = {port}\n", "--no-worker", env=HMAC_ENV
+        )
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line == (
+        f"tokenward: SettingsError: at server.port: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use"
+    )

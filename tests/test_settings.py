@@ -187,3 +187,8 @@ def test_relative_certificate_and_ca_paths_are_relative_to_the_settings_file(
     settings = load_settings(config, environ={})
     assert settings.azure.ca_bundle == tmp_path / "ca.pem"
     assert settings.azure.credential.certificate_path == tmp_path / "app.pem"
+
+
+def test_a_default_window_that_is_no_duration_is_refused_when_the_settings_load() -> None:
+    with pytest.raises(SettingsError, match=r"at hunt.default_since: not a duration .*'1 day'"):
+        settings_from_dict({"hunt": {"default_since": "1 day"}}, environ={})
