@@ -248,7 +248,10 @@ class Worker:
             margin_before=parse_duration(sentinel.window_before),
             margin_after=parse_duration(sentinel.window_after),
         )
-        warnings = scope.unresolved + scope.warnings + self._rehunt_note(claimed)
+        warnings = scope.unresolved + scope.warnings
+        if scope.users:
+            # An incident with no account to hunt is never hunted again (see _rehunt).
+            warnings += self._rehunt_note(claimed)
         if claimed.scheme == RECONCILED:
             warnings += (
                 "Sentinel never delivered this incident to tokenward's webhook; "

@@ -220,6 +220,7 @@ def test_hostile_strings_in_names_are_kept_out_of_the_hunt_but_the_incident_is_s
     assert emu.sentinel.comments_of(body["object"]["id"]) == {}, "the service runs in dry-run"
     (message,) = service.would_be_comments(body)
     assert "no account in this incident could be resolved" in message
+    assert "hunts again" not in message, "an incident with no account is never re-hunted"
     assert "<script>" not in message and 'x" or 1==1' not in message
 
 

@@ -376,3 +376,14 @@ def test_audit_verify_of_a_database_with_no_records_fails_rather_than_pass(
     done = run_tokenward(["audit", "verify"], tmp_path, capsys)
     assert done.code == 1
     assert "holds no records: nothing was verified (is [store] url the database" in done.err
+
+
+def test_too_small_a_memory_limit_is_named_as_the_cause_not_the_export(
+    tmp_path: Path, exports: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["hunt", "--source", f"files:{exports}", "--memory-limit", "1MB"]
+    done = run_tokenward(args, tmp_path, capsys)
+    assert done.code == 1
+    assert "DuckDB ran out of memory under its limit; give more with --memory-limit" in (
+        " ".join(done.err.split())
+    )

@@ -554,6 +554,13 @@ def _export_error(
     the first that holds the value DuckDB could not cast.
     """
     full = str(error)
+    if type(error).__name__ == "OutOfMemoryException" or "failed to allocate" in full:
+        # Not the file's fault: DuckDB ran out of the memory it was allowed.
+        return ExportError(
+            f"cannot load it{f' as {table.name}' if table else ''}: DuckDB ran out of memory "
+            "under its limit; give more with --memory-limit (e.g. 2GB)",
+            source=Location(file=str(path)),
+        )
     message = full.split("\n")[0]
     message = re.sub(r"^[A-Za-z ]+Error: ", "", message)
     message = re.sub(r'in file "[^"]*", ', "", message)
