@@ -818,15 +818,10 @@ def serve(
     with [schedule], also hunt and reconcile on a schedule."""
     from playbooks.server import build_parts
     from playbooks.server import serve as run_server
-    from playbooks.wiring import SourceSpec
 
     settings = _listening_on(app.settings(), host=host, port=port)
     with_worker = settings.inbox.worker and not no_worker
-    spec = (
-        SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
-        if source_spec
-        else None
-    )
+    spec = _source_spec(source_spec, now_text) if source_spec else None
     from playbooks.server import listen
 
     parts = build_parts(settings, spec=spec, with_worker=with_worker)
@@ -855,10 +850,10 @@ def worker(app: App, source_spec: str, now_text: str | None) -> None:
     """Process the inbox: webhook deliveries, scheduled cycles, approved plans
     (for workers apart from tokenward serve)."""
     from playbooks.server import build_worker
-    from playbooks.wiring import SourceSpec, require_credential, require_source
+    from playbooks.wiring import require_credential, require_source
 
     settings = app.settings()
-    spec = SourceSpec.parse(source_spec, now=_instant(now_text, "--now") if now_text else None)
+    spec = _source_spec(source_spec, now_text)
     require_source(spec)
     require_credential(settings, spec)
     processing = build_worker(settings, spec)
@@ -881,15 +876,25 @@ def watch(app: App, source_spec: str) -> None:
     process with the worker and a Prometheus listener (metrics.host:port)."""
     from playbooks.watch import prepare_watch
     from playbooks.watch import watch as run_watch
-    from playbooks.wiring import SourceSpec
 
     settings = app.settings()
-    worker = prepare_watch(settings, SourceSpec.parse(source_spec))
+    worker = prepare_watch(settings, _source_spec(source_spec, None))
 
     def started() -> None:
         app.err.print("tokenward watching: " + ", ".join(_jobs_line(settings)), style="dim")
 
     aio.run(_until_signalled(lambda stop: run_watch(settings, worker, stop, on_started=started)))
+
+
+def _source_spec(text: str, now_text: str | None) -> Any:
+    """``--source`` (and ``--now``) for the service's runs; a usage error, as hunt's."""
+    from playbooks.wiring import SourceSpec
+
+    now = _instant(now_text, "--now") if now_text else None
+    try:
+        return SourceSpec.parse(text, now=now)
+    except SettingsError as failure:
+        raise click.BadParameter(failure.message, param_hint="--source") from None
 
 
 def _listening_on(settings: Settings, *, host: str | None, port: int | None) -> Settings:

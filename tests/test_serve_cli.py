@@ -78,8 +78,8 @@ def test_an_unknown_source_is_refused(tmp_path: Path) -> None:
         "live:x",
         env={"PATH": "/usr/bin:/bin", "TOKENWARD_WEBHOOK_HMAC_SECRET": "s" * 40},
     )
-    assert done.returncode == 1
-    assert "use files:DIR" in done.stderr
+    assert done.returncode == 2, "a bad --source is a usage error, as for tokenward hunt"
+    assert "Invalid value for --source" in done.stderr and "use files:DIR" in done.stderr
 
 
 HMAC_ONLY = '[webhook]\nauth = ["hmac"]\n'
