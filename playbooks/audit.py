@@ -102,6 +102,9 @@ class AuditLog:
         self._store = store
         self._key = key
         self._fingerprint = key_fingerprint(key)
+        # Set once the store's fingerprint is seen to be this log's: it is
+        # written once and never changed, so appends need not read it again.
+        self._claimed = False
 
     def record(
         self, run_id: str, kind: str, data: dict[str, Any], *, actor: str = "tokenward"
@@ -241,9 +244,14 @@ class AuditLog:
 
     def _claim(self, connection: Connection, head: Any) -> None:
         """Refuse to append unless this log's key is the chain's; the first record fixes it."""
+        if self._claimed:
+            return
         recorded, stored = self._chain_fingerprint(connection, head)
         if not stored:
             connection.execute(insert(audit_key).values(id=1, fingerprint=recorded))
+        # Only a marker already committed is settled: a new one is the
+        # transaction's until it commits.
+        self._claimed = stored
 
     def _chain_fingerprint(self, connection: Connection, head: Any) -> tuple[str | None, bool]:
         """The chain's key fingerprint and whether the store holds it yet;

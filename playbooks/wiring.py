@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from connectors.clients import Clients
 from connectors.credentials import build_credential
@@ -54,7 +54,7 @@ SOURCE_HELP = "use files:DIR (a directory of exported logs), loganalytics, defen
 class SourceSpec:
     """Where runs hunt: ``files:DIR``, ``loganalytics``, ``defender`` or ``live``."""
 
-    kind: str
+    kind: LiveMode | Literal["files"]
     argument: str = ""
     # A pinned clock (exports of a past day); None: the wall clock.
     now: datetime | None = None
@@ -70,7 +70,7 @@ class SourceSpec:
 
     @property
     def live(self) -> LiveMode | None:
-        return None if self.kind == "files" else self.kind  # type: ignore[return-value]
+        return None if self.kind == "files" else self.kind
 
 
 def action_kinds(playbook: Playbook) -> list[ActionKind]:

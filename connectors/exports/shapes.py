@@ -1044,13 +1044,14 @@ class LogAnalyticsCsv:
             found = {column: source(column) for column in table.columns}
             return {column: raw for column, raw in found.items() if raw is not None}
 
+        type_column = source("Type") if route else None
         return FileRead(
             shape=self.name,
             framing="csv",
             relation=f"SELECT * FROM {reader}",
             columns_for=columns_for,
             table=table,
-            route=source("Type").sql if route else None,  # type: ignore[union-attr]
+            route=type_column.sql if type_column is not None else None,
             lines=True,
         )
 

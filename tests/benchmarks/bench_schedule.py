@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from playbooks.times import utcnow
-from tests.emulator import start_emulator
+from tests.emulator import Emulator, start_emulator
 from tests.scheduled import (
     phish_tables,
     records,
@@ -47,17 +47,17 @@ from tests.scheduled import (
 
 
 def one_run(
-    emu: object, directory: Path, *, every: float, delay: float
+    emu: Emulator, directory: Path, *, every: float, delay: float
 ) -> tuple[float, float, int]:
     """(audit seconds, wire seconds, revocations) of one run."""
-    emu.reset()  # type: ignore[attr-defined]
+    emu.reset()
     tenant(emu)
     settings = scheduled_settings(
         emu, directory, schedule={"hunt_every_seconds": every, "jitter_seconds": 0}
     )
     started = time.monotonic()
     others, phish = phish_tables(utcnow())
-    workspace = emu.log_analytics.workspace  # type: ignore[attr-defined]
+    workspace = emu.log_analytics.workspace
     workspace.load(others)
     workspace.add_later({"SigninLogs": [phish]}, after_seconds=delay)
     with watching(settings) as failures:
@@ -66,7 +66,7 @@ def one_run(
             raise failures[0]
         (request,) = [
             r
-            for r in emu.requests(r"^/v1\.0/")  # type: ignore[attr-defined]
+            for r in emu.requests(r"^/v1\.0/")
             if b"revokeSignInSessions" in r.body or "revokeSignInSessions" in r.path
         ]
         # One more cycle over the same window: still one revocation.

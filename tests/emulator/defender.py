@@ -71,7 +71,7 @@ def graph_error(status: int, code: str, message: str) -> JSONResponse:
 def install(emulator: Emulator) -> None:
     state = DefenderState()
     emulator.services["defender"] = state
-    emulator.defender = state  # type: ignore[attr-defined]
+    emulator.defender = state
     router = APIRouter()
 
     async def run_hunting_query(request: Request) -> Response:
@@ -87,7 +87,7 @@ def install(emulator: Emulator) -> None:
             await asyncio.sleep(rule.delay)
         if rule is not None and rule.status is not None:
             return rule.response()
-        workspace = emulator.log_analytics.workspace  # type: ignore[attr-defined]
+        workspace = emulator.log_analytics.workspace
         try:
             start, end = parse_timespan(
                 body.get("timespan") or body.get("Timespan"), now=datetime.now(UTC)

@@ -323,7 +323,7 @@ def _context(what: str) -> str:
 def install(emulator: Emulator) -> None:
     state = GraphState()
     emulator.services["graph"] = state
-    emulator.graph = state  # type: ignore[attr-defined]
+    emulator.graph = state
     dispatcher = Dispatcher(emulator, state)
     router = APIRouter()
 

@@ -171,7 +171,7 @@ def install(emulator: Emulator) -> None:
     state = IdentityState()
     state.rotate()
     emulator.services["identity"] = state
-    emulator.identity = state  # type: ignore[attr-defined]
+    emulator.identity = state
     router = APIRouter()
 
     @router.get("/{tenant}/v2.0/.well-known/openid-configuration")

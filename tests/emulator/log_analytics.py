@@ -48,7 +48,7 @@ def install(emulator: Emulator) -> None:
     state = LogAnalyticsState()
     state.reset()
     emulator.services["log_analytics"] = state
-    emulator.log_analytics = state  # type: ignore[attr-defined]
+    emulator.log_analytics = state
     router = APIRouter()
 
     async def answer(

@@ -92,7 +92,7 @@ class SentinelState:
 def install(emulator: Emulator) -> None:
     state = SentinelState()
     emulator.services["sentinel"] = state
-    emulator.sentinel = state  # type: ignore[attr-defined]
+    emulator.sentinel = state
     router = APIRouter()
 
     @router.api_route(

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
 
 import uvicorn
@@ -30,6 +30,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from tests.emulator.tls import TlsFiles, make_tls
+
+if TYPE_CHECKING:
+    from tests.emulator.defender import DefenderState
+    from tests.emulator.graph import GraphState
+    from tests.emulator.identity import IdentityState
+    from tests.emulator.log_analytics import LogAnalyticsState
+    from tests.emulator.sentinel import SentinelState
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -122,6 +129,13 @@ class Fault:
 
 class Emulator:
     """The Microsoft APIs tokenward calls, on 127.0.0.1, recording every request."""
+
+    # Each service's state, set by its module's install().
+    identity: IdentityState
+    log_analytics: LogAnalyticsState
+    defender: DefenderState
+    graph: GraphState
+    sentinel: SentinelState
 
     def __init__(self, directory: Path | None = None) -> None:
         # A folder it made itself is its own to remove when it stops.
