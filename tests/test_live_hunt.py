@@ -67,7 +67,11 @@ def test_a_hunt_costs_the_same_requests_for_one_ten_or_five_hundred_users(
 ) -> None:
     audit_log = AuditLog(open_store("sqlite://"))
     emu.log_analytics.workspace.load(phished_tenant(users, history=3))
-    settings = live_settings(emu, sources=MIXED, guardrails={"max_users_per_run": 1000})
+    # 500 users' queries take the emulator seconds on a busy machine: a read
+    # timeout it cannot reach, for a retried request would be a round trip more.
+    settings = live_settings(
+        emu, sources=MIXED, guardrails={"max_users_per_run": 1000}, azure={"read_timeout": 120}
+    )
 
     done = run_live(emu, audit_log, mode=mode, settings=settings)
 

@@ -30,7 +30,7 @@ from playbooks.errors import (
 )
 from playbooks.ports import CallAttempt, listening_for_attempts
 from playbooks.settings import settings_from_dict
-from tests.emulator import ENVIRON, settings_data
+from tests.emulator import ENVIRON, abandoning_requests, settings_data
 
 SUBSCRIPTION = "/subscriptions/00000000-0000-4000-8000-00000000aaaa"
 
@@ -258,11 +258,12 @@ def test_no_attempt_starts_once_the_next_wait_would_pass_the_deadline(emu: Any) 
 def test_a_slow_answer_times_out_and_is_retried_only_where_the_policy_allows(emu: Any) -> None:
     emu.fault(path="^/subscriptions/", delay=2, times=None)
 
-    result, attempts, elapsed = get_subscription(
-        emu,
-        policy=RetryPolicy(max_attempts=3, wait_initial=0.01, retry_timeouts=False),
-        read_timeout=1.1,
-    )
+    with abandoning_requests():
+        result, attempts, elapsed = get_subscription(
+            emu,
+            policy=RetryPolicy(max_attempts=3, wait_initial=0.01, retry_timeouts=False),
+            read_timeout=1.1,
+        )
 
     assert isinstance(result, TimedOut)
     assert calls(emu) == 1
@@ -273,9 +274,10 @@ def test_a_slow_answer_times_out_and_is_retried_only_where_the_policy_allows(emu
 
     emu.reset()
     emu.fault(path="^/subscriptions/", delay=2, times=1)
-    result, attempts, _ = get_subscription(
-        emu, policy=RetryPolicy(max_attempts=3, wait_initial=0.01), read_timeout=1.1
-    )
+    with abandoning_requests():
+        result, attempts, _ = get_subscription(
+            emu, policy=RetryPolicy(max_attempts=3, wait_initial=0.01), read_timeout=1.1
+        )
     assert result["state"] == "Enabled"
     assert [a.error_class for a in attempts] == ["timeout", None]
 
