@@ -824,7 +824,7 @@ def serve(
     spec = _source_spec(source_spec, now_text) if source_spec else None
     from playbooks.server import listen
 
-    parts = build_parts(settings, spec=spec, with_worker=with_worker)
+    parts = build_parts(settings, spec=spec, with_worker=with_worker, store_apart=True)
     sock = listen(settings)
     scheme = "https" if settings.server.certfile else "http"
     app.err.print(

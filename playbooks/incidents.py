@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from playbooks.actions import IncidentRef
@@ -119,7 +120,7 @@ class IncidentScope:
             if account.confidence is Confidence.LOW
         )
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """What the hunt depends on; an update that keeps it needs no re-run."""
         window = self.activity_window

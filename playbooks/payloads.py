@@ -74,8 +74,26 @@ def parse_body(body: bytes) -> Any:
             "the body is not JSON tokenward can read: it holds a number too long to be one",
             status=400,
         ) from None
-    _check_text(value, "", 0)
+    # The walk that names where a bad string is costs more than the parse;
+    # it is needed only when an escape could have made one, or for depth.
+    if _ESCAPED_NUL_OR_SURROGATE.search(text) or not _within_depth(value, MAX_DEPTH):
+        _check_text(value, "", 0)
     return value
+
+
+# A NUL or a lone surrogate reaches a parsed string only through an escape:
+# JSON refuses raw control characters, and the text decoded as UTF-8.
+_ESCAPED_NUL_OR_SURROGATE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _within_depth(value: Any, limit: int) -> bool:
+    if limit < 0:
+        return False
+    if isinstance(value, dict):
+        return all(_within_depth(item, limit - 1) for item in value.values())
+    if isinstance(value, list):
+        return all(_within_depth(item, limit - 1) for item in value)
+    return True
 
 
 def check_delivery(payload: Any) -> str:

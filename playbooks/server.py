@@ -38,7 +38,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,7 +57,7 @@ from playbooks.approval_api import (
     PlanView,
 )
 from playbooks.audit import AuditLog
-from playbooks.errors import InputError, Location, SettingsError, TokenwardError
+from playbooks.errors import AuditError, InputError, Location, SettingsError, TokenwardError
 from playbooks.inbox import (
     Accepted,
     Delivery,
@@ -80,6 +80,7 @@ from playbooks.times import isoformat_z, parse_duration, utcnow
 from playbooks.webhook_auth import (
     SIGNATURE_HEADER,
     Caller,
+    CheckedTokens,
     TokenPolicy,
     Unauthorized,
     validate_bearer,
@@ -199,6 +200,7 @@ class Gate:
     approvers: frozenset[str] = frozenset()
     approver_role: str = ""
     clock: Callable[[], float] = time.time
+    checked: CheckedTokens = field(default_factory=CheckedTokens)
 
     def sender(self, headers: Mapping[str, str], body: bytes) -> Caller:
         """The webhook's caller, or :class:`Refused` (401, or 503 before keys load).
@@ -258,7 +260,11 @@ class Gate:
         if not self.keys.loaded:
             raise Refused(503, "the tenant's signing keys are not loaded yet")
         return validate_bearer(
-            authorization, policy=policy, key_for=self.keys.key_for, now=self.clock()
+            authorization,
+            policy=policy,
+            key_for=self.keys.key_for,
+            now=self.clock(),
+            checked=self.checked,
         )
 
     @property
@@ -350,8 +356,15 @@ class Recorder:
 
     MAX_BACKLOG = 10_000
 
-    def __init__(self, inbox: Inbox, *, max_group: int = 256) -> None:
-        self._inbox = inbox
+    def __init__(
+        self,
+        inbox: Inbox,
+        *,
+        max_group: int = 256,
+        apart: StoreProcess | None = None,
+    ) -> None:
+        # Each group is committed by *apart* when given, else by *inbox* in a thread.
+        self._record = apart.record if apart is not None else inbox.record
         self._max_group = max_group
         self._queue: asyncio.Queue[tuple[Delivery | Refusal, asyncio.Future[Accepted] | None]] = (
             asyncio.Queue()
@@ -395,7 +408,7 @@ class Recorder:
             refusals = [item for item, _ in group if isinstance(item, Refusal)]
             try:
                 accepted = await asyncio.to_thread(
-                    self._inbox.record, [item for item, _ in deliveries], refusals
+                    self._record, [item for item, _ in deliveries], refusals
                 )
             except Exception as failure:
                 logger.error(
@@ -413,6 +426,123 @@ class Recorder:
             finally:
                 for _ in group:
                     self._queue.task_done()
+
+
+class StoreProcess:
+    """The inbox's writes in a child process of ``tokenward serve``.
+
+    Committing a group (the inbox rows, their audit records and the chain's
+    hashes) is Python work; done in a thread, it shares one interpreter with
+    the event loop that reads, authenticates and checks every request, and
+    each slows the other. In a process of its own it runs beside them. The
+    request side sends each group over a pipe and waits for the answer, so a
+    ``202`` still means "committed".
+
+    If the child dies, the groups waiting on it are answered ``503`` (a
+    delivery it had committed comes back as a duplicate of its run when
+    Sentinel sends it again) and the next group starts a new child. The child
+    ignores SIGINT and SIGTERM: it stops when serve closes the pipe, after the
+    last group, or when serve dies.
+    """
+
+    START_TIMEOUT_S = 60.0
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=_store_main,
+            args=(self._settings, child, logging.getLogger().level),
+            name="tokenward-store",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        if not parent.poll(self.START_TIMEOUT_S):
+            process.kill()
+            raise AuditError("the inbox's store process did not start")
+        try:
+            status, detail = parent.recv()
+        except EOFError:
+            raise AuditError(
+                f"the inbox's store process exited on start (code {process.exitcode})"
+            ) from None
+        if status != "ready":
+            raise AuditError(f"the inbox's store process could not open the store: {detail}")
+        self._process, self._conn = process, parent
+
+    def record(self, deliveries: Sequence[Delivery], refusals: Sequence[Refusal]) -> list[Accepted]:
+        """:meth:`Inbox.record` in the child; one caller at a time."""
+        with self._lock:
+            if self._process is None or not self._process.is_alive():
+                if self._process is not None:
+                    logger.warning(
+                        "the inbox's store process exited (code %s); starting another",
+                        self._process.exitcode,
+                    )
+                self.start()
+            try:
+                self._conn.send((list(deliveries), list(refusals)))
+                status, value = self._conn.recv()
+            except (EOFError, OSError):
+                raise AuditError(
+                    "the inbox's store process stopped before it answered; "
+                    "the group may or may not be stored"
+                ) from None
+        if status != "ok":
+            raise AuditError(value)
+        return list(value)
+
+    def stop(self, *, grace_s: float = 10) -> None:
+        with self._lock:
+            if self._process is None:
+                return
+            self._conn.close()
+            self._process.join(grace_s)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(5)
+            self._process = None
+
+
+def _store_main(settings: Settings, conn: Any, level: int) -> None:
+    """The store process: commit each group it is sent until the pipe closes."""
+    import signal
+
+    from playbooks import logs
+
+    # serve stops this process by closing the pipe, once its last group is in.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logs.configure(0 if level >= logging.ERROR else 1 if level >= logging.INFO else 2)
+    try:
+        inbox, _audit = open_audit(settings)
+    except TokenwardError as failure:
+        conn.send(("failed", str(failure)))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            deliveries, refusals = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            answer: tuple[str, Any] = ("ok", inbox.record(deliveries, refusals))
+        except TokenwardError as failure:
+            answer = ("failed", str(failure))
+        except Exception as failure:  # the request side must hear of it, not hang
+            logger.exception("the inbox could not store a group")
+            answer = (
+                "failed",
+                f"the inbox could not store the deliveries ({type(failure).__name__})",
+            )
+        conn.send(answer)
 
 
 # -- the worker inside the service -------------------------------------------------
@@ -553,6 +683,8 @@ class ServiceParts:
     worker: WorkerProcess | None = None
     # The schedules of the scheduled hunt and the reconciliation, if configured.
     scheduler: JobScheduler | None = None
+    # The process that commits deliveries, if any; else a thread does.
+    store_process: StoreProcess | None = None
     recorder: Recorder | None = field(default=None, init=False)
 
 
@@ -611,7 +743,9 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert parts is not None, "create_app(None) only describes the service"
         background: list[asyncio.Task[None]] = []
-        parts.recorder = Recorder(parts.inbox)
+        if parts.store_process is not None:
+            await asyncio.to_thread(parts.store_process.start)
+        parts.recorder = Recorder(parts.inbox, apart=parts.store_process)
         parts.recorder.start()
         if parts.keys is not None:
             background.append(asyncio.create_task(parts.keys.keep_fresh(), name="signing-keys"))
@@ -642,6 +776,8 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             if parts.worker is not None:
                 await asyncio.to_thread(parts.worker.stop)
             await parts.recorder.stop()
+            if parts.store_process is not None:
+                await asyncio.to_thread(parts.store_process.stop)
             parts.audit.record("webhook", "service.stopped", {})
             with contextlib.suppress(Exception):  # busy: the next stop folds it in
                 await asyncio.to_thread(parts.audit.store.checkpoint)
@@ -1092,13 +1228,16 @@ def build_parts(
     spec: SourceSpec | None,
     with_worker: bool,
     approvals: PlanApprovals | None = None,
+    store_apart: bool = False,
 ) -> ServiceParts:
     """The service as settings describe it; :class:`SettingsError` if it cannot start.
 
     In approve or auto with a worker, the Graph token's permissions are checked
     first (:class:`~playbooks.errors.PermissionDenied` if one is missing), so a
     service that could not contain never starts. Approvals are the stored
-    plans' unless *approvals* is given.
+    plans' unless *approvals* is given. With *store_apart*, deliveries are
+    committed by a :class:`StoreProcess` (not for a database in memory, which
+    another process cannot open).
     """
     from connectors.entra_keys import SigningKeys
     from playbooks.approvals import StoredApprovals
@@ -1148,7 +1287,17 @@ def build_parts(
         approvals=approvals or StoredApprovals(audit, settings.approvals),
         worker=worker,
         scheduler=scheduler,
+        store_process=StoreProcess(settings)
+        if store_apart and not _in_memory(settings.store.url)
+        else None,
     )
+
+
+def _in_memory(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
 def _check_tls_files(settings: Settings) -> None:

@@ -12,12 +12,17 @@ Two schemes, either or both enabled in settings:
 
 Every refusal raises :class:`Unauthorized` with a reason for the audit; the
 HTTP answer never repeats it. Comparisons are constant-time.
+
+A managed identity sends the same token with every call for as long as it
+lives (hours); :class:`CheckedTokens` remembers the tokens that passed, so a
+burst of deliveries is not paying for an RSA verification each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,23 +107,114 @@ class Caller:
 KeyLookup = Callable[[str], Any]
 
 
+@dataclass(frozen=True)
+class _Lifetime:
+    """When a token may be used, from its ``nbf``, ``exp`` and ``iat`` claims."""
+
+    not_before: float
+    expires: float
+    issued: float
+
+    @classmethod
+    def of(cls, claims: Mapping[str, Any]) -> _Lifetime:
+        times = {name: claims[name] for name in ("nbf", "exp", "iat")}
+        for name, value in times.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Unauthorized(f"the token's {name} claim is not a time")
+        return cls(not_before=times["nbf"], expires=times["exp"], issued=times["iat"])
+
+    def check(self, now: float, leeway: float) -> None:
+        """Raise :class:`Unauthorized` unless the token may be used at *now*."""
+        if self.expires <= now - leeway:
+            raise Unauthorized("the token has expired")
+        if self.not_before > now + leeway:
+            raise Unauthorized("the token is not valid yet")
+        if abs(now - self.issued) > 86400 + leeway:
+            raise Unauthorized("the token was issued more than a day ago")
+
+
+@dataclass(frozen=True)
+class _Passed:
+    caller: Caller
+    kid: str
+    lifetime: _Lifetime
+
+
+class CheckedTokens:
+    """Bearer tokens that passed :func:`validate_bearer`, under one policy each.
+
+    Only a token identical byte for byte to one that passed is found (the
+    entry is keyed by its SHA-256), and finding it spares only the signature
+    and claims check: its lifetime is checked against the clock on every
+    use, and it is checked in full again once its signing key is no longer
+    one the tenant publishes. Refusals are never remembered. The oldest
+    entries go first past *max_tokens*.
+    """
+
+    def __init__(self, max_tokens: int = 256) -> None:
+        self.max_tokens = max_tokens
+        self._passed: OrderedDict[tuple[TokenPolicy, bytes], _Passed] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._passed)
+
+    def caller(
+        self, policy: TokenPolicy, token: str, *, key_for: KeyLookup, now: float
+    ) -> Caller | None:
+        """The remembered caller of *token*; ``None`` if it must be checked in full.
+
+        Raises :class:`Unauthorized` (and forgets the token) once it has expired.
+        """
+        entry = (policy, hashlib.sha256(token.encode()).digest())
+        passed = self._passed.get(entry)
+        if passed is None:
+            return None
+        try:
+            key_for(passed.kid)
+        except KeyError:
+            del self._passed[entry]
+            return None
+        try:
+            passed.lifetime.check(now, policy.leeway_s)
+        except Unauthorized:
+            del self._passed[entry]
+            raise
+        return passed.caller
+
+    def remember(
+        self, policy: TokenPolicy, token: str, kid: str, lifetime: _Lifetime, caller: Caller
+    ) -> None:
+        entry = (policy, hashlib.sha256(token.encode()).digest())
+        self._passed[entry] = _Passed(caller=caller, kid=kid, lifetime=lifetime)
+        while len(self._passed) > self.max_tokens:
+            self._passed.popitem(last=False)
+
+
 def validate_bearer(
     authorization: str,
     *,
     policy: TokenPolicy,
     key_for: KeyLookup,
     now: float,
+    checked: CheckedTokens | None = None,
 ) -> Caller:
     """The caller of a valid ``Authorization: Bearer`` header, else :class:`Unauthorized`.
 
     *key_for* maps a token's ``kid`` to its public key, or raises ``KeyError``;
-    it is where the tenant's signing keys are cached and rotated.
+    it is where the tenant's signing keys are cached and rotated. With
+    *checked*, a token that passed before is not verified again while it is
+    in its lifetime and its key is published (see :class:`CheckedTokens`).
     """
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("no bearer token")
+    if checked is not None:
+        known = checked.caller(policy, token, key_for=key_for, now=now)
+        if known is not None:
+            return known
     try:
-        header = jwt.get_unverified_header(token.strip())
+        header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
         raise Unauthorized("the bearer token is not a JWT") from None
     if header.get("alg") != "RS256":
@@ -133,26 +229,27 @@ def validate_bearer(
 
     try:
         claims = jwt.decode(
-            token.strip(),
+            token,
             key=key,
             algorithms=["RS256"],
             audience=list(policy.audiences),
             issuer=list(policy.issuers),
-            leeway=policy.leeway_s,
-            options={"require": ["exp", "nbf", "iat", "aud", "iss"], "verify_iat": False},
+            # The lifetime is checked below, against the caller's clock.
+            options={
+                "require": ["exp", "nbf", "iat", "aud", "iss"],
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized("the token has expired") from None
-    except jwt.ImmatureSignatureError:
-        raise Unauthorized("the token is not valid yet") from None
     except jwt.InvalidAudienceError:
         raise Unauthorized("the token is for another audience") from None
     except jwt.InvalidIssuerError:
         raise Unauthorized("the token is from another issuer") from None
     except jwt.PyJWTError as failure:
         raise Unauthorized(f"the token is invalid ({type(failure).__name__})") from None
-    if abs(now - float(claims.get("iat", now))) > 86400 + policy.leeway_s:
-        raise Unauthorized("the token was issued more than a day ago")
+    lifetime = _Lifetime.of(claims)
+    lifetime.check(now, policy.leeway_s)
 
     roles = claims.get("roles")
     caller = Caller(
@@ -170,6 +267,8 @@ def validate_bearer(
         raise Unauthorized(
             f"principal {caller.principal_id or caller.app_id!r} may not call the webhook"
         )
+    if checked is not None:
+        checked.remember(policy, token, kid, lifetime, caller)
     return caller
 
 

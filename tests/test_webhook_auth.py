@@ -15,6 +15,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from connectors.entra_keys import SigningKeys
 from playbooks.webhook_auth import (
+    CheckedTokens,
     TokenPolicy,
     Unauthorized,
     sign,
@@ -143,6 +144,101 @@ def test_the_logic_apps_managed_identity_token_is_accepted() -> None:
 def test_forged_expired_and_foreign_tokens_are_refused(header: str, reason: str) -> None:
     with pytest.raises(Unauthorized, match=reason):
         validate_bearer(header, policy=POLICY, key_for=keys, now=time.time())
+
+
+def test_a_token_with_an_iat_that_is_no_time_is_refused_not_crashed_on() -> None:
+    with pytest.raises(Unauthorized, match="iat claim is not a time"):
+        validate_bearer(token(iat="yesterday"), policy=POLICY, key_for=keys, now=time.time())
+
+
+# -- a token seen before ------------------------------------------------------------
+
+
+class CountingKeys:
+    """The tenant's published keys, counting how often a signature was checked."""
+
+    def __init__(self) -> None:
+        self.published = {"k1": KEY.public_key()}
+        self.lookups = 0
+
+    def __call__(self, kid: str) -> Any:
+        self.lookups += 1
+        return self.published[kid]
+
+
+def test_a_reused_token_is_not_verified_again_while_it_lives() -> None:
+    checked, published = CheckedTokens(), CountingKeys()
+    bearer, now = token(), time.time()
+
+    first = validate_bearer(bearer, policy=POLICY, key_for=published, now=now, checked=checked)
+    with_cache = [
+        validate_bearer(bearer, policy=POLICY, key_for=published, now=now + n, checked=checked)
+        for n in range(100)
+    ]
+
+    assert {caller.principal_id for caller in with_cache} == {first.principal_id} == {LOGIC_APP}
+    assert len(checked) == 1
+    # Each reuse only asks whether its key is still published: no jwt.decode.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jwt, "decode", lambda *a, **k: pytest.fail("verified again"))
+        validate_bearer(bearer, policy=POLICY, key_for=published, now=now, checked=checked)
+
+
+def test_a_remembered_token_is_refused_once_it_expires_as_a_new_one_would_be() -> None:
+    checked, now = CheckedTokens(), time.time()
+    bearer = token(exp=int(now) + 120)
+    validate_bearer(bearer, policy=POLICY, key_for=keys, now=now, checked=checked)
+
+    with pytest.raises(Unauthorized, match="expired"):
+        validate_bearer(bearer, policy=POLICY, key_for=keys, now=now + 600, checked=checked)
+    assert len(checked) == 0
+
+
+def test_a_remembered_token_is_refused_once_its_key_is_no_longer_published() -> None:
+    checked, published = CheckedTokens(), CountingKeys()
+    bearer, now = token(), time.time()
+    validate_bearer(bearer, policy=POLICY, key_for=published, now=now, checked=checked)
+
+    del published.published["k1"]
+
+    with pytest.raises(Unauthorized, match="key the tenant does not publish"):
+        validate_bearer(bearer, policy=POLICY, key_for=published, now=now, checked=checked)
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_verified_and_refused() -> None:
+    checked, now = CheckedTokens(), time.time()
+    bearer = token()
+    validate_bearer(bearer, policy=POLICY, key_for=keys, now=now, checked=checked)
+    head, payload, signature = bearer.removeprefix("Bearer ").split(".")
+    forged = f"Bearer {head}.{payload}.{signature[:-4]}AAAA"
+
+    with pytest.raises(Unauthorized, match="invalid"):
+        validate_bearer(forged, policy=POLICY, key_for=keys, now=now, checked=checked)
+
+
+def test_a_token_remembered_under_one_policy_is_checked_under_another() -> None:
+    checked, now = CheckedTokens(), time.time()
+    bearer = token()
+    validate_bearer(bearer, policy=POLICY, key_for=keys, now=now, checked=checked)
+    approvers = TokenPolicy(audiences=("api://elsewhere",), issuers=(ISSUER,))
+
+    with pytest.raises(Unauthorized, match="another audience"):
+        validate_bearer(bearer, policy=approvers, key_for=keys, now=now, checked=checked)
+
+
+def test_refusals_are_not_remembered_and_the_oldest_tokens_go_first() -> None:
+    checked, now = CheckedTokens(max_tokens=3), time.time()
+    with pytest.raises(Unauthorized):
+        validate_bearer(token(aud="x"), policy=POLICY, key_for=keys, now=now, checked=checked)
+    assert len(checked) == 0
+
+    bearers = [token(jti=str(n)) for n in range(5)]
+    for bearer in bearers:
+        validate_bearer(bearer, policy=POLICY, key_for=keys, now=now, checked=checked)
+
+    assert len(checked) == 3
+    assert checked.caller(POLICY, bearers[0].split()[1], key_for=keys, now=now) is None
+    assert checked.caller(POLICY, bearers[-1].split()[1], key_for=keys, now=now) is not None
 
 
 def test_a_token_signed_with_a_shared_secret_algorithm_is_refused() -> None:
