@@ -15,7 +15,9 @@ It never calls a connector: a worker (a child process that serve starts, or
 ``tokenward worker`` elsewhere) runs the playbook for each stored delivery. Stores are
 grouped: deliveries arriving together are committed in one transaction, so
 acknowledging stays fast under a burst while every ``202`` still means
-"written to disk". Refusals answer with a fixed, generic message per status;
+"written to disk". ``tokenward serve`` commits the groups in a child process
+(:class:`StoreProcess`), so the audit chain's work does not share the
+interpreter that reads and checks requests. Refusals answer with a fixed, generic message per status;
 the reason goes to the audit and the log, never to the caller.
 
 The connectors of the service's runs (the sources, the Graph responder in
