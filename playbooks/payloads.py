@@ -82,7 +82,9 @@ def parse_body(body: bytes) -> Any:
 
 
 # A NUL or a lone surrogate reaches a parsed string only through an escape:
-# JSON refuses raw control characters, and the text decoded as UTF-8.
+# JSON refuses raw control characters, and the text decoded as UTF-8. (That
+# holds for CPython's C scanner, which json uses wherever it is built; the
+# pure-Python fallback is laxer about what follows \u.)
 _ESCAPED_NUL_OR_SURROGATE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 

@@ -17,8 +17,9 @@ grouped: deliveries arriving together are committed in one transaction, so
 acknowledging stays fast under a burst while every ``202`` still means
 "written to disk". ``tokenward serve`` commits the groups in a child process
 (:class:`StoreProcess`), so the audit chain's work does not share the
-interpreter that reads and checks requests. Refusals answer with a fixed, generic message per status;
-the reason goes to the audit and the log, never to the caller.
+interpreter that reads and checks requests. Refusals answer with a fixed,
+generic message per status; the reason goes to the audit and the log, never
+to the caller.
 
 The connectors of the service's runs (the sources, the Graph responder in
 approve and auto, the Sentinel client) are built by :mod:`playbooks.wiring`,
@@ -30,6 +31,7 @@ scheduled hunt and the reconciliation are queued here on their schedules
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -454,8 +456,11 @@ class StoreProcess:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Any = None
         self._lock = threading.Lock()
+        self._stopped = False
 
     def start(self) -> None:
+        if self._stopped:
+            raise AuditError("the inbox's store process was stopped")
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         process = context.Process(
@@ -466,18 +471,27 @@ class StoreProcess:
         )
         process.start()
         child.close()
-        if not parent.poll(self.START_TIMEOUT_S):
-            process.kill()
-            raise AuditError("the inbox's store process did not start")
         try:
-            status, detail = parent.recv()
-        except EOFError:
-            raise AuditError(
-                f"the inbox's store process exited on start (code {process.exitcode})"
-            ) from None
-        if status != "ready":
-            raise AuditError(f"the inbox's store process could not open the store: {detail}")
+            if not parent.poll(self.START_TIMEOUT_S):
+                raise AuditError("the inbox's store process did not start")
+            try:
+                status, detail = parent.recv()
+            except EOFError:
+                process.join(5)
+                raise AuditError(
+                    f"the inbox's store process exited on start (code {process.exitcode})"
+                ) from None
+            if status != "ready":
+                raise AuditError(f"the inbox's store process could not open the store: {detail}")
+        except AuditError:
+            parent.close()
+            process.kill()
+            process.join(5)
+            raise
         self._process, self._conn = process, parent
+        # The child ignores SIGTERM, so multiprocessing's own exit handler
+        # would wait on it forever: close its pipe first, however serve ends.
+        atexit.register(self.stop)
 
     def record(self, deliveries: Sequence[Delivery], refusals: Sequence[Refusal]) -> list[Accepted]:
         """:meth:`Inbox.record` in the child; one caller at a time."""
@@ -502,7 +516,10 @@ class StoreProcess:
         return list(value)
 
     def stop(self, *, grace_s: float = 10) -> None:
+        """Close the pipe (the child exits after its group) and wait; for good."""
         with self._lock:
+            self._stopped = True
+            atexit.unregister(self.stop)
             if self._process is None:
                 return
             self._conn.close()
@@ -510,7 +527,7 @@ class StoreProcess:
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join(5)
-            self._process = None
+            self._process = self._conn = None
 
 
 def _store_main(settings: Settings, conn: Any, level: int) -> None:
@@ -1299,7 +1316,10 @@ def _in_memory(url: str) -> bool:
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return database in ("", ":memory:") or "mode=memory" in str(parsed) or ":memory:" in database
 
 
 def _check_tls_files(settings: Settings) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ class _Lifetime:
         times = {name: claims[name] for name in ("nbf", "exp", "iat")}
         for name, value in times.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Unauthorized(f"the token's {name} claim is not a time")
+            if not math.isfinite(value):  # JSON as Python reads it allows NaN and Infinity
                 raise Unauthorized(f"the token's {name} claim is not a time")
         return cls(not_before=times["nbf"], expires=times["exp"], issued=times["iat"])
 

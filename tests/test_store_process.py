@@ -67,3 +67,23 @@ def test_a_store_the_child_cannot_open_stops_serve_from_starting(tmp_path: Path)
 
     with pytest.raises(AuditError, match="store process"):
         process.start()
+
+
+def test_a_stopped_store_process_refuses_groups_instead_of_starting_again(
+    apart: tuple[StoreProcess, AuditLog],
+) -> None:
+    process, audit = apart
+    process.stop()
+
+    with pytest.raises(AuditError, match="stopped"):
+        process.record([delivery("inc-1")], [])
+    assert audit.records() == []
+
+
+def test_a_database_in_memory_is_written_in_process() -> None:
+    from playbooks.server import _in_memory
+
+    assert _in_memory("sqlite://") and _in_memory("sqlite:///:memory:")
+    assert _in_memory("sqlite:///file:state?mode=memory&uri=true")
+    assert not _in_memory("sqlite:///tokenward.db")
+    assert not _in_memory("postgresql+psycopg://u@h/db")

@@ -146,9 +146,14 @@ def test_forged_expired_and_foreign_tokens_are_refused(header: str, reason: str)
         validate_bearer(header, policy=POLICY, key_for=keys, now=time.time())
 
 
-def test_a_token_with_an_iat_that_is_no_time_is_refused_not_crashed_on() -> None:
-    with pytest.raises(Unauthorized, match="iat claim is not a time"):
-        validate_bearer(token(iat="yesterday"), policy=POLICY, key_for=keys, now=time.time())
+@pytest.mark.parametrize(
+    "claims",
+    [{"iat": "yesterday"}, {"exp": float("nan")}, {"exp": float("inf")}, {"nbf": "0"}],
+    ids=["text-iat", "nan-exp", "infinite-exp", "text-nbf"],
+)
+def test_a_token_whose_times_are_no_times_is_refused_not_crashed_on(claims: Any) -> None:
+    with pytest.raises(Unauthorized, match="claim is not a time"):
+        validate_bearer(token(**claims), policy=POLICY, key_for=keys, now=time.time())
 
 
 # -- a token seen before ------------------------------------------------------------
