@@ -1260,6 +1260,7 @@ def build_parts(
     """
     from connectors.entra_keys import SigningKeys
     from playbooks.approvals import StoredApprovals
+    from playbooks.store import in_memory
 
     problems = service_problems(settings)
     if problems:
@@ -1307,19 +1308,9 @@ def build_parts(
         worker=worker,
         scheduler=scheduler,
         store_process=StoreProcess(settings)
-        if store_apart and not _in_memory(settings.store.url)
+        if store_apart and not in_memory(settings.store.url)
         else None,
     )
-
-
-def _in_memory(url: str) -> bool:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return False
-    database = parsed.database or ""
-    return database in ("", ":memory:") or "mode=memory" in str(parsed) or ":memory:" in database
 
 
 def _check_tls_files(settings: Settings) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from playbooks.errors import AuditError, SettingsError
@@ -521,6 +521,15 @@ def _entry(row: Any) -> LedgerEntry:
     )
 
 
+def in_memory(url: str | URL) -> bool:
+    """Whether *url* is a SQLite database in memory, which no other process can open."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return database in ("", ":memory:") or ":memory:" in database or "mode=memory" in str(parsed)
+
+
 def open_store(url: str) -> Store:
     """Open (and create if needed) the database at *url*."""
     try:
@@ -530,8 +539,8 @@ def open_store(url: str) -> Store:
             "not a database URL (dialect+driver://..., e.g. sqlite:///tokenward.db)",
             source=_Location(key="store.url"),
         ) from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "sqlite" and not in_memory(parsed):
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = create_engine(parsed)
     except ImportError as missing:

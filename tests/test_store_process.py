@@ -13,7 +13,7 @@ from playbooks.audit import AuditLog
 from playbooks.errors import AuditError
 from playbooks.server import StoreProcess
 from playbooks.settings import settings_from_dict
-from playbooks.store import open_store
+from playbooks.store import in_memory, open_store
 from tests.test_inbox import delivery
 
 pytestmark = pytest.mark.slow
@@ -81,9 +81,7 @@ def test_a_stopped_store_process_refuses_groups_instead_of_starting_again(
 
 
 def test_a_database_in_memory_is_written_in_process() -> None:
-    from playbooks.server import _in_memory
-
-    assert _in_memory("sqlite://") and _in_memory("sqlite:///:memory:")
-    assert _in_memory("sqlite:///file:state?mode=memory&uri=true")
-    assert not _in_memory("sqlite:///tokenward.db")
-    assert not _in_memory("postgresql+psycopg://u@h/db")
+    assert in_memory("sqlite://") and in_memory("sqlite:///:memory:")
+    assert in_memory("sqlite:///file:state?mode=memory&uri=true")
+    assert not in_memory("sqlite:///tokenward.db")
+    assert not in_memory("postgresql+psycopg://u@h/db")
