@@ -84,3 +84,35 @@ def test_a_batch_reuses_the_hunt_and_answers_as_each_query_alone(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'tokenward_reused_%'"
     ).fetchone()
     assert leftovers == (0,)
+
+
+def test_instants_come_back_aware_in_utc_whatever_the_column_is_called(tmp_path: Path) -> None:
+    shapes.log_analytics_json(
+        tmp_path,
+        "SigninLogs",
+        [
+            {"TimeGenerated": "2026-01-15T09:24:58.1234567Z", "Id": "s1"},
+            {"TimeGenerated": "1969-12-31T23:59:59Z", "Id": "s0"},
+        ],
+    )
+    con, _ = load_directory(tmp_path)
+    source = LocalKqlSource(con, now=END, origin="test")
+    query = RenderedQuery(
+        name="instants",
+        tables=(),
+        text="SigninLogs | project Id, ['Signed \"in\" at'] = TimeGenerated, "
+        "Later = TimeGenerated + 1h, Never = datetime(null) | order by Id asc",
+        window=Window(start=START, end=END),
+    )
+
+    (outcome,) = asyncio.run(source.run_queries([query]))
+
+    assert outcome.error is None
+    assert [row["Id"] for row in outcome.rows] == ["s0", "s1"]
+    assert [row['Signed "in" at'] for row in outcome.rows] == [
+        datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(2026, 1, 15, 9, 24, 58, 123456, tzinfo=UTC),
+    ]
+    assert outcome.rows[1]["Later"] == datetime(2026, 1, 15, 10, 24, 58, 123456, tzinfo=UTC)
+    assert all(row["Later"].utcoffset() == timedelta(0) for row in outcome.rows)
+    assert [row["Never"] for row in outcome.rows] == [None, None]

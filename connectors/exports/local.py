@@ -18,11 +18,13 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
 import duckdb_kql
+from duckdb import ColumnExpression
+from duckdb.sqltypes import TIMESTAMP, TIMESTAMP_TZ
 
 from playbooks.models import RunStatus
 from playbooks.ports import QueryOutcome, RenderedQuery
@@ -88,8 +90,7 @@ class LocalKqlSource:
                 self._con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM "{view}"')
                 self._con.execute(f'DROP VIEW "{view}"')
                 relation = self._con.table(table)
-            columns = relation.columns
-            rows = [dict(zip(columns, values, strict=True)) for values in relation.fetchall()]
+            rows = _fetch_rows(relation)
         except Exception as error:  # the engine raises KqlError and DuckDB errors
             elapsed = _ms(started)
             logger.warning("query %s failed locally: %s", query.name, type(error).__name__)
@@ -116,6 +117,37 @@ class LocalKqlSource:
             ),
             table,
         )
+
+
+def _fetch_rows(relation: Any) -> list[dict[str, Any]]:
+    """The relation's rows as dicts, its datetimes aware and in UTC.
+
+    DuckDB converts a ``TIMESTAMP WITH TIME ZONE`` to Python through the
+    session's time zone, value by value, which costs as much as the query for
+    a few thousand rows. The connection runs in UTC (duckdb-kql sets it), so
+    the same instants are fetched as plain timestamps and marked UTC here.
+    """
+    columns = relation.columns
+    zoned = [i for i, kind in enumerate(relation.types) if kind == TIMESTAMP_TZ]
+    if not zoned:
+        return [dict(zip(columns, values, strict=True)) for values in relation.fetchall()]
+    relation = relation.select(
+        *(
+            ColumnExpression(name).cast(TIMESTAMP).alias(name)
+            if i in zoned
+            else ColumnExpression(name)
+            for i, name in enumerate(columns)
+        )
+    )
+    rows = []
+    for values in relation.fetchall():
+        row = dict(zip(columns, values, strict=True))
+        for i in zoned:
+            when = values[i]
+            if when is not None:
+                row[columns[i]] = when.replace(tzinfo=UTC)
+        rows.append(row)
+    return rows
 
 
 def _ms(started: float) -> int:
