@@ -496,13 +496,7 @@ class StoreProcess:
     def record(self, deliveries: Sequence[Delivery], refusals: Sequence[Refusal]) -> list[Accepted]:
         """:meth:`Inbox.record` in the child; one caller at a time."""
         with self._lock:
-            if self._process is None or not self._process.is_alive():
-                if self._process is not None:
-                    logger.warning(
-                        "the inbox's store process exited (code %s); starting another",
-                        self._process.exitcode,
-                    )
-                self.start()
+            self._running()
             try:
                 self._conn.send((list(deliveries), list(refusals)))
                 status, value = self._conn.recv()
@@ -514,6 +508,28 @@ class StoreProcess:
         if status != "ok":
             raise AuditError(value)
         return list(value)
+
+    def revive(self) -> None:
+        """Start another child if this one died, as the next group would.
+
+        ``/readyz`` calls it, so a child that died between deliveries is back
+        before the next one, and a store it cannot open shows as not ready.
+        """
+        with self._lock:
+            self._running()
+
+    def _running(self) -> None:
+        # With the lock held.
+        if self._process is not None and self._process.is_alive():
+            return
+        if self._process is not None:
+            logger.warning(
+                "the inbox's store process exited (code %s); starting another",
+                self._process.exitcode,
+            )
+            self._conn.close()
+            self._process = self._conn = None
+        self.start()
 
     def stop(self, *, grace_s: float = 10) -> None:
         """Close the pipe (the child exits after its group) and wait; for good."""
@@ -901,7 +917,8 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
     @app.get(
         "/readyz",
         summary="Ready to accept deliveries",
-        description="The store answers, authentication is configured and loaded, the worker runs. "
+        description="The store answers, its process runs (started again if it died), "
+        "authentication is configured and loaded, the worker runs. "
         "Says only which check failed, nothing about the configuration.",
         responses={200: {"model": HealthBody}, 503: {"model": HealthBody}},
     )
@@ -914,6 +931,12 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             state = await asyncio.to_thread(service_state, parts.audit.store)
         except Exception:
             checks["store"] = "unreachable"
+        if parts.store_process is not None:
+            try:
+                await asyncio.to_thread(parts.store_process.revive)
+                checks["store_process"] = "ok"
+            except AuditError:
+                checks["store_process"] = "failed"
         if parts.worker is not None:
             checks["worker"] = (
                 "failed" if parts.worker.failed else "ok" if parts.worker.alive else "stopped"

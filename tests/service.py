@@ -140,6 +140,7 @@ def running_service(
     approvals: Any = None,
     wait_for_keys: bool = True,
     source: SourceSpec | None = None,
+    store_apart: bool = False,
 ) -> Iterator[Service]:
     """The service over the seed's exports (its clock pinned), or over *source*."""
     scenario = seed_scenario()
@@ -148,7 +149,9 @@ def running_service(
     if source is None:
         exports = export_scenario(scenario, directory / "exports")
         source = SourceSpec("files", str(exports), now=scenario.clock)
-    parts = build_parts(settings, spec=source, with_worker=worker, approvals=approvals)
+    parts = build_parts(
+        settings, spec=source, with_worker=worker, approvals=approvals, store_apart=store_apart
+    )
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +230,27 @@ def test_health_and_readiness(svc: Service) -> None:
         "recovered_incidents": 0,
         "jobs": {},
     }
+
+
+def test_a_store_process_that_died_between_deliveries_is_back_by_the_readiness_check(
+    emu: Any, tmp_path: Path
+) -> None:
+    with running_service(emu, tmp_path, worker=False, store_apart=True) as service:
+        store = service.parts.store_process
+        assert store is not None and store._process is not None
+        first = store._process
+        os.kill(first.pid or 0, signal.SIGKILL)
+        first.join(10)
+        with service.client() as client:
+            ready = client.get("/readyz")
+        second = store._process
+        answer = service.post(incident())
+        served = second is store._process and second is not None and second.is_alive()
+
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"store": "ok", "auth": "ok", "store_process": "ok"}
+    assert second is not first and served
+    assert answer.status_code == 202
 
 
 def test_the_service_does_not_publish_its_own_docs(svc: Service) -> None:
