@@ -91,6 +91,9 @@ class RunRequest:
     low_confidence_users: frozenset[str] = frozenset()
     # Things the caller already knows the report must say (e.g. from loading).
     warnings: tuple[str, ...] = ()
+    # What it must say only if the run completes without a finding (e.g. that
+    # the incident is hunted again later).
+    if_nothing_found: tuple[str, ...] = ()
     run_id: str | None = None
 
 
@@ -266,6 +269,8 @@ class Runner:
 
         notes = list(report.notes)
         warnings = list(report.warnings) + follow_warnings
+        if not findings:
+            warnings += request.if_nothing_found
         if partial:
             warnings.append(
                 f"the {', '.join(partial)} results arrived partial: evidence may be missing, "

@@ -249,9 +249,12 @@ class Worker:
             margin_after=parse_duration(sentinel.window_after),
         )
         warnings = scope.unresolved + scope.warnings
+        if_nothing_found: tuple[str, ...] = ()
         if scope.users:
             # An incident with no account to hunt is never hunted again (see _rehunt).
-            warnings += self._rehunt_note(claimed)
+            done, again = self._rehunt_notes(claimed)
+            warnings += done
+            if_nothing_found = again
         if claimed.scheme == RECONCILED:
             warnings += (
                 "Sentinel never delivered this incident to tokenward's webhook; "
@@ -269,6 +272,7 @@ class Worker:
             incident=scope.incident,
             low_confidence_users=scope.low_confidence_users,
             warnings=warnings,
+            if_nothing_found=if_nothing_found,
             run_id=claimed.run_id,
         )
         responder, directory = self._acting(tools, mode)
@@ -433,22 +437,23 @@ class Worker:
             return Done({"run_status": "skipped", "plan_id": plan_id, "why": str(refused)})
         return Done(_outcome(report))
 
-    def _rehunt_note(self, claimed: Claimed) -> tuple[str, ...]:
+    def _rehunt_notes(self, claimed: Claimed) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What the comment says of re-hunts: always, and only if this run finds nothing."""
         delays = self.settings.sentinel.rehunt_after
         done = rehunt_number(claimed.event)
-        notes = []
+        always: tuple[str, ...] = ()
         if done:
-            notes.append(
+            always = (
                 f"re-hunt {done} of {len(delays)}: the earlier hunt of this incident "
-                "found no device code sign-in"
+                "found no device code sign-in",
             )
-        if done < len(delays):
-            at = parse_time(claimed.received_at).value + parse_duration(delays[done])
-            notes.append(
-                "sign-in logs can reach the workspace minutes late: if this run finds no "
-                f"device code sign-in, tokenward hunts again at {isoformat_z(at)}"
-            )
-        return tuple(notes)
+        if done >= len(delays):
+            return always, ()
+        at = parse_time(claimed.received_at).value + parse_duration(delays[done])
+        return always, (
+            "no device code sign-in was found, and sign-in logs can reach the workspace "
+            f"minutes late: tokenward hunts again at {isoformat_z(at)}",
+        )
 
     async def _after_failure(self, claimed: Claimed, error: str) -> None:
         inbox = self.settings.inbox

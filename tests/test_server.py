@@ -338,6 +338,8 @@ def test_a_run_that_finds_nothing_hunts_again_later_and_stops_when_it_finds_the_
         first["run_id"] + "+rehunt-2",
     ]
     assert len(found_comments) == 1, "a run that found the sign-in needs no re-hunt"
+    assert ["hunts again at" in m for m in nobody_comments] == [True, True, False]
+    assert "hunts again" not in found_comments[0]
 
 
 def test_a_signing_key_rotated_in_is_picked_up_without_a_restart(svc: Service) -> None:
