@@ -336,6 +336,8 @@ def test_a_clicked_url_is_shown_whole_in_the_clicks_and_as_host_and_path_on_the_
     assert page.tags == render(to_markdown(seed)).tags
     (listed,) = [text for text in page.texts("li") if " via " in text]
     assert f"{clicks[0].url} → {url} [" in listed
+    # Each address is code, which no renderer that links bare URLs links.
+    assert [clicks[0].url, url] == [code for code in codes(page) if code in (clicks[0].url, url)]
     timeline = page.tables[0]
     assert any(row[3] == f"{short_url(clicks[0].url)} → {short_url(url)}" for row in timeline[1:])
 

@@ -300,7 +300,9 @@ def _finding(finding: Finding, report: RunReport) -> list[str]:
     if finding.evidence.url_clicks:
         lines += ["Clicks:", ""]
         for click in finding.evidence.url_clicks:
-            chain = " → ".join(inline_text(url) for url in (click.url_chain or (click.url,)))
+            # As code: a renderer that links bare URLs (GFM does) never links
+            # the address of a phishing page inside a code span.
+            chain = " → ".join(code_span(url) for url in (click.url_chain or (click.url,)))
             kinds = ", ".join(inline_text(kind) for kind in click.action_types)
             through = ", clicked through" if click.is_clicked_through else ""
             workload = inline_text(click.workload) if click.workload else "unknown"
