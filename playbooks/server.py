@@ -514,9 +514,14 @@ class StoreProcess:
 
         ``/readyz`` calls it, so a child that died between deliveries is back
         before the next one, and a store it cannot open shows as not ready.
+        It never waits behind a group: one in flight has a child to answer it.
         """
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             self._running()
+        finally:
+            self._lock.release()
 
     def _running(self) -> None:
         # With the lock held.
@@ -935,7 +940,8 @@ def create_app(parts: ServiceParts | None = None) -> FastAPI:
             try:
                 await asyncio.to_thread(parts.store_process.revive)
                 checks["store_process"] = "ok"
-            except AuditError:
+            except Exception as failure:  # not started, for whatever reason: not ready
+                logger.warning("the inbox's store process could not start: %s", failure)
                 checks["store_process"] = "failed"
         if parts.worker is not None:
             checks["worker"] = (

@@ -101,7 +101,8 @@ def test_instants_come_back_aware_in_utc_whatever_the_column_is_called(tmp_path:
         name="instants",
         tables=(),
         text="SigninLogs | project Id, ['Signed \"in\" at'] = TimeGenerated, "
-        "Later = TimeGenerated + 1h, Never = datetime(null) | order by Id asc",
+        "Later = TimeGenerated + 1h, ['*'] = iff(false, TimeGenerated, datetime(null)) "
+        "| order by Id asc",
         window=Window(start=START, end=END),
     )
 
@@ -115,4 +116,21 @@ def test_instants_come_back_aware_in_utc_whatever_the_column_is_called(tmp_path:
     ]
     assert outcome.rows[1]["Later"] == datetime(2026, 1, 15, 10, 24, 58, 123456, tzinfo=UTC)
     assert all(row["Later"].utcoffset() == timedelta(0) for row in outcome.rows)
-    assert [row["Never"] for row in outcome.rows] == [None, None]
+    assert [row["*"] for row in outcome.rows] == [None, None]
+
+
+def test_instants_are_read_in_utc_whatever_the_session_time_zone() -> None:
+    import duckdb_kql
+
+    from connectors.exports.local import _fetch_rows
+
+    con = duckdb_kql.connect(":memory:")
+    con.execute("SET TimeZone = 'America/New_York'")
+    relation = con.sql(
+        "SELECT TIMESTAMPTZ '2026-01-15 09:24:58.5+00' AS \"*\", 1 AS n, "
+        "CAST(NULL AS TIMESTAMPTZ) AS never"
+    )
+
+    assert _fetch_rows(relation) == [
+        {"*": datetime(2026, 1, 15, 9, 24, 58, 500000, tzinfo=UTC), "n": 1, "never": None}
+    ]

@@ -339,7 +339,9 @@ def test_a_clicked_url_is_shown_whole_in_the_clicks_and_as_host_and_path_on_the_
     # Each address is code, which no renderer that links bare URLs links.
     assert [clicks[0].url, url] == [code for code in codes(page) if code in (clicks[0].url, url)]
     timeline = page.tables[0]
-    assert any(row[3] == f"{short_url(clicks[0].url)} → {short_url(url)}" for row in timeline[1:])
+    route = f"{short_url(clicks[0].url)} → {short_url(url)}"
+    assert any(row[3] == route for row in timeline[1:])
+    assert route in codes(page)
 
 
 def test_a_newline_in_an_email_subject_does_not_start_a_new_line(seed: RunReport) -> None:

@@ -253,6 +253,21 @@ def test_a_store_process_that_died_between_deliveries_is_back_by_the_readiness_c
     assert answer.status_code == 202
 
 
+def test_a_store_process_that_cannot_start_shows_as_not_ready(emu: Any, tmp_path: Path) -> None:
+    def cannot_start() -> None:
+        raise OSError(24, "Too many open files")
+
+    with running_service(emu, tmp_path, worker=False, store_apart=True) as service:
+        store = service.parts.store_process
+        assert store is not None
+        store.revive = cannot_start  # type: ignore[method-assign]
+        with service.client() as client:
+            ready = client.get("/readyz")
+
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["store_process"] == "failed"
+
+
 def test_the_service_does_not_publish_its_own_docs(svc: Service) -> None:
     with svc.client() as client:
         assert client.get("/openapi.json").status_code == 404

@@ -23,8 +23,8 @@ from importlib.metadata import version
 from typing import Any
 
 import duckdb_kql
-from duckdb import ColumnExpression
-from duckdb.sqltypes import TIMESTAMP, TIMESTAMP_TZ
+from duckdb import SQLExpression
+from duckdb.sqltypes import TIMESTAMP_TZ
 
 from playbooks.models import RunStatus
 from playbooks.ports import QueryOutcome, RenderedQuery
@@ -120,23 +120,21 @@ class LocalKqlSource:
 
 
 def _fetch_rows(relation: Any) -> list[dict[str, Any]]:
-    """The relation's rows as dicts, its datetimes aware and in UTC.
+    """The relation's rows as dicts, each ``TIMESTAMP WITH TIME ZONE`` aware in UTC.
 
-    DuckDB converts a ``TIMESTAMP WITH TIME ZONE`` to Python through the
-    session's time zone, value by value, which costs as much as the query for
-    a few thousand rows. The connection runs in UTC (duckdb-kql sets it), so
-    the same instants are fetched as plain timestamps and marked UTC here.
+    DuckDB converts such a value to Python through the session's time zone,
+    value by value, which costs as much as the query for a few thousand rows.
+    The same instants are fetched as UTC wall-clock timestamps instead (by
+    position, whatever a column is called) and marked UTC here.
     """
     columns = relation.columns
-    zoned = [i for i, kind in enumerate(relation.types) if kind == TIMESTAMP_TZ]
+    zoned = {i for i, kind in enumerate(relation.types) if kind == TIMESTAMP_TZ}
     if not zoned:
         return [dict(zip(columns, values, strict=True)) for values in relation.fetchall()]
     relation = relation.select(
         *(
-            ColumnExpression(name).cast(TIMESTAMP).alias(name)
-            if i in zoned
-            else ColumnExpression(name)
-            for i, name in enumerate(columns)
+            SQLExpression(f"timezone('UTC', #{i + 1})" if i in zoned else f"#{i + 1}")
+            for i in range(len(columns))
         )
     )
     rows = []

@@ -21,7 +21,7 @@ from playbooks.reports import (
     request_body,
     request_line,
 )
-from playbooks.reports.timeline import timeline_for
+from playbooks.reports.timeline import Lane, timeline_for
 from playbooks.times import isoformat_z
 from playbooks.whatif import FindingChange, WhatIf
 
@@ -198,9 +198,15 @@ def _timeline(finding: Finding, report: RunReport) -> list[str]:
     """The finding's events in time order, from the sign-in (0)."""
     lines = ["| from the sign-in | time | what | detail |", "|---:|---|---|---|"]
     for mark in timeline_for(finding, report).marks:
+        # A click's detail is the route it took, addresses: as code, like the clicks.
+        detail = (
+            code_span(mark.detail, in_table=True)
+            if mark.lane is Lane.CLICK
+            else inline_text(mark.detail)
+        )
         lines.append(
             f"| {mark.offset_text} | {isoformat_z(mark.time)} | {inline_text(mark.title)} "
-            f"| {inline_text(mark.detail)} |"
+            f"| {detail} |"
         )
     return [*lines, ""]
 
