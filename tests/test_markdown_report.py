@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import html
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -62,6 +63,8 @@ HOSTILE_READ = (
     "[verify](http://evil.example/x) ![i](http://evil.example/i.png) <http://evil.example> "
     "`tick` ``` ~~gone~~ &amp; $x$ \\ # h - item  | c | d | end z"
 )
+# The addresses in it, each shown as code: no renderer links inside code.
+HOSTILE_ADDRESSES = {"http://evil.example/x)", "http://evil.example/i.png)", "http://evil.example>"}
 # Where a log value goes in the report, in the plain version of the same report.
 PLAIN = "plainvalue"
 
@@ -130,6 +133,11 @@ def render(markdown: str) -> Rendered:
 def codes(page: Rendered) -> list[str]:
     """The text of each code span on *page*, spaces and all."""
     return [html.unescape(part.split("</code>")[0]) for part in page.html.split("<code>")[1:]]
+
+
+def elements(page: Rendered) -> list[str]:
+    """The elements of *page* in order, but code (which an address in a value becomes)."""
+    return [name for name, _ in page.tags if name != "code"]
 
 
 def cell_text(markdown_cell: str) -> str:
@@ -254,8 +262,10 @@ def test_every_log_value_reads_as_written_and_adds_no_element(seed: RunReport) -
     # No value starts a line of its own...
     assert len(hostile.splitlines()) == len(plain.splitlines())
     plain_page, hostile_page = render(plain), render(hostile)
-    # ...nor an element, a link, an image or a cell...
-    assert hostile_page.tags == plain_page.tags
+    # ...nor an element, a link, an image or a cell; its addresses are code...
+    assert elements(hostile_page) == elements(plain_page)
+    added = Counter(codes(hostile_page)) - Counter(codes(plain_page))
+    assert set(added) == HOSTILE_ADDRESSES
     # ...and each block reads as before, with the value as written where it was.
     expected = [(tag, text.replace(PLAIN, HOSTILE_READ)) for tag, text in plain_page.blocks]
     assert hostile_page.blocks == expected
@@ -337,7 +347,7 @@ def test_a_clicked_url_is_shown_whole_in_the_clicks_and_as_host_and_path_on_the_
     (listed,) = [text for text in page.texts("li") if " via " in text]
     assert f"{clicks[0].url} → {url} [" in listed
     # Each address is code, which no renderer that links bare URLs links.
-    assert [clicks[0].url, url] == [code for code in codes(page) if code in (clicks[0].url, url)]
+    assert {clicks[0].url, url} <= set(codes(page))
     timeline = page.tables[0]
     route = f"{short_url(clicks[0].url)} → {short_url(url)}"
     assert any(row[3] == route for row in timeline[1:])
@@ -355,7 +365,8 @@ def test_a_newline_in_an_email_subject_does_not_start_a_new_line(seed: RunReport
     after = to_markdown(seed.model_copy(update={"findings": (changed,)}))
     assert len(after.splitlines()) == len(before.splitlines())
     page = render(after)
-    assert [name for name, _ in page.tags] == [name for name, _ in render(before).tags]
+    assert elements(page) == elements(render(before))
+    assert "http://evil.example)" in codes(page)
     read = "Re-verify  # Pwned  - [x](http://evil.example) | a | b | |---|---| end"
     (mail,) = [text for text in page.texts("li") if "(linked by " in text]
     assert f": '{read}' from " in mail
@@ -396,8 +407,9 @@ def test_a_value_that_looks_like_a_list_or_a_heading_stays_one_item(seed: RunRep
     warnings += ("    indented code", "> quote", "<div>", "[x]: http://evil.example", "===")
     page = render(to_markdown(seed.model_copy(update={"warnings": warnings})))
     section = parse(page.html.split("<h2>Warnings</h2>")[1].split("<h2>")[0])
-    # One list, one item per warning, each reading as written.
-    assert {name for name, _ in section.tags} == {"ul", "li"}
+    # One list, one item per warning, each reading as written; the address is code.
+    assert set(elements(section)) == {"ul", "li"}
+    assert codes(section) == ["http://evil.example"]
     assert section.texts("li") == [warning.strip() for warning in warnings]
 
 
@@ -449,7 +461,6 @@ ORDINARY = [
     "2001:db8::7",
     "Microsoft Authentication Broker",
     "Windows Azure Service Management API (04b07795-8ddb-461a-bbee-02f9e1bf7b46)",
-    "https://secure-access.contoso-verify.workers.dev/session",
     "first_last@contoso.com",
     "python-requests/2.28.0",
     "NL",
@@ -483,9 +494,31 @@ def test_the_seed_report_reads_as_before(seed: RunReport) -> None:
 
 def test_markup_characters_are_escaped_and_line_breaks_become_spaces() -> None:
     assert inline_text("a|b\r\nc <d> **e**\u2028f") == "a\\|b  c \\<d\\> \\*\\*e\\*\\* f"
-    assert inline_text("[x](http://evil.example)") == "\\[x\\](http://evil.example)"
+    assert inline_text("[x](http://evil.example)") == "\\[x\\](`http://evil.example)`"
     assert inline_text("- item") == "\\- item"
     assert inline_text("1. first") == "1\\. first"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (
+            "https://secure-access.contoso-verify.workers.dev/session",
+            "`https://secure-access.contoso-verify.workers.dev/session`",
+        ),
+        ("opened www.evil.example/a_b now", "opened `www.evil.example/a_b` now"),
+        ("HXXP://x.example|next", "`HXXP://x.example`\\|next"),
+        ("see ftp://x.example/`f`", "see `ftp://x.example/`\\`f\\`"),
+        (
+            "no link: evil.example or mailto:eve@evil.example",
+            "no link: evil.example or mailto:eve@evil.example",
+        ),
+    ],
+)
+def test_an_address_in_a_value_is_code_and_stops_at_a_space_a_pipe_or_a_backtick(
+    value: str, shown: str
+) -> None:
+    assert inline_text(value) == shown
 
 
 def test_a_code_span_is_fenced_longer_than_the_backticks_in_it() -> None:
@@ -524,11 +557,11 @@ def test_fuzzed_text_reads_as_written_in_a_list_item_a_heading_a_paragraph_and_a
         shown = one_line(value).strip(" ")
         item = render(f"- {inline_text(value)}\n- next\n")
         assert item.texts("li") == [shown, "next"], value
-        assert [name for name, _ in item.tags] == ["ul", "li", "li"], value
+        assert elements(item) == ["ul", "li", "li"], value
         heading = render(f"### {inline_text(value)} — x\n")
         assert heading.texts("h3") == [f"{shown} — x".strip()], value
         paragraph = render(f"{inline_text(value)}\n")
-        assert [name for name, _ in paragraph.tags] == (["p"] if shown else []), value
+        assert elements(paragraph) == (["p"] if shown else []), value
         assert paragraph.texts("p") == ([shown] if shown else []), value
         assert cell_text(inline_text(value)) == shown, value
 

@@ -32,6 +32,9 @@ _MARKUP = frozenset("\\`*_[]<>|#!&~$")
 # What starts a list or a thematic break at the start of a line.
 _BLOCK_START = re.compile(r"[-+](?=\s|$)|-(?=[- ]*$)|[0-9]{1,9}(?=[.)](?:\s|$))")
 _BACKTICKS = re.compile(r"`+")
+# What a renderer may link without any markup: a scheme and ``//``, or ``www.``.
+# It stops at a space, a pipe (a table cell's end) and a backtick.
+_BARE_ADDRESS = re.compile(r"(?i)\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s`|]*")
 
 
 def _one_line(value: str) -> str:
@@ -42,18 +45,31 @@ def _one_line(value: str) -> str:
 
 
 def inline_text(value: str) -> str:
-    """*value* as literal text in a paragraph, a list item or a table cell."""
+    """*value* as literal text in a paragraph, a list item or a table cell.
+
+    An address in it (``https://…``, ``www.…``) is set as code: renderers that
+    link bare URLs (GFM does, whatever is escaped) never link inside code, and
+    a phishing page's address must not become a link in a report.
+    """
     text = _one_line(value).strip(" ")
-    escaped = "".join(
-        "\\" + char if char in _MARKUP and not _inert(text, at) else char
-        for at, char in enumerate(text)
-    )
+    parts, at = [], 0
+    for address in _BARE_ADDRESS.finditer(text):
+        parts += [_escaped(text[at : address.start()]), code_span(address.group())]
+        at = address.end()
+    escaped = "".join([*parts, _escaped(text[at:])])
     # A value may open a list item or a paragraph: it must not read as a marker.
     start = _BLOCK_START.match(escaped)
     if start is None:
         return escaped
     cut = start.end() if escaped[0].isdigit() else 0
     return escaped[:cut] + "\\" + escaped[cut:]
+
+
+def _escaped(text: str) -> str:
+    return "".join(
+        "\\" + char if char in _MARKUP and not _inert(text, at) else char
+        for at, char in enumerate(text)
+    )
 
 
 def _inert(text: str, at: int) -> bool:
