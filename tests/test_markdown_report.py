@@ -64,7 +64,7 @@ HOSTILE_READ = (
     "`tick` ``` ~~gone~~ &amp; $x$ \\ # h - item  | c | d | end z"
 )
 # The addresses in it, each shown as code: no renderer links inside code.
-HOSTILE_ADDRESSES = {"http://evil.example/x)", "http://evil.example/i.png)", "http://evil.example>"}
+HOSTILE_ADDRESSES = {"http://evil.example/x", "http://evil.example/i.png", "http://evil.example>"}
 # Where a log value goes in the report, in the plain version of the same report.
 PLAIN = "plainvalue"
 
@@ -366,7 +366,7 @@ def test_a_newline_in_an_email_subject_does_not_start_a_new_line(seed: RunReport
     assert len(after.splitlines()) == len(before.splitlines())
     page = render(after)
     assert elements(page) == elements(render(before))
-    assert "http://evil.example)" in codes(page)
+    assert "http://evil.example" in codes(page)
     read = "Re-verify  # Pwned  - [x](http://evil.example) | a | b | |---|---| end"
     (mail,) = [text for text in page.texts("li") if "(linked by " in text]
     assert f": '{read}' from " in mail
@@ -494,7 +494,7 @@ def test_the_seed_report_reads_as_before(seed: RunReport) -> None:
 
 def test_markup_characters_are_escaped_and_line_breaks_become_spaces() -> None:
     assert inline_text("a|b\r\nc <d> **e**\u2028f") == "a\\|b  c \\<d\\> \\*\\*e\\*\\* f"
-    assert inline_text("[x](http://evil.example)") == "\\[x\\](`http://evil.example)`"
+    assert inline_text("[x](http://evil.example)") == "\\[x\\](`http://evil.example`)"
     assert inline_text("- item") == "\\- item"
     assert inline_text("1. first") == "1\\. first"
 
@@ -507,6 +507,11 @@ def test_markup_characters_are_escaped_and_line_breaks_become_spaces() -> None:
             "`https://secure-access.contoso-verify.workers.dev/session`",
         ),
         ("opened www.evil.example/a_b now", "opened `www.evil.example/a_b` now"),
+        (
+            "redirects to https://x.example/devicelogin, where",
+            "redirects to `https://x.example/devicelogin`, where",
+        ),
+        ("(see https://x.example/a_(b)).", "(see `https://x.example/a_(b)`)."),
         ("HXXP://x.example|next", "`HXXP://x.example`\\|next"),
         ("see ftp://x.example/`f`", "see `ftp://x.example/`\\`f\\`"),
         (
@@ -515,7 +520,7 @@ def test_markup_characters_are_escaped_and_line_breaks_become_spaces() -> None:
         ),
     ],
 )
-def test_an_address_in_a_value_is_code_and_stops_at_a_space_a_pipe_or_a_backtick(
+def test_an_address_in_a_value_is_code_up_to_a_space_a_pipe_a_backtick_or_punctuation(
     value: str, shown: str
 ) -> None:
     assert inline_text(value) == shown

@@ -35,6 +35,8 @@ _BACKTICKS = re.compile(r"`+")
 # What a renderer may link without any markup: a scheme and ``//``, or ``www.``.
 # It stops at a space, a pipe (a table cell's end) and a backtick.
 _BARE_ADDRESS = re.compile(r"(?i)\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s`|]*")
+# Punctuation after an address that belongs to the sentence, as GFM reads it.
+_TRAILING = frozenset("?!.,:;*_~'\"")
 
 
 def _one_line(value: str) -> str:
@@ -54,15 +56,25 @@ def inline_text(value: str) -> str:
     text = _one_line(value).strip(" ")
     parts, at = [], 0
     for address in _BARE_ADDRESS.finditer(text):
-        parts += [_escaped(text[at : address.start()]), code_span(address.group())]
-        at = address.end()
+        start, end = address.start(), _address_end(address.group(), address.start())
+        parts += [_escaped(text[at:start]), code_span(text[start:end])]
+        at = end
     escaped = "".join([*parts, _escaped(text[at:])])
     # A value may open a list item or a paragraph: it must not read as a marker.
-    start = _BLOCK_START.match(escaped)
-    if start is None:
+    marker = _BLOCK_START.match(escaped)
+    if marker is None:
         return escaped
-    cut = start.end() if escaped[0].isdigit() else 0
+    cut = marker.end() if escaped[0].isdigit() else 0
     return escaped[:cut] + "\\" + escaped[cut:]
+
+
+def _address_end(address: str, start: int) -> int:
+    """Where *address* ends in its text: without the sentence's punctuation after it."""
+    while address and (
+        address[-1] in _TRAILING or (address[-1] == ")" and address.count(")") > address.count("("))
+    ):
+        address = address[:-1]
+    return start + len(address)
 
 
 def _escaped(text: str) -> str:
