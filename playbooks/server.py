@@ -450,13 +450,21 @@ class StoreProcess:
     """
 
     START_TIMEOUT_S = 60.0
+    # After a failed start, groups and probes are refused this long before
+    # the next try, so a store that cannot be opened is not spawned for each.
+    RETRY_AFTER_S = 5.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, audit: AuditLog | None = None) -> None:
         self._settings = settings
+        # Where a restart is recorded (serve's own audit handle).
+        self._audit = audit
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Any = None
         self._lock = threading.Lock()
         self._stopped = False
+        self._failed_at: float | None = None
+        # The exit code of a child that died, until another is running.
+        self._died: int | None = None
 
     def start(self) -> None:
         if self._stopped:
@@ -528,13 +536,28 @@ class StoreProcess:
         if self._process is not None and self._process.is_alive():
             return
         if self._process is not None:
+            self._died = self._process.exitcode
             logger.warning(
-                "the inbox's store process exited (code %s); starting another",
-                self._process.exitcode,
+                "the inbox's store process exited (code %s); starting another", self._died
             )
             self._conn.close()
             self._process = self._conn = None
-        self.start()
+        if self._failed_at is not None:
+            waited = time.monotonic() - self._failed_at
+            if waited < self.RETRY_AFTER_S:
+                raise AuditError(
+                    f"the inbox's store process failed to start {waited:.1f} s ago; "
+                    f"it is tried again {self.RETRY_AFTER_S:g} s after that"
+                )
+        try:
+            self.start()
+        except AuditError:
+            self._failed_at = time.monotonic()
+            raise
+        self._failed_at = None
+        if self._died is not None and self._audit is not None:
+            self._audit.record("webhook", "store_process.restarted", {"exit_code": self._died})
+        self._died = None
 
     def stop(self, *, grace_s: float = 10) -> None:
         """Close the pipe (the child exits after its group) and wait; for good."""
@@ -1336,7 +1359,7 @@ def build_parts(
         approvals=approvals or StoredApprovals(audit, settings.approvals),
         worker=worker,
         scheduler=scheduler,
-        store_process=StoreProcess(settings)
+        store_process=StoreProcess(settings, audit=audit)
         if store_apart and not in_memory(settings.store.url)
         else None,
     )

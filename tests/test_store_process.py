@@ -22,9 +22,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def apart(tmp_path: Path) -> Iterator[tuple[StoreProcess, AuditLog]]:
     url = f"sqlite:///{tmp_path / 'tokenward.db'}"
-    process = StoreProcess(settings_from_dict({"store": {"url": url}}, environ={}))
+    audit = AuditLog(open_store(url))
+    process = StoreProcess(settings_from_dict({"store": {"url": url}}, environ={}), audit=audit)
     process.start()
-    yield process, AuditLog(open_store(url))
+    yield process, audit
     process.stop()
 
 
@@ -57,7 +58,11 @@ def test_a_dead_child_fails_its_group_and_the_next_group_starts_another(
     accepted = process.record([later], [])
 
     assert accepted[0].run_id == later.run_id
-    assert [r.kind for r in audit.records()].count("delivery.accepted") == 2
+    kinds = [r.kind for r in audit.records()]
+    assert kinds.count("delivery.accepted") == 2
+    (restarted,) = [r for r in audit.records() if r.kind == "store_process.restarted"]
+    assert restarted.data == {"exit_code": -signal.SIGKILL}
+    assert audit.verify().ok
 
 
 def test_a_store_the_child_cannot_open_stops_serve_from_starting(tmp_path: Path) -> None:
@@ -67,6 +72,22 @@ def test_a_store_the_child_cannot_open_stops_serve_from_starting(tmp_path: Path)
 
     with pytest.raises(AuditError, match="store process"):
         process.start()
+
+
+def test_after_a_failed_start_groups_are_refused_for_a_while_without_another_try(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'no-such-dir' / 'deeper' / 'tokenward.db'}"
+    (tmp_path / "no-such-dir").write_text("a file where the folder should be")
+    process = StoreProcess(settings_from_dict({"store": {"url": url}}, environ={}))
+
+    with pytest.raises(AuditError, match="store process (exited on start|could not open)"):
+        process.record([delivery("inc-1")], [])
+    with pytest.raises(AuditError, match=r"failed to start \d+\.\d s ago"):
+        process.record([delivery("inc-2")], [])
+    with pytest.raises(AuditError, match="failed to start"):
+        process.revive()
+    assert process._process is None
 
 
 def test_a_stopped_store_process_refuses_groups_instead_of_starting_again(
