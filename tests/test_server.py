@@ -253,14 +253,16 @@ def test_a_store_process_that_died_between_deliveries_is_back_by_the_readiness_c
     assert answer.status_code == 202
 
 
-def test_a_store_process_that_cannot_start_shows_as_not_ready(emu: Any, tmp_path: Path) -> None:
+def test_a_store_process_that_cannot_start_shows_as_not_ready(
+    emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def cannot_start() -> None:
         raise OSError(24, "Too many open files")
 
     with running_service(emu, tmp_path, worker=False, store_apart=True) as service:
         store = service.parts.store_process
         assert store is not None
-        store.revive = cannot_start  # type: ignore[method-assign]
+        monkeypatch.setattr(store, "revive", cannot_start)
         with service.client() as client:
             ready = client.get("/readyz")
 

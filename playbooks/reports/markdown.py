@@ -21,7 +21,7 @@ from playbooks.reports import (
     request_body,
     request_line,
 )
-from playbooks.reports.timeline import Lane, timeline_for
+from playbooks.reports.timeline import timeline_for
 from playbooks.times import isoformat_z
 from playbooks.whatif import FindingChange, WhatIf
 
@@ -55,10 +55,10 @@ def inline_text(value: str) -> str:
     """
     text = _one_line(value).strip(" ")
     parts, at = [], 0
-    for address in _BARE_ADDRESS.finditer(text):
-        start, end = address.start(), _address_end(address.group(), address.start())
-        parts += [_escaped(text[at:start]), code_span(text[start:end])]
-        at = end
+    for found in _BARE_ADDRESS.finditer(text):
+        address = _without_trailing_punctuation(found.group())
+        parts += [_escaped(text[at : found.start()]), code_span(address)]
+        at = found.start() + len(address)
     escaped = "".join([*parts, _escaped(text[at:])])
     # A value may open a list item or a paragraph: it must not read as a marker.
     marker = _BLOCK_START.match(escaped)
@@ -68,13 +68,13 @@ def inline_text(value: str) -> str:
     return escaped[:cut] + "\\" + escaped[cut:]
 
 
-def _address_end(address: str, start: int) -> int:
-    """Where *address* ends in its text: without the sentence's punctuation after it."""
+def _without_trailing_punctuation(address: str) -> str:
+    """*address* without the punctuation after it that belongs to the sentence."""
     while address and (
         address[-1] in _TRAILING or (address[-1] == ")" and address.count(")") > address.count("("))
     ):
         address = address[:-1]
-    return start + len(address)
+    return address
 
 
 def _escaped(text: str) -> str:
@@ -226,15 +226,9 @@ def _timeline(finding: Finding, report: RunReport) -> list[str]:
     """The finding's events in time order, from the sign-in (0)."""
     lines = ["| from the sign-in | time | what | detail |", "|---:|---|---|---|"]
     for mark in timeline_for(finding, report).marks:
-        # A click's detail is the route it took, addresses: as code, like the clicks.
-        detail = (
-            code_span(mark.detail, in_table=True)
-            if mark.lane is Lane.CLICK
-            else inline_text(mark.detail)
-        )
         lines.append(
             f"| {mark.offset_text} | {isoformat_z(mark.time)} | {inline_text(mark.title)} "
-            f"| {detail} |"
+            f"| {inline_text(mark.detail)} |"
         )
     return [*lines, ""]
 
@@ -334,8 +328,7 @@ def _finding(finding: Finding, report: RunReport) -> list[str]:
     if finding.evidence.url_clicks:
         lines += ["Clicks:", ""]
         for click in finding.evidence.url_clicks:
-            # As code: a renderer that links bare URLs (GFM does) never links
-            # the address of a phishing page inside a code span.
+            # Each address whole, as code (as inline_text sets one in a sentence).
             chain = " → ".join(code_span(url) for url in (click.url_chain or (click.url,)))
             kinds = ", ".join(inline_text(kind) for kind in click.action_types)
             through = ", clicked through" if click.is_clicked_through else ""
